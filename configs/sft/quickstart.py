@@ -1,0 +1,10 @@
+"""SFT on the built-in synthetic sentiment task: a 2-layer GPT-2, CPU-sized (< 3 min)."""
+from jaxrlhf.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.train.steps = 300
+    c.train.eval_every = 100
+    c.train.checkpoint_every = 100
+    return c

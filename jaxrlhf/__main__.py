@@ -1,0 +1,3 @@
+from jaxrlhf.cli import run
+
+run()

@@ -1,0 +1,116 @@
+"""The base config every experiment starts from, and its start-up validation.
+
+Configs are ml_collections ``ConfigDict``s, locked so that a misspelt override is an error
+naming the field. ``validate`` checks values before anything is compiled (DESIGN.md rule 6).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from jaxrlhf import parallel
+
+def base_config() -> ml_collections.ConfigDict:
+    """Defaults shared by every stage; an experiment config states only what differs."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    # Decoder-only transformer (jaxrlhf.models.ModelConfig). vocab_size 0: from the tokenizer.
+    c.model = ml_collections.ConfigDict(dict(
+        family="gpt2", vocab_size=0, d_model=64, n_layers=2, n_heads=4, n_kv_heads=4,
+        d_ff=256, max_seq_len=64, norm_eps=1e-5, rope_theta=10000.0, tie_embeddings=True,
+        qkv_bias=True, dtype="float32", param_dtype="float32", scan_layers=False,
+        remat="none"))
+    # A local HF directory (config.json + *.safetensors) to start from; "" = random init.
+    c.model_init = ""
+
+    # Mesh: sizes of (data, fsdp, tensor); -1 takes the remaining devices.
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # Logical axis -> mesh axis (or None: replicated). Batches use 'batch'.
+    c.axis_rules = (
+        ("batch", ("data", "fsdp")),
+        ("vocab", "tensor"),
+        ("embed", "fsdp"),
+        ("mlp", "tensor"),
+        ("heads", "tensor"),
+        ("kv", "tensor"),
+        ("layers", None),
+    )
+
+    c.optim = ml_collections.ConfigDict(dict(
+        learning_rate=1e-3, warmup_steps=20, end_lr_ratio=0.1, weight_decay=0.0,
+        b1=0.9, b2=0.95, eps=1e-8, grad_clip=1.0))
+
+    c.train = ml_collections.ConfigDict(dict(
+        steps=200, batch_size=32, grad_accum=1, log_every=10, eval_every=50, eval_batches=4,
+        checkpoint_every=50, keep_checkpoints=3, num_samples=3, sample_tokens=24,
+        tensorboard=True,
+        # Stop this invocation after this many steps (0: run to train.steps) and checkpoint;
+        # re-running resumes. For time-sliced jobs and resume tests.
+        run_steps=0))
+
+    c.data = ml_collections.ConfigDict(dict(
+        # A built-in task name ("sentiment"), or a local file / `datasets` name with
+        # {prompt, completion} or {messages} rows.
+        task="sentiment", source="", eval_source="", split="train", eval_split="test",
+        # "" = the task's own tokenizer, or train a byte-level BPE on the data; else a
+        # local tokenizer directory.
+        tokenizer="", bpe_vocab_size=1024, max_len=32, num_train=4096, num_eval=256))
+    return c
+
+
+FAMILIES = ("gpt2", "llama", "qwen2")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _fail(field: str, value, why: str):
+    raise ValueError(f"config.{field}={value!r} {why}")
+
+
+def _positive(config: ml_collections.ConfigDict, field: str, *, allow_zero: bool = False):
+    value = config
+    for part in field.split("."):
+        value = value[part]
+    if value < 0 or (value == 0 and not allow_zero):
+        _fail(field, value, "must be positive" if not allow_zero else "must be >= 0")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Raise ValueError naming the first invalid field; runs before any compilation."""
+    m = config.model
+    if m.family not in FAMILIES:
+        _fail("model.family", m.family, f"is not a known model family; choose from {FAMILIES}")
+    for field in ("dtype", "param_dtype"):
+        if m[field] not in DTYPES:
+            _fail(f"model.{field}", m[field], f"must be one of {DTYPES}")
+    for field in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
+        _positive(config, f"model.{field}")
+    if m.d_model % m.n_heads:
+        _fail("model.n_heads", m.n_heads, f"must divide model.d_model={m.d_model}")
+    if m.n_heads % m.n_kv_heads:
+        _fail("model.n_kv_heads", m.n_kv_heads, f"must divide model.n_heads={m.n_heads}")
+    _positive(config, "optim.learning_rate")
+    _positive(config, "optim.warmup_steps", allow_zero=True)
+    _positive(config, "optim.grad_clip", allow_zero=True)
+    _positive(config, "train.run_steps", allow_zero=True)
+    if not 0.0 <= config.optim.end_lr_ratio <= 1.0:
+        _fail("optim.end_lr_ratio", config.optim.end_lr_ratio, "must lie in [0, 1]")
+    for field in ("steps", "batch_size", "grad_accum", "log_every", "eval_every",
+                  "eval_batches", "checkpoint_every", "keep_checkpoints"):
+        _positive(config, f"train.{field}")
+    try:
+        dp = parallel.data_parallel_size(config.mesh, num_devices)
+    except ValueError as e:
+        raise ValueError(f"config.mesh: {e}") from None
+    t = config.train
+    if t.batch_size % t.grad_accum:
+        _fail("train.batch_size", t.batch_size,
+              f"must be divisible by train.grad_accum={t.grad_accum}")
+    micro = t.batch_size // t.grad_accum
+    if micro % dp:
+        _fail("train.batch_size", t.batch_size,
+              f"gives micro-batches of {micro}, not divisible by the data-parallel size {dp} "
+              f"(mesh.data x mesh.fsdp on {num_devices} devices)")
+    if config.data.max_len > m.max_seq_len:
+        _fail("data.max_len", config.data.max_len,
+              f"exceeds model.max_seq_len={m.max_seq_len}")
+    parallel.rules_table(config.axis_rules)

@@ -1,0 +1,116 @@
+"""Glue shared by the trainers: model config from the run config, model init, samples."""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from jaxrlhf import parallel, sampling
+from jaxrlhf.models import hf
+from jaxrlhf.models.config import ModelConfig
+
+
+def model_config(config: ml_collections.ConfigDict, tokenizer) -> ModelConfig:
+    """The model's config: from ``config.model_init``'s config.json when set, else from
+    ``config.model`` with ``vocab_size`` 0 meaning "the tokenizer's size"."""
+    if config.model_init:
+        base = hf.load_hf_config(config.model_init)
+        return base.replace(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
+                            scan_layers=config.model.scan_layers, remat=config.model.remat)
+    fields = config.model.to_dict()
+    if fields["vocab_size"] == 0:
+        fields["vocab_size"] = len(tokenizer)
+    elif fields["vocab_size"] < len(tokenizer):
+        raise ValueError(f"config.model.vocab_size={fields['vocab_size']} is smaller than the "
+                         f"tokenizer's {len(tokenizer)} tokens; set it to 0 to follow the tokenizer")
+    cfg = ModelConfig(**fields)
+    cfg.validate()
+    return cfg
+
+
+def abstract_model(model_cls: Callable[..., nnx.Module], cfg: ModelConfig,
+                   **kwargs) -> tuple[nnx.GraphDef, nnx.State]:
+    """The graph definition and the abstract (shape-only) state of ``model_cls(cfg)``."""
+    with nnx.use_eager_sharding(False):
+        abstract = nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0), **kwargs))
+        return nnx.split(abstract)
+
+
+def random_params(model_cls: Callable[..., nnx.Module], cfg: ModelConfig, seed: int,
+                  **kwargs) -> nnx.State:
+    """Freshly initialised parameters (traceable: call it under ``jit``)."""
+    with nnx.use_eager_sharding(False):
+        return nnx.split(model_cls(cfg, rngs=nnx.Rngs(seed), **kwargs))[1]
+
+
+def initial_lm_params(cfg: ModelConfig, config: ml_collections.ConfigDict) -> nnx.State:
+    """A causal LM's starting parameters: imported from ``config.model_init`` or random."""
+    from jaxrlhf.models.transformer import CausalLM
+    if config.model_init:
+        with nnx.use_eager_sharding(False):
+            model = hf.load_causal_lm(config.model_init, dtype=cfg.dtype,
+                                      param_dtype=cfg.param_dtype, scan_layers=cfg.scan_layers,
+                                      remat=cfg.remat)
+        return nnx.split(model)[1]
+    return random_params(CausalLM, cfg, config.seed)
+
+
+def full_state_shardings(init_state: Callable[[], Any], mesh: Mesh,
+                         config: ml_collections.ConfigDict) -> Any:
+    """Shardings for a whole train state: every Variable (params and the optimizer moments
+    that mirror them) by its logical names, everything else replicated."""
+    rules = parallel.rules_table(config.axis_rules)
+    return parallel.state_shardings(jax.eval_shape(init_state), mesh, rules)
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int,
+             length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad token lists into ``(ids, mask)``, each [batch, length] int32."""
+    length = length or max(len(s) for s in sequences)
+    ids = np.full((len(sequences), length), pad_id, np.int32)
+    mask = np.zeros((len(sequences), length), np.int32)
+    for row, seq in enumerate(sequences):
+        seq = list(seq)[-length:]
+        if seq:
+            ids[row, length - len(seq):] = seq
+            mask[row, length - len(seq):] = 1
+    return ids, mask
+
+
+def decode_responses(tokenizer, completion: sampling.Completion) -> list[str]:
+    """Decode each row's response up to (not including) EOS."""
+    tokens, mask = jax.device_get((completion.tokens, completion.mask))
+    return [tokenizer.decode([t for t, m in zip(row, keep) if m], skip_special_tokens=True)
+            for row, keep in zip(tokens, mask)]
+
+
+def sample_printer(graphdef: nnx.GraphDef, tokenizer, prompts: Sequence[str],
+                   config: ml_collections.ConfigDict, workdir: str) -> Callable[[Any, int], None]:
+    """A callback that greedily completes ``prompts`` and appends them to samples.jsonl."""
+    if not prompts or config.train.num_samples <= 0:
+        return lambda params, step: None
+    prompts = list(prompts[: config.train.num_samples])
+    ids, mask = left_pad([tokenizer(p)["input_ids"] for p in prompts], tokenizer.pad_token_id)
+    generate = jax.jit(lambda params: sampling.generate(
+        graphdef, params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0),
+        max_new_tokens=config.train.sample_tokens, eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id, greedy=True))
+    path = os.path.join(workdir, "samples.jsonl")
+
+    def write(params, step: int) -> None:
+        responses = decode_responses(tokenizer, generate(params))
+        with open(path, "a") as f:
+            for prompt, response in zip(prompts, responses):
+                f.write(json.dumps({"step": step, "prompt": prompt, "response": response}) + "\n")
+        print(f"\n[step {step}] " + " | ".join(f"{p!r} -> {r!r}" for p, r in
+                                                zip(prompts, responses)))
+
+    return write

@@ -1,0 +1,65 @@
+"""Bad config values fail at start-up with the field's name, before any compilation."""
+import subprocess
+import sys
+
+import pytest
+
+from configs.sft import quickstart
+from jaxrlhf import config as config_lib
+
+
+def _config():
+    return quickstart.get_config()
+
+
+def test_quickstart_config_is_valid():
+    config_lib.validate(_config(), num_devices=8)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("optim.learning_rate", -1e-3, "config.optim.learning_rate=-0.001 must be positive"),
+    ("model.family", "gpt5", "config.model.family='gpt5' is not a known model family"),
+    ("model.n_heads", 3, "config.model.n_heads=3 must divide model.d_model=64"),
+    ("train.batch_size", 12, "not divisible by the data-parallel size 8"),
+    ("train.grad_accum", 5, "config.train.batch_size=32 must be divisible by train.grad_accum=5"),
+    ("data.max_len", 1000, "config.data.max_len=1000 exceeds model.max_seq_len=64"),
+])
+def test_invalid_values_name_the_field(field, value, message):
+    config = _config()
+    section, name = field.split(".")
+    config[section][name] = value
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        config_lib.validate(config, num_devices=8)
+
+
+def test_mesh_that_does_not_tile_the_devices():
+    config = _config()
+    config.mesh.fsdp = 3
+    with pytest.raises(ValueError, match="config.mesh"):
+        config_lib.validate(config, num_devices=8)
+
+
+def test_config_is_locked_against_new_fields():
+    config = _config()
+    config.lock()
+    with pytest.raises(AttributeError, match="learning_rat"):
+        config.optim.learning_rat = 1.0
+
+
+def test_cli_rejects_a_misspelt_override_before_compiling(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxrlhf", "sft", "--config=configs/sft/quickstart.py",
+         f"--workdir={tmp_path}", "--config.optim.learning_rat=0.1"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "learning_rat" in result.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_cli_rejects_an_invalid_value(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxrlhf", "sft", "--config=configs/sft/quickstart.py",
+         f"--workdir={tmp_path}", "--config.optim.learning_rate=-1"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "config.optim.learning_rate=-1.0 must be positive" in result.stderr
