@@ -1,0 +1,147 @@
+"""Preference pairs: TRL-style rows, Anthropic HH dialogues, and gold-labelled pairs.
+
+Every pair becomes right-padded ``[prompt][response][EOS][pad...]`` rows for the chosen and
+the rejected response, so a reward model scores both at their EOS, the last real token
+(PPO_DETAILS item 6).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+HH_ASSISTANT = "\n\nAssistant:"
+
+
+@dataclasses.dataclass(frozen=True)
+class PreferencePair:
+    prompt: str
+    chosen: str
+    rejected: str
+    margin: float = 0.0
+    origin: str = ""  # "file:line" for error messages
+
+
+@dataclasses.dataclass
+class PairStats:
+    """What the truncation policy did; printed by the trainer and saved in the workdir."""
+    pairs_in: int = 0
+    truncated: int = 0
+    identical_dropped: int = 0
+
+    def report(self) -> str:
+        return (f"{self.pairs_in} pairs: {self.truncated} truncated, "
+                f"{self.identical_dropped} dropped because chosen == rejected")
+
+
+def split_hh_dialogue(chosen: str, rejected: str, origin: str = "") -> tuple[str, str, str]:
+    """Split an Anthropic HH pair of whole dialogues into (prompt, chosen, rejected).
+
+    Both dialogues share everything up to their last ``"\\n\\nAssistant:"``; the prompt is
+    that shared prefix including the marker, the responses what follows it.
+    """
+    cut_c, cut_r = chosen.rfind(HH_ASSISTANT), rejected.rfind(HH_ASSISTANT)
+    if cut_c < 0 or cut_r < 0:
+        raise ValueError(f"{origin}: HH row has no {HH_ASSISTANT!r} turn")
+    prompt = chosen[: cut_c + len(HH_ASSISTANT)]
+    if rejected[: cut_r + len(HH_ASSISTANT)] != prompt:
+        raise ValueError(f"{origin}: HH chosen and rejected dialogues differ before their "
+                         "last Assistant turn")
+    return prompt, chosen[cut_c + len(HH_ASSISTANT):], rejected[cut_r + len(HH_ASSISTANT):]
+
+
+def pair_from_row(row: dict, origin: str) -> PreferencePair:
+    """A TRL row ``{prompt, chosen, rejected[, margin]}`` or an HH row ``{chosen, rejected}``."""
+    if not isinstance(row, dict) or not {"chosen", "rejected"} <= set(row):
+        raise ValueError(f"{origin}: a preference row needs 'chosen' and 'rejected' "
+                         f"(and optionally 'prompt', 'margin'); got {sorted(row) if isinstance(row, dict) else type(row).__name__}")
+    chosen, rejected = row["chosen"], row["rejected"]
+    if not isinstance(chosen, str) or not isinstance(rejected, str):
+        raise ValueError(f"{origin}: 'chosen' and 'rejected' must be strings")
+    margin = float(row.get("margin", 0.0))
+    if "prompt" in row:
+        return PreferencePair(row["prompt"], chosen, rejected, margin, origin)
+    return PreferencePair(*split_hh_dialogue(chosen, rejected, origin), margin, origin)
+
+
+def _response_tokens(tokenizer, text: str, limit: int) -> tuple[list[int], bool]:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids[:limit], len(ids) > limit
+
+
+def tokenize_pairs(pairs: Sequence[PreferencePair], tokenizer, *, max_prompt_tokens: int,
+                   max_response_tokens: int) -> tuple[dict[str, np.ndarray], PairStats]:
+    """Right-padded token arrays for the pairs, after the truncation policy.
+
+    Prompts keep their last ``max_prompt_tokens`` tokens; responses their first
+    ``max_response_tokens``; EOS follows every response. A pair whose two rows are identical
+    after truncation carries no preference and is dropped (and counted).
+    Returns ``chosen_ids, chosen_mask, rejected_ids, rejected_mask`` [pairs, seq] int32,
+    ``margin`` [pairs] float32, and the stats.
+    """
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    length = max_prompt_tokens + max_response_tokens + 1
+    stats = PairStats(pairs_in=len(pairs))
+    rows: dict[str, list] = {"chosen": [], "rejected": [], "margin": []}
+    for pair in pairs:
+        prompt = tokenizer(pair.prompt, add_special_tokens=False)["input_ids"]
+        cut_prompt = len(prompt) > max_prompt_tokens
+        prompt = prompt[len(prompt) - min(len(prompt), max_prompt_tokens):]
+        chosen, cut_c = _response_tokens(tokenizer, pair.chosen, max_response_tokens)
+        rejected, cut_r = _response_tokens(tokenizer, pair.rejected, max_response_tokens)
+        stats.truncated += cut_prompt or cut_c or cut_r
+        if chosen == rejected:
+            stats.identical_dropped += 1
+            continue
+        rows["chosen"].append(prompt + chosen + [eos])
+        rows["rejected"].append(prompt + rejected + [eos])
+        rows["margin"].append(pair.margin)
+    out = {"margin": np.asarray(rows["margin"], np.float32)}
+    for side in ("chosen", "rejected"):
+        ids = np.full((len(rows[side]), length), pad, np.int32)
+        mask = np.zeros_like(ids)
+        for i, seq in enumerate(rows[side]):
+            ids[i, : len(seq)] = seq
+            mask[i, : len(seq)] = 1
+        out[f"{side}_ids"], out[f"{side}_mask"] = ids, mask
+    return out, stats
+
+
+def gold_labelled_pairs(prompts: Sequence[str], responses_a: Sequence[str],
+                        responses_b: Sequence[str],
+                        gold_reward: Callable[[list[str], list[str]], np.ndarray],
+                        rng: np.random.Generator, *, mode: str = "bradley_terry",
+                        temperature: float = 1.0) -> list[PreferencePair]:
+    """Label pairs of responses by a programmatic gold reward.
+
+    ``mode="max"`` prefers the larger gold score (ties dropped); ``mode="bradley_terry"``
+    draws the label with P(a preferred) = sigmoid((g_a - g_b) / temperature), the
+    preference model of Bradley & Terry (1952) as used by Christiano et al. (2017, eq. 1).
+    The gold difference ``g_chosen - g_rejected`` is kept as the pair's ``margin`` (it is
+    negative where a Bradley-Terry draw preferred the lower-scoring response).
+    """
+    prompts = list(prompts)
+    gold_a = np.asarray(gold_reward(prompts, list(responses_a)), np.float64)
+    gold_b = np.asarray(gold_reward(prompts, list(responses_b)), np.float64)
+    if mode == "max":
+        keep = gold_a != gold_b
+        a_wins = gold_a > gold_b
+    elif mode == "bradley_terry":
+        keep = np.ones_like(gold_a, bool)
+        p_a = 1.0 / (1.0 + np.exp(-(gold_a - gold_b) / temperature))
+        a_wins = rng.random(len(prompts)) < p_a
+    else:
+        raise ValueError(f"label mode {mode!r} is not one of 'bradley_terry', 'max'")
+    pairs = []
+    for i in np.flatnonzero(keep):
+        a, b = responses_a[i], responses_b[i]
+        chosen, rejected = (a, b) if a_wins[i] else (b, a)
+        margin = (gold_a[i] - gold_b[i]) * (1 if a_wins[i] else -1)
+        pairs.append(PreferencePair(prompts[i], chosen, rejected, float(margin), f"gold:{i}"))
+    return pairs
+
+
+def pairs_from_records(records: Iterable[tuple[str, dict]]) -> list[PreferencePair]:
+    """Parse ``(origin, row)`` records into pairs; a malformed row names its origin."""
+    return [pair_from_row(row, origin) for origin, row in records]
