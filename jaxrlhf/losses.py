@@ -38,3 +38,134 @@ def sft_nll(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple[jax
     nll = -token_log_probs(logits, targets)  # [batch, seq]
     loss = masked_mean(nll, mask)
     return loss, {"loss": loss, "tokens": mask.sum().astype(jnp.float32)}
+
+
+# --------------------------------------------------------------------------------------
+# Reward model (Bradley–Terry)
+# --------------------------------------------------------------------------------------
+
+
+def bradley_terry(r_chosen: jax.Array, r_rejected: jax.Array,
+                  margin: jax.Array | None = None) -> tuple[jax.Array, Metrics]:
+    """Bradley–Terry pairwise loss ``mean(-log sigmoid(r_c - r_r - m))``.
+
+    Ouyang et al. 2022 (InstructGPT) eq. 1; optional margin ``m(r)`` from Touvron et al. 2023
+    (Llama 2) eq. 2. PPO_DETAILS items 19–20.
+
+    r_chosen, r_rejected: [B]; margin: [B] or None. Metrics: rm/loss, rm/accuracy (fraction
+    with r_c > r_r), rm/chosen, rm/rejected (mean rewards), rm/margin (mean r_c - r_r).
+    """
+    r_chosen = r_chosen.astype(jnp.float32)
+    r_rejected = r_rejected.astype(jnp.float32)
+    diff = r_chosen - r_rejected  # [B]
+    logits = diff if margin is None else diff - margin.astype(jnp.float32)
+    loss = -jax.nn.log_sigmoid(logits).mean()
+    metrics = {
+        "rm/loss": loss,
+        "rm/accuracy": (diff > 0).astype(jnp.float32).mean(),
+        "rm/chosen": r_chosen.mean(),
+        "rm/rejected": r_rejected.mean(),
+        "rm/margin": diff.mean(),
+    }
+    return loss, metrics
+
+
+def reward_centering(r_chosen: jax.Array, r_rejected: jax.Array,
+                     coef: float) -> tuple[jax.Array, Metrics]:
+    """Reward-centering auxiliary loss ``coef * mean((r_c + r_r)^2)``.
+
+    Eisenstein et al. 2023 ("Helping or herding?") §3, as TRL's ``center_rewards_coefficient``
+    (default 1e-2). Pushes rewards towards zero mean. r_chosen, r_rejected: [B].
+    """
+    s = r_chosen.astype(jnp.float32) + r_rejected.astype(jnp.float32)  # [B]
+    loss = coef * jnp.mean(s ** 2)
+    return loss, {"rm/center_loss": loss}
+
+
+# --------------------------------------------------------------------------------------
+# PPO
+# --------------------------------------------------------------------------------------
+
+
+def ppo_policy_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array,
+                    mask: jax.Array, clip: float = 0.2) -> tuple[jax.Array, Metrics]:
+    """PPO clipped surrogate, negated for minimisation (Schulman et al. 2017, eq. 7).
+
+    ``L = masked_mean(max(-A * ratio, -A * clip(ratio, 1-eps, 1+eps)))`` with
+    ``ratio = exp(logp - old_logp)``. Huang et al. 2023 ("N implementation details of RLHF").
+
+    logp, old_logp, advantages, mask: [B, T]. Metrics:
+      loss/policy; policy/approxkl = 0.5 * masked_mean((logp - old_logp)^2) (the k2 estimator
+      of KL(old || new), as TRL/OpenAI log it); policy/clipfrac = fraction of real tokens where
+      the clipped term is active; val/ratio = masked mean ratio.
+    """
+    old_logp = jax.lax.stop_gradient(old_logp)
+    advantages = jax.lax.stop_gradient(advantages)
+    log_ratio = logp - old_logp  # [B, T]
+    ratio = jnp.exp(log_ratio)
+    pg1 = -advantages * ratio
+    pg2 = -advantages * jnp.clip(ratio, 1.0 - clip, 1.0 + clip)
+    loss = masked_mean(jnp.maximum(pg1, pg2), mask)
+    metrics = {
+        "loss/policy": loss,
+        "policy/approxkl": 0.5 * masked_mean(jax.lax.stop_gradient(log_ratio) ** 2, mask),
+        "policy/clipfrac": masked_mean((pg2 > pg1).astype(jnp.float32), mask),
+        "val/ratio": masked_mean(jax.lax.stop_gradient(ratio), mask),
+    }
+    return loss, metrics
+
+
+def value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array,
+               mask: jax.Array, clip: float = 0.2) -> tuple[jax.Array, Metrics]:
+    """Clipped value loss ``0.5 * masked_mean(max((v-R)^2, (v_clip-R)^2))``.
+
+    ``v_clip = old + clip(v - old, -eps, eps)``. Huang et al. 2023 ("N implementation details
+    of RLHF"), OpenAI lm-human-preferences; PPO_DETAILS item 12.
+
+    values, old_values, returns, mask: [B, T]. Metrics: loss/value, val/clipfrac (fraction of
+    real tokens where the clipped error is the larger one).
+    """
+    old_values = jax.lax.stop_gradient(old_values)
+    returns = jax.lax.stop_gradient(returns)
+    v_clipped = old_values + jnp.clip(values - old_values, -clip, clip)  # [B, T]
+    vf1 = (values - returns) ** 2
+    vf2 = (v_clipped - returns) ** 2
+    loss = 0.5 * masked_mean(jnp.maximum(vf1, vf2), mask)
+    metrics = {
+        "loss/value": loss,
+        "val/clipfrac": masked_mean((vf2 > vf1).astype(jnp.float32), mask),
+    }
+    return loss, metrics
+
+
+def entropy_bonus(logits: jax.Array, mask: jax.Array) -> tuple[jax.Array, Metrics]:
+    """Mean per-token entropy ``H = -sum_v p log p`` of ``softmax(logits)`` over real tokens.
+
+    The entropy term of Schulman et al. 2017, eq. 9 (``c2 * S[pi](s)``). Returned as a positive
+    quantity: the caller subtracts ``coef * entropy`` from the loss. Computed in fp32.
+
+    logits: [B, T, V]; mask: [B, T]. Metric: objective/entropy.
+    """
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [B, T, V]
+    ent = -(jnp.exp(logp) * logp).sum(-1)  # [B, T]
+    value = masked_mean(ent, mask)
+    return value, {"objective/entropy": value}
+
+
+def kl_loss(logp: jax.Array, ref_logp: jax.Array, mask: jax.Array,
+            estimator: str = "k3") -> tuple[jax.Array, Metrics]:
+    """KL(pi || pi_ref) as a loss term (GRPO-style; Shao et al. 2024 DeepSeekMath eq. 4).
+
+    Per-token estimator from Schulman 2020, "Approximating KL divergence": k1, k2 or k3
+    (see ``jaxrlhf.rl.kl.kl_estimate``), masked-mean over real tokens. The reference log-probs
+    get no gradient. logp, ref_logp, mask: [B, T]. Metric: objective/kl.
+    """
+    from jaxrlhf.rl.kl import kl_estimate  # local import: rl imports losses
+
+    kl = kl_estimate(logp, jax.lax.stop_gradient(ref_logp), estimator)  # [B, T]
+    loss = masked_mean(kl, mask)
+    return loss, {"objective/kl": loss, "loss/kl": loss}
+
+
+# ptx loss (Ouyang et al. 2022, eq. 2, the ``gamma * E[log pi(x)]`` pretraining term): use
+# ``sft_nll`` on pretraining batches directly; a separate alias would add no meaning.

@@ -1,0 +1,63 @@
+"""Reward shaping for RLHF PPO: per-token KL penalty, score at EOS, EOS handling."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxrlhf.rl.kl import kl_estimate
+
+
+def shaped_rewards(scores: jax.Array, logp: jax.Array, ref_logp: jax.Array, mask: jax.Array,
+                   beta: float | jax.Array, estimator: str = "k1") -> tuple[jax.Array, jax.Array]:
+    """Per-token reward ``r_t = -beta * KL_t`` plus the sequence score at the last real token.
+
+    Ziegler et al. 2019 eq. 2 / Stiennon et al. 2020 eq. 1; Huang et al. 2023 details
+    (PPO_DETAILS items 6–7). KL_t uses estimator k1/k2/k3 (Schulman 2020).
+
+    scores: [B]; logp, ref_logp, mask: [B, T] (mask contiguous from t=0).
+    Returns (rewards [B, T], non_score_reward [B, T]); both are 0 on padding. A row with an
+    empty mask gets no score.
+    """
+    m = mask.astype(jnp.float32)
+    non_score = -beta * kl_estimate(logp.astype(jnp.float32), ref_logp.astype(jnp.float32),
+                                    estimator) * m  # [B, T]
+    T = mask.shape[-1]
+    last = m.sum(-1).astype(jnp.int32) - 1  # [B]
+    at_last = (jnp.arange(T)[None, :] == last[:, None]).astype(jnp.float32)  # [B, T]
+    rewards = non_score + at_last * scores.astype(jnp.float32)[:, None]
+    return rewards, non_score
+
+
+def apply_missing_eos_penalty(scores: jax.Array, has_eos: jax.Array,
+                              penalty: float = -1.0) -> jax.Array:
+    """Replace the score of responses without an EOS by a fixed ``penalty``.
+
+    Huang et al. 2023, "N implementation details of RLHF" (PPO_DETAILS item 5).
+    scores: [B]; has_eos: [B] bool -> [B].
+    """
+    return jnp.where(has_eos, scores, jnp.asarray(penalty, scores.dtype))
+
+
+def first_eos_mask(tokens: jax.Array, eos_id: int) -> jax.Array:
+    """Mask that is 1 up to and including the first EOS and 0 after (PPO_DETAILS item 4).
+
+    Rows with no EOS are all ones. tokens: [B, T] -> int32 [B, T].
+    """
+    is_eos = (tokens == eos_id).astype(jnp.int32)
+    before = jnp.cumsum(is_eos, axis=-1) - is_eos  # EOSs strictly before t
+    return (before == 0).astype(jnp.int32)
+
+
+def truncate_after_token(tokens: jax.Array, mask: jax.Array, trunc_token_id: int,
+                         min_length: int) -> jax.Array:
+    """New mask ending after the first ``trunc_token_id`` at position >= ``min_length``.
+
+    The optional truncation token of OpenAI lm-human-preferences (e.g. "." after a minimum
+    length), Huang et al. 2023 (PPO_DETAILS item 4). Tokens before ``min_length`` are never a
+    truncation point; rows with no such token keep their mask. tokens, mask: [B, T] -> [B, T].
+    """
+    T = tokens.shape[-1]
+    hit = ((tokens == trunc_token_id) & (jnp.arange(T)[None, :] >= min_length)
+           & (mask > 0)).astype(jnp.int32)
+    before = jnp.cumsum(hit, axis=-1) - hit
+    return (mask * (before == 0)).astype(mask.dtype)

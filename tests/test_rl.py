@@ -1,0 +1,124 @@
+"""jaxrlhf.rl against independent numpy references."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrlhf.rl import advantages as adv_lib, kl as kl_lib, rewards as rw
+
+
+def _padded(rng, B=5, T=9):
+    lengths = rng.integers(1, T + 1, size=B)
+    mask = (np.arange(T)[None] < lengths[:, None]).astype(np.float32)
+    return lengths, mask
+
+
+def _np_gae(rewards, values, lengths, gamma, lam):
+    B, T = rewards.shape
+    adv = np.zeros((B, T)); ret = np.zeros((B, T))
+    for b in range(B):
+        L = lengths[b]; last = 0.0
+        for t in reversed(range(L)):
+            nv = values[b, t + 1] if t + 1 < L else 0.0
+            delta = rewards[b, t] + gamma * nv - values[b, t]
+            last = delta + gamma * lam * last
+            adv[b, t] = last
+            ret[b, t] = last + values[b, t]
+    return adv, ret
+
+
+@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.8)])
+def test_gae_matches_loop(gamma, lam):
+    rng = np.random.default_rng(0)
+    lengths, mask = _padded(rng)
+    r = rng.normal(size=mask.shape).astype(np.float32)
+    v = rng.normal(size=mask.shape).astype(np.float32)  # garbage on padding on purpose
+    adv, ret = jax.jit(adv_lib.gae, static_argnums=(3, 4))(r, v, mask, gamma, lam)
+    adv_np, ret_np = _np_gae(r, v, lengths, gamma, lam)
+    np.testing.assert_allclose(adv, adv_np, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ret, ret_np, rtol=1e-5, atol=1e-5)
+    assert np.all(np.asarray(adv)[mask == 0] == 0)
+
+
+@pytest.mark.parametrize("shift_mean", [True, False])
+def test_masked_whiten(shift_mean):
+    rng = np.random.default_rng(1)
+    _, mask = _padded(rng, B=6, T=7)
+    x = rng.normal(2.0, 3.0, size=mask.shape).astype(np.float32)
+    vals = x[mask == 1]
+    mean, var = vals.mean(), vals.var(ddof=1)
+    ref = (x - mean) / np.sqrt(var + 1e-8) + (0 if shift_mean else mean)
+    out = np.asarray(adv_lib.masked_whiten(jnp.asarray(x), jnp.asarray(mask), shift_mean))
+    np.testing.assert_allclose(out[mask == 1], ref[mask == 1], rtol=1e-4, atol=1e-4)
+    assert np.all(out[mask == 0] == 0)
+    if shift_mean:
+        assert abs(out[mask == 1].mean()) < 1e-4
+
+
+def test_kl_estimators_vs_exact():
+    rng = np.random.default_rng(2)
+    p = rng.dirichlet(np.ones(6)); q = rng.dirichlet(np.ones(6))
+    exact = float((p * (np.log(p) - np.log(q))).sum())
+    x = rng.choice(6, size=200_000, p=p)
+    logp, logq = jnp.log(p[x]), jnp.log(q[x])
+    k1 = kl_lib.kl_estimate(logp, logq, "k1")
+    k2 = kl_lib.kl_estimate(logp, logq, "k2")
+    k3 = kl_lib.kl_estimate(logp, logq, "k3")
+    for k in (k1, k3):
+        se = float(jnp.std(k)) / np.sqrt(x.size)
+        assert abs(float(k.mean()) - exact) < 5 * se + 1e-4
+    assert float(k3.min()) >= 0.0
+    np.testing.assert_allclose(k2, 0.5 * (np.log(p[x]) - np.log(q[x])) ** 2, rtol=1e-5, atol=1e-7)
+    lr = np.log(q[x]) - np.log(p[x])
+    np.testing.assert_allclose(k3, np.exp(lr) - 1 - lr, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError):
+        kl_lib.kl_estimate(logp, logq, "k4")
+
+
+@pytest.mark.parametrize("kl", [0.0, 5.0, 6.0, 6.6, 100.0])
+def test_adaptive_kl(kl):
+    s = kl_lib.init_kl_state(0.1)
+    new = jax.jit(kl_lib.update_adaptive_kl, static_argnames=("target", "horizon"))(
+        s, jnp.float32(kl), 64, target=6.0, horizon=10000)
+    err = np.clip(kl / 6.0 - 1, -0.2, 0.2)
+    np.testing.assert_allclose(new["beta"], 0.1 * (1 + err * 64 / 10000), rtol=1e-6)
+    assert kl_lib.update_fixed_kl(s, kl, 64)["beta"] == s["beta"]
+
+
+def test_shaped_rewards_placement():
+    rng = np.random.default_rng(3)
+    B, T = 4, 8
+    eos = 1
+    tokens = rng.integers(2, 10, size=(B, T))
+    tokens[0, 3] = eos; tokens[1, 0] = eos; tokens[2, 7] = eos; tokens[3, 5] = eos; tokens[3, 6] = eos
+    mask = np.asarray(rw.first_eos_mask(jnp.asarray(tokens), eos))
+    np.testing.assert_array_equal(mask.sum(-1), [4, 1, 8, 6])
+    scores = rng.normal(size=B).astype(np.float32)
+    logp = rng.normal(size=(B, T)).astype(np.float32)
+    ref = rng.normal(size=(B, T)).astype(np.float32)
+    beta = 0.05
+    r, ns = jax.jit(rw.shaped_rewards)(scores, logp, ref, mask, beta)
+    ns_ref = -beta * (logp - ref) * mask
+    np.testing.assert_allclose(ns, ns_ref, rtol=1e-5, atol=1e-7)
+    r_ref = ns_ref.copy()
+    for b in range(B):
+        r_ref[b, mask[b].sum() - 1] += scores[b]
+    np.testing.assert_allclose(r, r_ref, rtol=1e-5, atol=1e-6)
+    assert np.all(np.asarray(r)[mask == 0] == 0)
+
+
+def test_first_eos_mask_no_eos_and_padding():
+    tokens = jnp.array([[5, 6, 7, 0], [5, 2, 0, 2]])  # pad=0, eos=2
+    np.testing.assert_array_equal(rw.first_eos_mask(tokens, 2), [[1, 1, 1, 1], [1, 1, 0, 0]])
+
+
+def test_missing_eos_penalty():
+    out = rw.apply_missing_eos_penalty(jnp.array([0.5, 2.0]), jnp.array([True, False]), -1.0)
+    np.testing.assert_allclose(out, [0.5, -1.0])
+
+
+def test_truncate_after_token():
+    tokens = jnp.array([[9, 3, 9, 4, 9, 5], [1, 2, 3, 4, 5, 6], [9, 9, 1, 1, 1, 1]])
+    mask = jnp.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    out = rw.truncate_after_token(tokens, mask, 9, 2)
+    np.testing.assert_array_equal(out, [[1, 1, 1, 0, 0, 0], [1] * 6, [1, 1, 1, 1, 0, 0]])
