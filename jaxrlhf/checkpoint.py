@@ -67,3 +67,61 @@ def latest_step(directory: str) -> int | None:
     step = manager.latest_step()
     manager.close()
     return step
+
+
+def restore_subtree(directory: str, key: str, sharding: jax.sharding.Sharding,
+                    step: int | None = None) -> tuple[int, Any]:
+    """Restore one top-level field (e.g. ``"params"``) of a saved train state, placed with
+    ``sharding``, without reading the rest (optimizer moments stay on disk).
+
+    Returns ``(step, tree)`` where ``tree`` is nested dicts as stored (an NNX Variable is a
+    ``{"value": array}`` node; see ``nnx_state_from_tree``). ``step`` None: the newest.
+    """
+    directory = os.path.abspath(directory)
+    manager = ocp.CheckpointManager(directory,
+                                    item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint under {directory}; run that stage first")
+    metadata = manager.item_metadata(step)["state"].tree
+    if key not in metadata:
+        raise KeyError(f"checkpoint {directory} step {step} has no {key!r}; it has "
+                       f"{sorted(metadata)}")
+    target = {key: jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), metadata[key])}
+    restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), target)
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args, partial_restore=True)))
+    manager.close()
+    return step, restored["state"][key]
+
+
+def nnx_state_from_tree(abstract_state: Any, tree: Any) -> Any:
+    """Fill an abstract NNX state with arrays from a restored ``{name: {"value": x}}`` tree.
+
+    Raises ValueError naming the first path whose presence or shape disagrees, which is what
+    an incompatible checkpoint (another model size or family) looks like.
+    """
+    from flax import nnx
+
+    def strip(node):
+        if isinstance(node, dict):
+            if set(node) == {"value"}:
+                return node["value"]
+            return {k: strip(v) for k, v in node.items()}
+        return node
+
+    pure = strip(tree)
+    expected = nnx.to_pure_dict(abstract_state)
+    flat_expected = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
+    flat_found = dict(jax.tree_util.tree_flatten_with_path(pure)[0])
+    for path, leaf in flat_expected.items():
+        name = jax.tree_util.keystr(path)
+        if path not in flat_found:
+            raise ValueError(f"checkpoint lacks parameter {name}; it was saved from a "
+                             "different model architecture")
+        if tuple(flat_found[path].shape) != tuple(leaf.shape):
+            raise ValueError(f"parameter {name} has shape {tuple(flat_found[path].shape)} in "
+                             f"the checkpoint but the model expects {tuple(leaf.shape)}")
+    nnx.replace_by_pure_dict(abstract_state, pure)
+    return abstract_state

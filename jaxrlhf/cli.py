@@ -8,12 +8,12 @@ from __future__ import annotations
 import sys
 
 import jax
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxrlhf import config as config_lib, parallel
 
-STAGES = ("sft",)
+STAGES = ("sft", "reward", "ppo")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a get_config() file.",
                                           lock_config=True)
@@ -29,14 +29,19 @@ def _stage(argv: list[str]) -> str:
 
 def main(argv: list[str]) -> None:
     stage = _stage(argv)
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("--config and --workdir are required")
     parallel.initialize_distributed()
     config = _CONFIG.value
     config_lib.validate(config, jax.device_count())
     if stage == "sft":
-        from jaxrlhf.trainers import sft
-        summary = sft.train(config, _WORKDIR.value)
+        from jaxrlhf.trainers import sft as trainer
+    elif stage == "reward":
+        from jaxrlhf.trainers import reward as trainer
+    elif stage == "ppo":
+        from jaxrlhf.trainers import ppo as trainer
+    summary = trainer.train(config, _WORKDIR.value)
     print(summary)
 
 

@@ -22,6 +22,8 @@ def base_config() -> ml_collections.ConfigDict:
         remat="none"))
     # A local HF directory (config.json + *.safetensors) to start from; "" = random init.
     c.model_init = ""
+    # Workdir of a finished SFT run: the reward and PPO stages start from its policy.
+    c.policy_init = ""
 
     # Mesh: sizes of (data, fsdp, tensor); -1 takes the remaining devices.
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -55,6 +57,33 @@ def base_config() -> ml_collections.ConfigDict:
         # "" = the task's own tokenizer, or train a byte-level BPE on the data; else a
         # local tokenizer directory.
         tokenizer="", bpe_vocab_size=1024, max_len=32, num_train=4096, num_eval=256))
+
+    # Reward modelling (Bradley-Terry). source "": pairs on the built-in task labelled by
+    # its gold reward; else a local file / `datasets` name of TRL {prompt, chosen, rejected}
+    # or Anthropic HH {chosen, rejected} rows.
+    c.reward = ml_collections.ConfigDict(dict(
+        source="", split="train", eval_source="", eval_split="test",
+        num_train_pairs=2048, num_eval_pairs=512, num_reference=512,
+        max_prompt_tokens=8, max_response_tokens=24,
+        label_mode="bradley_terry", label_temperature=0.1, sample_temperature=1.0,
+        use_margin=False, center_coef=0.0))
+
+    # PPO; the defaults are those of PPO_DETAILS.md (item numbers in brackets).
+    c.ppo = ml_collections.ConfigDict(dict(
+        reward_source="model",       # "model": the reward model; "gold": the task's gold reward
+        reward_init="",              # workdir of a finished reward-model run
+        value_init="reward",         # value trunk from the "reward" model or the "policy" [15]
+        num_prompts=4096, num_eval_prompts=128, prompt_length=8, response_length=24,  # [4]
+        batch_size=64, num_minibatches=4, ppo_epochs=4, grad_accum=1,                  # [13]
+        temperature=0.7, top_k=0, top_p=1.0,                                            # [3]
+        kl_coef=0.05, kl_estimator="k1", kl_in_reward=True,                             # [7]
+        adaptive_kl=False, kl_target=6.0, kl_horizon=10000,                             # [8]
+        penalize_missing_eos=True, missing_eos_penalty=-1.0,                             # [5]
+        truncate_token_id=-1, truncate_min_length=0,                                     # [4]
+        whiten_rewards=False, gamma=1.0, lam=0.95,                                       # [9, 10]
+        clip=0.2, value_clip=0.2, vf_coef=0.1, ent_coef=0.0, ptx_coef=0.0,               # [12]
+        learning_rate=1e-5, adam_eps=1e-5, tf_adam=False,                               # [16, 17]
+        single_program=True))
     return c
 
 
@@ -113,4 +142,43 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     if config.data.max_len > m.max_seq_len:
         _fail("data.max_len", config.data.max_len,
               f"exceeds model.max_seq_len={m.max_seq_len}")
+    r = config.reward
+    if r.label_mode not in ("bradley_terry", "max"):
+        _fail("reward.label_mode", r.label_mode, "must be 'bradley_terry' or 'max'")
+    for field in ("num_train_pairs", "num_eval_pairs", "num_reference", "max_prompt_tokens",
+                  "max_response_tokens", "label_temperature", "sample_temperature"):
+        _positive(config, f"reward.{field}")
+    _positive(config, "reward.center_coef", allow_zero=True)
+    pair_len = r.max_prompt_tokens + r.max_response_tokens + 1
+    if pair_len > m.max_seq_len:
+        _fail("reward.max_response_tokens", r.max_response_tokens,
+              f"with reward.max_prompt_tokens={r.max_prompt_tokens} and the EOS makes "
+              f"{pair_len} tokens, more than model.max_seq_len={m.max_seq_len}")
+    p = config.ppo
+    choices = {"reward_source": ("model", "gold"), "value_init": ("reward", "policy"),
+               "kl_estimator": ("k1", "k2", "k3")}
+    for field, allowed in choices.items():
+        if p[field] not in allowed:
+            _fail(f"ppo.{field}", p[field], f"must be one of {allowed}")
+    for field in ("num_prompts", "num_eval_prompts", "prompt_length", "response_length",
+                  "batch_size", "num_minibatches", "ppo_epochs", "grad_accum", "temperature",
+                  "learning_rate", "adam_eps", "kl_target", "kl_horizon"):
+        _positive(config, f"ppo.{field}")
+    for field in ("kl_coef", "clip", "value_clip", "vf_coef", "ent_coef", "ptx_coef"):
+        _positive(config, f"ppo.{field}", allow_zero=True)
+    if p.batch_size % p.num_minibatches:
+        _fail("ppo.batch_size", p.batch_size,
+              f"must be divisible by ppo.num_minibatches={p.num_minibatches}")
+    minibatch = p.batch_size // p.num_minibatches
+    if minibatch % p.grad_accum or (minibatch // p.grad_accum) % dp:
+        _fail("ppo.grad_accum", p.grad_accum,
+              f"must split minibatches of {minibatch} into micro-batches divisible by the "
+              f"data-parallel size {dp}")
+    if p.batch_size % dp:
+        _fail("ppo.batch_size", p.batch_size, f"must be divisible by the data-parallel size {dp}")
+    if not 0.0 < p.top_p <= 1.0:
+        _fail("ppo.top_p", p.top_p, "must lie in (0, 1]")
+    if p.prompt_length + p.response_length > m.max_seq_len:
+        _fail("ppo.response_length", p.response_length,
+              f"plus ppo.prompt_length={p.prompt_length} exceeds model.max_seq_len={m.max_seq_len}")
     parallel.rules_table(config.axis_rules)

@@ -4,7 +4,7 @@ from jaxrlhf.config import base_config
 
 def get_config():
     c = base_config()
-    c.train.steps = 300
-    c.train.eval_every = 100
-    c.train.checkpoint_every = 100
+    c.train.steps = 600
+    c.train.eval_every = 150
+    c.train.checkpoint_every = 150
     return c

@@ -1,6 +1,7 @@
 """Glue shared by the trainers: model config from the run config, model init, samples."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -13,9 +14,57 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxrlhf import parallel, sampling
+from jaxrlhf import checkpoint, parallel, sampling
+from jaxrlhf.data import tokenizer as tokenizer_lib
 from jaxrlhf.models import hf
 from jaxrlhf.models.config import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """A trained model read back from a stage's workdir (parameters on one device)."""
+    tokenizer: Any
+    model_cfg: ModelConfig
+    graphdef: nnx.GraphDef
+    params: nnx.State
+    workdir: str
+
+
+def run_tokenizer(config: ml_collections.ConfigDict, workdir: str, task,
+                  texts: Sequence[str]):
+    """The run's tokenizer, saved in ``workdir/tokenizer`` so later stages and resumes use
+    exactly the same one: a local directory's (``data.tokenizer``), the task's own, or a
+    byte-level BPE trained on ``texts``."""
+    saved = os.path.join(workdir, "tokenizer")
+    if os.path.isdir(saved):
+        return tokenizer_lib.load_tokenizer(saved)
+    if config.data.tokenizer:
+        tokenizer = tokenizer_lib.load_tokenizer(config.data.tokenizer)
+    elif task is not None:
+        tokenizer = task.tokenizer
+    else:
+        tokenizer = tokenizer_lib.train_bpe_tokenizer(texts, config.data.bpe_vocab_size)
+    tokenizer.save_pretrained(saved)
+    return tokenizer
+
+
+def load_model(workdir: str, model_cls: Callable[..., nnx.Module], **kwargs) -> Restored:
+    """The newest checkpoint of the run in ``workdir`` as ``model_cls`` (``CausalLM`` for an
+    SFT run, ``ScalarModel`` for a reward run), with its tokenizer and model config. A
+    missing or incompatible checkpoint is a clear error."""
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{workdir} holds no run (no config.json); pass the workdir "
+                                "of a finished SFT run")
+    with open(config_path) as f:
+        saved = ml_collections.ConfigDict(json.load(f))
+    tokenizer = tokenizer_lib.load_tokenizer(os.path.join(workdir, "tokenizer"))
+    model_cfg = model_config(saved, tokenizer)
+    graphdef, abstract = abstract_model(model_cls, model_cfg, **kwargs)
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    _, tree = checkpoint.restore_subtree(os.path.join(workdir, "checkpoints"), "params", sharding)
+    params = checkpoint.nnx_state_from_tree(abstract, tree)
+    return Restored(tokenizer, model_cfg, graphdef, params, workdir)
 
 
 def model_config(config: ml_collections.ConfigDict, tokenizer) -> ModelConfig:
@@ -85,9 +134,10 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int,
     return ids, mask
 
 
-def decode_responses(tokenizer, completion: sampling.Completion) -> list[str]:
-    """Decode each row's response up to (not including) EOS."""
-    tokens, mask = jax.device_get((completion.tokens, completion.mask))
+def decode_responses(tokenizer, tokens: jax.Array | np.ndarray,
+                     mask: jax.Array | np.ndarray) -> list[str]:
+    """Decode each row's response tokens where ``mask`` is 1, special tokens dropped."""
+    tokens, mask = jax.device_get((tokens, mask))
     return [tokenizer.decode([t for t, m in zip(row, keep) if m], skip_special_tokens=True)
             for row, keep in zip(tokens, mask)]
 
@@ -106,7 +156,8 @@ def sample_printer(graphdef: nnx.GraphDef, tokenizer, prompts: Sequence[str],
     path = os.path.join(workdir, "samples.jsonl")
 
     def write(params, step: int) -> None:
-        responses = decode_responses(tokenizer, generate(params))
+        completion = generate(params)
+        responses = decode_responses(tokenizer, completion.tokens, completion.mask)
         with open(path, "a") as f:
             for prompt, response in zip(prompts, responses):
                 f.write(json.dumps({"step": step, "prompt": prompt, "response": response}) + "\n")

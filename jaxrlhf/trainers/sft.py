@@ -20,7 +20,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxrlhf import losses, optim, parallel, sampling
-from jaxrlhf.data import sft as sft_data, tasks, tokenizer as tokenizer_lib
+from jaxrlhf.data import sft as sft_data, tasks
 from jaxrlhf.data.iterator import BatchIterator
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.transformer import CausalLM
@@ -129,47 +129,40 @@ class SFTData:
                 for i in range(0, n, batch_size)]
 
 
-def load_examples(config: ml_collections.ConfigDict) -> tuple[list[dict], list[dict], Any]:
-    """Train and eval ``{prompt, completion}`` examples, and the task (or None)."""
-    d = config.data
-    if not d.source:
-        task = tasks.get_task(d.task)
-        return (task.demonstrations(d.num_train, seed=config.seed),
-                task.demonstrations(d.num_eval, seed=config.seed + 1), task)
-    train = sft_data.sft_examples(sft_data.load_records(d.source, d.split))
-    if d.eval_source:
-        evals = sft_data.sft_examples(sft_data.load_records(d.eval_source, d.eval_split))
-    else:
-        train, evals = train[:-d.num_eval], train[-d.num_eval:]
-    return train[: d.num_train], evals, None
-
-
-def load_or_train_tokenizer(config: ml_collections.ConfigDict, workdir: str, task,
-                            examples: list[dict]):
-    """The run's tokenizer, saved in ``workdir/tokenizer`` so later stages and resumes
-    use exactly the same one: the task's, a local directory's, or a BPE trained on the data."""
-    saved = os.path.join(workdir, "tokenizer")
-    if os.path.isdir(saved):
-        return tokenizer_lib.load_tokenizer(saved)
-    if config.data.tokenizer:
-        tokenizer = tokenizer_lib.load_tokenizer(config.data.tokenizer)
-    elif task is not None:
-        tokenizer = task.tokenizer
-    else:
-        texts = (e["prompt"] + e["completion"] for e in examples)
-        tokenizer = tokenizer_lib.train_bpe_tokenizer(texts, config.data.bpe_vocab_size)
-    tokenizer.save_pretrained(saved)
-    return tokenizer
+def record_texts(records: list[sft_data.Record]) -> list[str]:
+    """The raw text of SFT rows of either layout (for training a tokenizer on them)."""
+    texts = []
+    for _, row in records:
+        if "messages" in row:
+            texts.extend(str(m.get("content", "")) for m in row["messages"])
+        else:
+            texts.append(str(row.get("prompt", "")) + str(row.get("completion", "")))
+    return texts
 
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> SFTData:
-    train, evals, task = load_examples(config)
-    tokenizer = load_or_train_tokenizer(config, workdir, task, train)
-    max_len = config.data.max_len
+    """Examples from the built-in task or a file / ``datasets`` source, tokenized with the
+    run's tokenizer (chat rows need it for their template, so it comes first)."""
+    d = config.data
+    task = None if d.source else tasks.get_task(d.task)
+    if task is not None:
+        tokenizer = common.run_tokenizer(config, workdir, task, [])
+        train = task.demonstrations(d.num_train, seed=config.seed)
+        evals = task.demonstrations(d.num_eval, seed=config.seed + 1)
+    else:
+        records = sft_data.load_records(d.source, d.split)
+        eval_records = (sft_data.load_records(d.eval_source, d.eval_split) if d.eval_source
+                        else records[-d.num_eval:])
+        if not d.eval_source:
+            records = records[:-d.num_eval]
+        tokenizer = common.run_tokenizer(config, workdir, None, record_texts(records))
+        train = sft_data.sft_examples(records[: d.num_train], tokenizer)
+        evals = sft_data.sft_examples(eval_records[: d.num_eval], tokenizer)
+    train_arrays = sft_data.tokenize_sft(train, tokenizer, d.max_len)
+    print(f"[sft] train data: {train_arrays.stats.report()}")
     return SFTData(
-        tokenizer=tokenizer,
-        train=sft_data.tokenize_sft(train, tokenizer, max_len),
-        eval=sft_data.tokenize_sft(evals, tokenizer, max_len),
+        tokenizer=tokenizer, train=train_arrays,
+        eval=sft_data.tokenize_sft(evals, tokenizer, d.max_len),
         eval_prompts=[e["prompt"] for e in evals],
         unigram_entropy=task.unigram_entropy() if task is not None else None)
 
