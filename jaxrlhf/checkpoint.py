@@ -78,8 +78,9 @@ def restore_subtree(directory: str, key: str, sharding: jax.sharding.Sharding,
     ``{"value": array}`` node; see ``nnx_state_from_tree``). ``step`` None: the newest.
     """
     directory = os.path.abspath(directory)
-    manager = ocp.CheckpointManager(directory,
-                                    item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+    manager = ocp.CheckpointManager(directory, item_handlers={
+        "state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+        "config": ocp.JsonCheckpointHandler()})
     step = manager.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint under {directory}; run that stage first")
@@ -104,11 +105,11 @@ def nnx_state_from_tree(abstract_state: Any, tree: Any) -> Any:
     """
     from flax import nnx
 
-    def strip(node):
+    def strip(node):  # Orbax stores list indices as strings: "0" -> 0
         if isinstance(node, dict):
             if set(node) == {"value"}:
                 return node["value"]
-            return {k: strip(v) for k, v in node.items()}
+            return {int(k) if k.isdigit() else k: strip(v) for k, v in node.items()}
         return node
 
     pure = strip(tree)

@@ -152,16 +152,16 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-    """Leading axis over ``('data', 'fsdp')``, the rest replicated."""
-    return NamedSharding(mesh, P(BATCH_AXES, *(None,) * (ndim - 1)))
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis over ``('data', 'fsdp')``, the rest replicated; any rank >= 1."""
+    return NamedSharding(mesh, P(BATCH_AXES))
 
 
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Place a host batch (the global batch on every process) onto the mesh."""
     out = {}
     for key, value in batch.items():
-        sharding = batch_sharding(mesh, np.ndim(value))
+        sharding = batch_sharding(mesh)
         out[key] = jax.make_array_from_callback(
             np.shape(value), sharding, lambda index, v=value: np.asarray(v[index]))
     return out

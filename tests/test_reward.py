@@ -55,13 +55,13 @@ def test_malformed_preference_row_names_its_origin():
 
 def test_truncation_policy_counts_and_drops_identical_pairs():
     tok = tasks.get_task("sentiment").tokenizer
-    pairs = [preference.PreferencePair("the movie was", " good .", " bad ."),
-             preference.PreferencePair("the movie was", " good .", " good ."),
+    pairs = [preference.PreferencePair("movie was", " good .", " bad ."),
+             preference.PreferencePair("movie was", " good .", " good ."),
              preference.PreferencePair("the movie was", " good good good good .", " bad .")]
     arrays, stats = preference.tokenize_pairs(pairs, tok, max_prompt_tokens=2,
                                               max_response_tokens=3)
     assert stats.pairs_in == 3 and stats.identical_dropped == 1
-    assert stats.truncated == 2  # every prompt is 3 tokens > 2; the long one also its response
+    assert stats.truncated == 1  # the last: a 3-token prompt and a 5-token response
     assert arrays["chosen_ids"].shape == (2, 2 + 3 + 1)
     # prompt keeps its last tokens, EOS ends each row, pad follows and is never EOS
     first = arrays["chosen_ids"][0][arrays["chosen_mask"][0] == 1]

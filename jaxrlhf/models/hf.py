@@ -62,9 +62,10 @@ def _get(obj, path: str):
 
 
 def _set(p: nnx.Param, x: np.ndarray, name: str) -> None:
-    if tuple(p.value.shape) != tuple(x.shape):
-        raise ValueError(f"{name}: checkpoint shape {x.shape} != model shape {p.value.shape}")
-    p.value = jnp.asarray(x, p.value.dtype)
+    cur = p.get_value()
+    if tuple(cur.shape) != tuple(x.shape):
+        raise ValueError(f"{name}: checkpoint shape {x.shape} != model shape {cur.shape}")
+    p.set_value(jnp.asarray(x, cur.dtype))
 
 
 def _layer_from_hf(cfg: ModelConfig, w: dict[str, np.ndarray], i: int) -> dict[str, tuple[str, np.ndarray]]:
@@ -183,7 +184,7 @@ def _ignorable(cfg: ModelConfig, name: str, x: np.ndarray) -> bool:
 def causal_lm_to_hf(model: CausalLM) -> dict[str, np.ndarray]:
     """{HF tensor name: numpy array in the HF layout} for ``model`` (param dtype kept)."""
     cfg = model.cfg
-    a = lambda p: np.asarray(p.value)  # noqa: E731
+    a = lambda p: np.asarray(p.get_value())  # noqa: E731
     t = model.model
     out: dict[str, np.ndarray] = {}
     if cfg.family == "gpt2":

@@ -30,15 +30,18 @@ class Restored:
     workdir: str
 
 
-def run_tokenizer(config: ml_collections.ConfigDict, workdir: str, task,
-                  texts: Sequence[str]):
+def run_tokenizer(config: ml_collections.ConfigDict, workdir: str, *, task=None,
+                  texts: Sequence[str] = (), inherited=None):
     """The run's tokenizer, saved in ``workdir/tokenizer`` so later stages and resumes use
-    exactly the same one: a local directory's (``data.tokenizer``), the task's own, or a
-    byte-level BPE trained on ``texts``."""
+    exactly the same one: the one a previous stage used (``inherited``), a local
+    directory's (``data.tokenizer``), the task's own, or a byte-level BPE trained on
+    ``texts``."""
     saved = os.path.join(workdir, "tokenizer")
     if os.path.isdir(saved):
         return tokenizer_lib.load_tokenizer(saved)
-    if config.data.tokenizer:
+    if inherited is not None:
+        tokenizer = inherited
+    elif config.data.tokenizer:
         tokenizer = tokenizer_lib.load_tokenizer(config.data.tokenizer)
     elif task is not None:
         tokenizer = task.tokenizer

@@ -277,11 +277,9 @@ def prepare_data(config, workdir: str, policy: common.Restored | None) -> Reward
     else:
         train, evals = file_pairs(config)
         reference = [{"prompt": p.prompt, "completion": p.chosen} for p in train[: r.num_reference]]
-    if policy is not None:
-        tokenizer = policy.tokenizer
-    else:
-        texts = [t for p in train for t in (p.prompt, p.chosen, p.rejected)]
-        tokenizer = common.run_tokenizer(config, workdir, task, texts)
+    texts = [t for p in train for t in (p.prompt, p.chosen, p.rejected)]
+    tokenizer = common.run_tokenizer(config, workdir, task=task, texts=texts,
+                                     inherited=policy.tokenizer if policy else None)
     limits = dict(max_prompt_tokens=r.max_prompt_tokens,
                   max_response_tokens=r.max_response_tokens)
     train_arrays, train_stats = preference.tokenize_pairs(train, tokenizer, **limits)

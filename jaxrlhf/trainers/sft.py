@@ -146,7 +146,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> SFTData:
     d = config.data
     task = None if d.source else tasks.get_task(d.task)
     if task is not None:
-        tokenizer = common.run_tokenizer(config, workdir, task, [])
+        tokenizer = common.run_tokenizer(config, workdir, task=task)
         train = task.demonstrations(d.num_train, seed=config.seed)
         evals = task.demonstrations(d.num_eval, seed=config.seed + 1)
     else:
@@ -155,7 +155,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> SFTData:
                         else records[-d.num_eval:])
         if not d.eval_source:
             records = records[:-d.num_eval]
-        tokenizer = common.run_tokenizer(config, workdir, None, record_texts(records))
+        tokenizer = common.run_tokenizer(config, workdir, texts=record_texts(records))
         train = sft_data.sft_examples(records[: d.num_train], tokenizer)
         evals = sft_data.sft_examples(eval_records[: d.num_eval], tokenizer)
     train_arrays = sft_data.tokenize_sft(train, tokenizer, d.max_len)
