@@ -5,6 +5,7 @@ Configs are locked ml_collections files: a misspelt override fails naming the fi
 """
 from __future__ import annotations
 
+import json
 import sys
 
 import jax
@@ -13,26 +14,76 @@ from ml_collections import config_flags
 
 from jaxrlhf import config as config_lib, parallel
 
-STAGES = ("sft", "reward", "ppo")
+STAGES = ("sft", "reward", "ppo", "pipeline", "sample")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a get_config() file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, report.")
+# `sample` only:
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "sample: workdir of an SFT or PPO run.")
+_PROMPTS = flags.DEFINE_string("prompts", None,
+                               "sample: a text file (one prompt a line) or JSONL with 'prompt'.")
+_OUTPUT = flags.DEFINE_string("output", None, "sample: write JSONL here instead of printing.")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 32, "sample: tokens to generate.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.7, "sample: softmax temperature.")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "sample: keep the k most likely tokens (0: all).")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "sample: nucleus mass (1: all).")
+_GREEDY = flags.DEFINE_boolean("greedy", False, "sample: argmax decoding.")
+_SEED = flags.DEFINE_integer("seed", 0, "sample: random seed.")
 
 
 def _stage(argv: list[str]) -> str:
     if len(argv) != 2 or argv[1] not in STAGES:
-        raise app.UsageError(f"usage: python -m jaxrlhf {{{','.join(STAGES)}}} "
-                             "--config=FILE --workdir=DIR [--config.field=value ...]")
+        raise app.UsageError(
+            f"usage: python -m jaxrlhf {{{','.join(STAGES[:-1])}}} --config=FILE --workdir=DIR "
+            "[--config.field=value ...]\n   or: python -m jaxrlhf sample --checkpoint=RUN_DIR "
+            "--prompts=FILE [--output=FILE]")
     return argv[1]
+
+
+def read_prompts(path: str) -> list[str]:
+    """One prompt per line of a text file, or the 'prompt' field of each JSONL row."""
+    with open(path) as f:
+        lines = [line.rstrip("\n") for line in f if line.strip()]
+    if not path.endswith((".jsonl", ".json")):
+        return lines
+    prompts = []
+    for number, line in enumerate(lines, start=1):
+        row = json.loads(line)
+        if not isinstance(row, dict) or "prompt" not in row:
+            raise ValueError(f"{path}:{number}: a JSONL prompt row needs a 'prompt' field")
+        prompts.append(row["prompt"])
+    return prompts
+
+
+def sample_main() -> None:
+    from jaxrlhf.models.transformer import CausalLM
+    from jaxrlhf.trainers import common
+    if not _CHECKPOINT.value or not _PROMPTS.value:
+        raise app.UsageError("sample needs --checkpoint=RUN_DIR and --prompts=FILE")
+    restored = common.load_model(_CHECKPOINT.value, CausalLM)
+    prompts = read_prompts(_PROMPTS.value)
+    responses = common.complete(
+        restored, prompts, max_new_tokens=_MAX_NEW.value, seed=_SEED.value,
+        temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
+        greedy=_GREEDY.value)
+    rows = [{"prompt": p, "completion": r} for p, r in zip(prompts, responses)]
+    if _OUTPUT.value:
+        with open(_OUTPUT.value, "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+    else:
+        for row in rows:
+            print(f"{row['prompt']!r} -> {row['completion']!r}")
 
 
 def main(argv: list[str]) -> None:
     stage = _stage(argv)
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+    parallel.initialize_distributed()
+    if stage == "sample":
+        return sample_main()
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("--config and --workdir are required")
-    parallel.initialize_distributed()
     config = _CONFIG.value
     config_lib.validate(config, jax.device_count())
     if stage == "sft":
@@ -41,6 +92,8 @@ def main(argv: list[str]) -> None:
         from jaxrlhf.trainers import reward as trainer
     elif stage == "ppo":
         from jaxrlhf.trainers import ppo as trainer
+    elif stage == "pipeline":
+        from jaxrlhf import pipeline as trainer
     summary = trainer.train(config, _WORKDIR.value)
     print(summary)
 

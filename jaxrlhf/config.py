@@ -5,6 +5,8 @@ naming the field. ``validate`` checks values before anything is compiled (DESIGN
 """
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from jaxrlhf import parallel
@@ -87,6 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+PIPELINE_STAGES = ("sft", "reward", "ppo")
 FAMILIES = ("gpt2", "llama", "qwen2")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -103,8 +106,29 @@ def _positive(config: ml_collections.ConfigDict, field: str, *, allow_zero: bool
         _fail(field, value, "must be positive" if not allow_zero else "must be >= 0")
 
 
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """``get_config()`` of a config file, so one experiment file can reuse another's."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0],
+                                                  path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
-    """Raise ValueError naming the first invalid field; runs before any compilation."""
+    """Raise ValueError naming the first invalid field; runs before any compilation.
+
+    A pipeline config (with ``sft``, ``reward`` and ``ppo`` stage configs) is validated
+    stage by stage, and the field names carry the stage (``config.ppo.ppo.clip``).
+    """
+    if all(name in config for name in PIPELINE_STAGES):
+        for name in PIPELINE_STAGES:
+            try:
+                validate(config[name], num_devices)
+            except ValueError as e:
+                raise ValueError(str(e).replace("config.", f"config.{name}.", 1)) from None
+        return
     m = config.model
     if m.family not in FAMILIES:
         _fail("model.family", m.family, f"is not a known model family; choose from {FAMILIES}")

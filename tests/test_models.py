@@ -187,3 +187,15 @@ def test_remat_full_matches_none(scan):
         assert ka == kb
         np.testing.assert_allclose(np.asarray(va.get_value()), np.asarray(vb.get_value()), rtol=1e-5, atol=1e-7,
                                    err_msg=str(ka))
+
+
+def test_load_rejects_unplaced_tensors(tmp_path):
+    from safetensors.numpy import load_file, save_file
+    from jaxrlhf.models.hf import load_causal_lm, save_causal_lm
+    save_causal_lm(CausalLM(ModelConfig.preset("llama"), rngs=nnx.Rngs(0)), str(tmp_path))
+    f = str(tmp_path / "model.safetensors")
+    w = load_file(f)
+    w["model.layers.0.self_attn.o_proj.bias"] = np.ones(64, np.float32)
+    save_file(w, f, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="o_proj.bias"):
+        load_causal_lm(str(tmp_path))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -51,22 +52,37 @@ def run_tokenizer(config: ml_collections.ConfigDict, workdir: str, *, task=None,
     return tokenizer
 
 
+MODEL_CARD = "model.json"
+
+
+def write_model_card(workdir: str, model_cfg: ModelConfig, params_key: str) -> None:
+    """Record which model a run trains and where its checkpoint keeps the parameters, so
+    ``load_model`` can read any stage's workdir (SFT, reward, PPO) the same way."""
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, MODEL_CARD), "w") as f:
+        json.dump({"model": dataclasses.asdict(model_cfg), "params_key": params_key}, f, indent=2)
+
+
 def load_model(workdir: str, model_cls: Callable[..., nnx.Module], **kwargs) -> Restored:
     """The newest checkpoint of the run in ``workdir`` as ``model_cls`` (``CausalLM`` for an
-    SFT run, ``ScalarModel`` for a reward run), with its tokenizer and model config. A
-    missing or incompatible checkpoint is a clear error."""
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(f"{workdir} holds no run (no config.json); pass the workdir "
-                                "of a finished SFT run")
-    with open(config_path) as f:
-        saved = ml_collections.ConfigDict(json.load(f))
+    SFT or PPO run, ``ScalarModel`` for a reward run), with its tokenizer and model config.
+    A missing or incompatible checkpoint is a clear error."""
+    card_path = os.path.join(workdir, MODEL_CARD)
+    if not os.path.exists(card_path):
+        raise FileNotFoundError(f"{workdir} holds no trained model (no {MODEL_CARD}); pass the "
+                                "workdir of a finished run of the right stage")
+    with open(card_path) as f:
+        card = json.load(f)
+    model_cfg = ModelConfig(**card["model"])
     tokenizer = tokenizer_lib.load_tokenizer(os.path.join(workdir, "tokenizer"))
-    model_cfg = model_config(saved, tokenizer)
     graphdef, abstract = abstract_model(model_cls, model_cfg, **kwargs)
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    _, tree = checkpoint.restore_subtree(os.path.join(workdir, "checkpoints"), "params", sharding)
-    params = checkpoint.nnx_state_from_tree(abstract, tree)
+    _, tree = checkpoint.restore_subtree(os.path.join(workdir, "checkpoints"),
+                                         card["params_key"], sharding)
+    try:
+        params = checkpoint.nnx_state_from_tree(abstract, tree)
+    except ValueError as e:
+        raise ValueError(f"{workdir}: {e} (expected a {model_cls.__name__})") from None
     return Restored(tokenizer, model_cfg, graphdef, params, workdir)
 
 
@@ -168,3 +184,20 @@ def sample_printer(graphdef: nnx.GraphDef, tokenizer, prompts: Sequence[str],
                                                 zip(prompts, responses)))
 
     return write
+
+
+def complete(restored: Restored, prompts: Sequence[str], *, max_new_tokens: int, seed: int = 0,
+             batch_size: int = 64, **sampling_kwargs) -> list[str]:
+    """Complete text prompts with a restored causal LM (``sampling.generate`` options)."""
+    tok = restored.tokenizer
+    generate = jax.jit(functools.partial(
+        sampling.generate, restored.graphdef, max_new_tokens=max_new_tokens,
+        eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, **sampling_kwargs))
+    encoded = [tok(p)["input_ids"] for p in prompts]
+    length = max(len(e) for e in encoded)
+    responses: list[str] = []
+    for start in range(0, len(encoded), batch_size):
+        ids, mask = left_pad(encoded[start:start + batch_size], tok.pad_token_id, length)
+        out = generate(restored.params, ids, mask, jax.random.key(seed + start))
+        responses += decode_responses(tok, out.tokens, out.mask)
+    return responses

@@ -489,8 +489,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     p = config.ppo
     mesh = parallel.make_mesh(config.mesh)
     policy, reward, task = load_inputs(config)
+    tok = common.run_tokenizer(config, workdir, inherited=policy.tokenizer)
+    common.write_model_card(workdir, policy.model_cfg, "policy")
     program = build(config, mesh, policy, reward, task)
-    tok = policy.tokenizer
     train_prompts = prompt_arrays(tok, task.demonstrations(p.num_prompts, seed=config.seed),
                                   config)
     eval_examples = [{"prompt": q} for q in task.prompts(p.num_eval_prompts, seed=config.seed + 1)]

@@ -161,8 +161,13 @@ def calibration_table(margins: np.ndarray, bins: int = 10) -> list[dict[str, flo
     return table
 
 
-def evaluate_pairs(params, program: Program, batches, mesh) -> tuple[dict[str, float], np.ndarray]:
-    """Held-out accuracy, mean chosen / rejected reward and margin; and all margins."""
+def evaluate_pairs(params, program: Program, batches, mesh,
+                   gold_labelled: bool) -> tuple[dict[str, float], np.ndarray]:
+    """Held-out accuracy, mean chosen / rejected reward and margin; and all margins.
+
+    With gold-labelled pairs (whose ``margin`` column is ``g_chosen - g_rejected``) it also
+    reports ``eval/rm/gold_accuracy``: agreement with the gold ordering, ties left out.
+    """
     chosen, rejected = [], []
     for batch in batches:
         r_c, r_r = jax.device_get(program.pair_scores(params, parallel.shard_batch(batch, mesh)))
@@ -174,6 +179,10 @@ def evaluate_pairs(params, program: Program, batches, mesh) -> tuple[dict[str, f
                "eval/rm/chosen": float(r_c.mean()), "eval/rm/rejected": float(r_r.mean()),
                "eval/rm/margin": float(margins.mean()),
                "eval/rm/loss": float(np.mean(np.logaddexp(0.0, -margins)))}
+    if gold_labelled:
+        gold = np.concatenate([b["margin"] for b in batches])
+        decided = gold != 0
+        metrics["eval/rm/gold_accuracy"] = float((margins[decided] * gold[decided] > 0).mean())
     return metrics, margins
 
 
@@ -312,11 +321,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     policy = (common.load_model(config.policy_init, CausalLM) if config.policy_init else None)
     data = prepare_data(config, workdir, policy)
     model_cfg = policy.model_cfg if policy is not None else common.model_config(config, data.tokenizer)
+    common.write_model_card(workdir, model_cfg, "params")
     program = build(config, model_cfg, mesh, initial_params_fn(config, model_cfg, policy))
     eval_batches = fixed_batches(data.eval, config.train.batch_size)
+    gold_labelled = not config.reward.source
 
     def evaluate_state(state: TrainState) -> dict[str, float]:
-        return evaluate_pairs(state.params, program, eval_batches, mesh)[0]
+        return evaluate_pairs(state.params, program, eval_batches, mesh, gold_labelled)[0]
 
     batches = BatchIterator(data.train, config.train.batch_size, seed=config.seed)
     state = loop.run(
@@ -326,7 +337,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         count_tokens=lambda b: int(b["chosen_mask"].sum() + b["rejected_mask"].sum()),
         desc="reward")
 
-    metrics, margins = evaluate_pairs(state.params, program, eval_batches, mesh)
+    metrics, margins = evaluate_pairs(state.params, program, eval_batches, mesh, gold_labelled)
     with open(os.path.join(workdir, CALIBRATION_FILE), "w") as f:
         json.dump(calibration_table(margins), f, indent=2)
     raw = np.concatenate([

@@ -172,6 +172,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     mesh = parallel.make_mesh(config.mesh)
     data = prepare_data(config, workdir)
     model_cfg = common.model_config(config, data.tokenizer)
+    common.write_model_card(workdir, model_cfg, "params")
     program = build(config, model_cfg, mesh)
     eval_fn = program.eval_sums
     eval_batches = data.eval_batches(config.train.batch_size)
