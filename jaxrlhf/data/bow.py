@@ -312,7 +312,8 @@ class LogisticRegression:
     def predict_proba(self, X) -> np.ndarray:
         """``P(y=1 | x)`` of each row, float64 [n]."""
         z = self.decision_function(X)
-        return 0.5 * (1.0 + np.tanh(0.5 * z))  # = sigmoid(z), without overflow
+        e = np.exp(-np.abs(z))  # sigmoid(z) without overflow, accurate in both tails
+        return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
     def predict(self, X) -> np.ndarray:
         return (self.decision_function(X) > 0).astype(np.int64)
