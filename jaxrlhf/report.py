@@ -228,16 +228,13 @@ def _plot_reward_vs_kl(rows, path) -> str | None:
         drew = True
     if not drew:
         return "no `eval/gold` or `eval/score` values in ppo/metrics.jsonl"
-    ends = [(evals[0], (6, -14), "left")]
-    if len(evals) > 1:
-        ends.append((evals[-1], (-6, -16), "right"))
-    for r, offset, ha in ends:
+    for r in evals:  # label every point with its PPO iteration
         y = r.get("eval/gold", r.get("eval/score"))
         if _is_number(y):
-            label = "SFT policy (step 0)" if r["step"] == 0 else f"step {r['step']}"
+            label = "SFT policy" if r["step"] == 0 else str(r["step"])
             ax.annotate(label, (r["eval/kl"], y), textcoords="offset points",
-                        xytext=offset, ha=ha, fontsize=8)
-    ax.set_xlabel("KL(policy || SFT) on eval prompts (nats)")
+                        xytext=(4, 5), ha="left", fontsize=7)
+    ax.set_xlabel("KL(policy || SFT) on eval prompts (nats); points labelled by iteration")
     ax.set_ylabel("mean reward per response")
     ax.set_title("PPO: reward against KL")
     ax.grid(alpha=0.3)
