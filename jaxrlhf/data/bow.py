@@ -99,7 +99,8 @@ class BowMatrix:
         a_len, b_len = np.diff(self.indptr), np.diff(other.indptr)
         indptr = np.concatenate([[0], np.cumsum(a_len + b_len)]).astype(np.int64)
         # Position of each entry in the merged arrays.
-        a_pos = indptr[:-1][self.row_ids] + (np.arange(len(self.indices)) - self.indptr[:-1][self.row_ids])
+        a_rows = self.row_ids
+        a_pos = indptr[:-1][a_rows] + (np.arange(len(self.indices)) - self.indptr[:-1][a_rows])
         b_rows = other.row_ids
         b_pos = (indptr[:-1][b_rows] + a_len[b_rows]
                  + (np.arange(len(other.indices)) - other.indptr[:-1][b_rows]))

@@ -38,17 +38,22 @@ class PairStats:
 def split_hh_dialogue(chosen: str, rejected: str, origin: str = "") -> tuple[str, str, str]:
     """Split an Anthropic HH pair of whole dialogues into (prompt, chosen, rejected).
 
-    Both dialogues share everything up to their last ``"\\n\\nAssistant:"``; the prompt is
-    that shared prefix including the marker, the responses what follows it.
+    The prompt is the dialogues' longest common prefix, cut back to its last
+    ``"\\n\\nAssistant:"`` (marker included); the responses are what follows. For a
+    well-formed pair that is exactly "everything up to the last Assistant turn"; for the
+    few HH rows whose dialogues already diverge in an earlier turn it is the shared part,
+    as TRL's ``extract_prompt`` does.
     """
-    cut_c, cut_r = chosen.rfind(HH_ASSISTANT), rejected.rfind(HH_ASSISTANT)
-    if cut_c < 0 or cut_r < 0:
-        raise ValueError(f"{origin}: HH row has no {HH_ASSISTANT!r} turn")
-    prompt = chosen[: cut_c + len(HH_ASSISTANT)]
-    if rejected[: cut_r + len(HH_ASSISTANT)] != prompt:
-        raise ValueError(f"{origin}: HH chosen and rejected dialogues differ before their "
-                         "last Assistant turn")
-    return prompt, chosen[cut_c + len(HH_ASSISTANT):], rejected[cut_r + len(HH_ASSISTANT):]
+    shared = 0
+    limit = min(len(chosen), len(rejected))
+    while shared < limit and chosen[shared] == rejected[shared]:
+        shared += 1
+    cut = chosen.rfind(HH_ASSISTANT, 0, shared)  # the marker lies wholly in the shared part
+    if cut < 0:
+        raise ValueError(f"{origin}: HH dialogues share no {HH_ASSISTANT!r} turn; a pair "
+                         "needs a common prompt ending in an Assistant turn")
+    end = cut + len(HH_ASSISTANT)
+    return chosen[:end], chosen[end:], rejected[end:]
 
 
 def pair_from_row(row: dict, origin: str) -> PreferencePair:
