@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import time
 
@@ -30,32 +29,9 @@ FEATURES = {"unigram": dict(ngram=(1, 1), max_features=20000, min_count=2),
             "unigram+bigram": dict(ngram=(1, 2), max_features=20000, min_count=2)}
 
 
-def load_pairs() -> tuple[list[preference.PreferencePair], list[str]]:
-    """The pairs exactly as the reward trainer parses them; if that parser rejects a row
-    (some HH rows have an Assistant turn whose text contains an unseparated "Human:" turn,
-    so the last ``\n\nAssistant:`` markers of the two dialogues differ), that row is split
-    instead at the last marker inside the dialogues' common prefix, keeping every pair in
-    its file position. Returns the pairs and the origins of rows that needed the fallback."""
-    records = sft_data.load_records(SOURCE)
-    try:
-        return preference.pairs_from_records(records), []
-    except ValueError:
-        pass
-    pairs, fallback = [], []
-    for origin, row in records:
-        try:
-            pairs.append(preference.pair_from_row(row, origin))
-        except ValueError:
-            chosen, rejected = row["chosen"], row["rejected"]
-            common = os.path.commonprefix([chosen, rejected])
-            cut = common.rfind(preference.HH_ASSISTANT)
-            if cut < 0:
-                raise
-            cut += len(preference.HH_ASSISTANT)
-            pairs.append(preference.PreferencePair(chosen[:cut], chosen[cut:], rejected[cut:],
-                                                   origin=origin))
-            fallback.append(origin)
-    return pairs, fallback
+def load_pairs() -> list[preference.PreferencePair]:
+    """The pairs exactly as the reward trainer parses them, in file order."""
+    return preference.pairs_from_records(sft_data.load_records(SOURCE))
 
 
 def longer_accuracy(chosen: list[str], rejected: list[str], length) -> float:
@@ -94,7 +70,7 @@ def main():
     parser.add_argument("--out", default=str(pathlib.Path(__file__).with_name("results.json")))
     args = parser.parse_args()
     t0 = time.perf_counter()
-    pairs, fallback = load_pairs()
+    pairs = load_pairs()
     train, evals = pairs[:NUM_TRAIN], pairs[NUM_TRAIN:][:NUM_EVAL]
     if len(evals) != NUM_EVAL:
         raise ValueError(f"{SOURCE}: expected {NUM_TRAIN + NUM_EVAL} pairs, got {len(pairs)}")
@@ -104,7 +80,6 @@ def main():
     words = lambda t: len(t.split())  # noqa: E731
     results: dict = {
         "source": SOURCE, "num_train_pairs": len(train), "num_eval_pairs": len(evals),
-        "rows_split_by_fallback": [o.rsplit("/", 1)[-1] for o in fallback],
         "longer_response": {
             "eval_accuracy_chars": longer_accuracy(eval_c, eval_r, len),
             "eval_accuracy_words": longer_accuracy(eval_c, eval_r, words),

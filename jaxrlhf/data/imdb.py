@@ -8,12 +8,15 @@ rows ``{"id", "rating", "label", "text"}``.
 """
 from __future__ import annotations
 
+import functools
+import json
+import os
 import re
 import time
 
 import numpy as np
 
-from jaxrlhf.data import bow
+from jaxrlhf.data import bow, tasks, tokenizer as tokenizer_lib
 from jaxrlhf.data import sft as sft_data
 
 SPLITS = ("train", "test")
@@ -96,3 +99,86 @@ def train_gold_classifier(train_size: int | None = None, test_size: int | None =
               f"features {t1 - t0:.1f}s, fit {t2 - t1:.1f}s ({model.info['iterations']} it), "
               f"total {time.perf_counter() - t0:.1f}s, test accuracy {accuracy:.4f}")
     return vocab, model, accuracy
+
+
+def cache_dir() -> str:
+    """Where trained task artefacts (tokenizer, gold classifier) are kept between runs:
+    ``$JAXRLHF_CACHE_DIR``, default ``~/.cache/jaxrlhf``."""
+    return os.environ.get("JAXRLHF_CACHE_DIR",
+                          os.path.join(os.path.expanduser("~"), ".cache", "jaxrlhf"))
+
+
+@tasks.register("imdb_sentiment")
+class ImdbSentimentTask:
+    """Controlled sentiment on IMDb reviews: continue a review prefix positively.
+
+    The small-scale form of Ziegler et al. (2019, §3.1) and of the DPO paper's Figure 2
+    (Rafailov et al. 2023): prompts are the first ``prompt_words`` words of training
+    reviews, demonstrations their next ``completion_words`` words, and the gold reward is
+    P(positive) of prompt + response under a bag-of-words logistic regression trained on
+    the IMDb training labels (its test accuracy is ``gold_test_accuracy``). The tokenizer is
+    a byte-level BPE trained on training reviews. Both are trained once and cached in
+    ``cache_dir()``.
+    """
+
+    name = "imdb_sentiment"
+
+    def __init__(self, prompt_words: tuple[int, int] = (2, 6), completion_words: int = 40,
+                 vocab_size: int = 4096, tokenizer_reviews: int = 20000):
+        self.prompt_words = prompt_words
+        self.completion_words = completion_words
+        self.vocab_size = vocab_size
+        self.tokenizer_reviews = tokenizer_reviews
+        self._dir = os.path.join(cache_dir(), "imdb_sentiment")
+
+    @functools.cached_property
+    def _reviews(self) -> list[str]:
+        return load_imdb("train")[0]
+
+    @functools.cached_property
+    def tokenizer(self):
+        path = os.path.join(self._dir, f"tokenizer_{self.vocab_size}")
+        if not os.path.isdir(path):
+            tok = tokenizer_lib.train_bpe_tokenizer(
+                self._reviews[: self.tokenizer_reviews], self.vocab_size)
+            tok.save_pretrained(path)
+        return tokenizer_lib.load_tokenizer(path)
+
+    @functools.cached_property
+    def gold(self) -> bow.TextClassifier:
+        path = os.path.join(self._dir, "gold")
+        if not os.path.isdir(path):
+            vocab, model, accuracy = train_gold_classifier()
+            bow.TextClassifier(vocab, model).save(path)
+            with open(os.path.join(path, "test_accuracy.json"), "w") as f:
+                json.dump({"imdb_test_accuracy": accuracy}, f)
+        return bow.TextClassifier.load(path)
+
+    @property
+    def gold_test_accuracy(self) -> float:
+        self.gold  # trains it if needed
+        with open(os.path.join(self._dir, "gold", "test_accuracy.json")) as f:
+            return json.load(f)["imdb_test_accuracy"]
+
+    def _split(self, n: int, seed: int) -> list[tuple[str, str]]:
+        rng = np.random.default_rng([seed, 7])
+        out = []
+        for i in rng.integers(0, len(self._reviews), size=n):
+            words = self._reviews[i].split()
+            k = int(rng.integers(self.prompt_words[0], self.prompt_words[1] + 1))
+            out.append((" ".join(words[:k]),
+                        " " + " ".join(words[k: k + self.completion_words])))
+        return out
+
+    def prompts(self, n: int, seed: int) -> list[str]:
+        return [prompt for prompt, _ in self._split(n, seed)]
+
+    def demonstrations(self, n: int, seed: int) -> list[dict[str, str]]:
+        return [{"prompt": p, "completion": c} for p, c in self._split(n, seed)]
+
+    def gold_reward(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+        """P(positive) of prompt + response under the gold classifier. [n] float32."""
+        texts = [p + r for p, r in zip(prompts, responses)]
+        return np.asarray(self.gold.predict_proba(texts), np.float32)
+
+    unigram_entropy = tasks.completion_unigram_entropy

@@ -54,9 +54,21 @@ def register(name: str):
 
 def get_task(name: str, **kwargs):
     """A task instance by registered name."""
+    from jaxrlhf.data import imdb  # noqa: F401  (registers "imdb_sentiment")
     if name not in _TASKS:
         raise KeyError(f"unknown task {name!r}; registered: {sorted(_TASKS)}")
     return _TASKS[name](**kwargs)
+
+
+def completion_unigram_entropy(task, n: int = 2000, seed: int = 0) -> float:
+    """Entropy (nats) of the unigram distribution of a task's demonstration completion
+    tokens incl. EOS: the loss of a model that ignores context, which SFT must beat."""
+    counts: collections.Counter[int] = collections.Counter()
+    for ex in task.demonstrations(n, seed):
+        ids = task.tokenizer(ex["completion"], add_special_tokens=False)["input_ids"]
+        counts.update(ids + [task.tokenizer.eos_token_id])
+    total = sum(counts.values())
+    return float(-sum(c / total * math.log(c / total) for c in counts.values()))
 
 
 def _word_tokenizer() -> transformers.PreTrainedTokenizerFast:
@@ -151,11 +163,4 @@ class SentimentTask:
         count = jnp.sum(is_adj[ids] * mask, axis=-1)
         return jnp.where(count > 0, total / jnp.maximum(count, 1.0), 0.0)
 
-    def unigram_entropy(self, n: int = 2000, seed: int = 0) -> float:
-        """Entropy (nats) of the unigram distribution of completion tokens incl. EOS."""
-        counts: collections.Counter[int] = collections.Counter()
-        for ex in self.demonstrations(n, seed):
-            ids = self.tokenizer(ex["completion"], add_special_tokens=False)["input_ids"]
-            counts.update(ids + [self.tokenizer.eos_token_id])
-        total = sum(counts.values())
-        return float(-sum(c / total * math.log(c / total) for c in counts.values()))
+    unigram_entropy = completion_unigram_entropy

@@ -153,9 +153,9 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int,
     return ids, mask
 
 
-def decode_responses(tokenizer, tokens: jax.Array | np.ndarray,
+def decode_rows(tokenizer, tokens: jax.Array | np.ndarray,
                      mask: jax.Array | np.ndarray) -> list[str]:
-    """Decode each row's response tokens where ``mask`` is 1, special tokens dropped."""
+    """Decode each row's tokens where ``mask`` is 1, special tokens dropped."""
     tokens, mask = jax.device_get((tokens, mask))
     return [tokenizer.decode([t for t, m in zip(row, keep) if m], skip_special_tokens=True)
             for row, keep in zip(tokens, mask)]
@@ -176,7 +176,7 @@ def sample_printer(graphdef: nnx.GraphDef, tokenizer, prompts: Sequence[str],
 
     def write(params, step: int) -> None:
         completion = generate(params)
-        responses = decode_responses(tokenizer, completion.tokens, completion.mask)
+        responses = decode_rows(tokenizer, completion.tokens, completion.mask)
         with open(path, "a") as f:
             for prompt, response in zip(prompts, responses):
                 f.write(json.dumps({"step": step, "prompt": prompt, "response": response}) + "\n")
@@ -199,5 +199,5 @@ def complete(restored: Restored, prompts: Sequence[str], *, max_new_tokens: int,
     for start in range(0, len(encoded), batch_size):
         ids, mask = left_pad(encoded[start:start + batch_size], tok.pad_token_id, length)
         out = generate(restored.params, ids, mask, jax.random.key(seed + start))
-        responses += decode_responses(tok, out.tokens, out.mask)
+        responses += decode_rows(tok, out.tokens, out.mask)
     return responses

@@ -79,7 +79,7 @@ class Models:
     reward: nnx.GraphDef | None
     gain: float
     bias: float
-    gold_from_tokens: Callable | None   # task gold reward on token ids, when the task has one
+    gold: Callable | None     # (query, query_mask, response, mask) -> [batch] gold reward
     eos_id: int
     pad_id: int
 
@@ -162,7 +162,7 @@ def rollout_phase(state: PPOState, frozen: Frozen, prompts: loop.Batch, *, model
                                                    prompt_len, p.temperature, value=False)
     values = response_logprobs_and_values(models.value, state.value, seq, seq_mask,
                                           prompt_len, p.temperature, value=True)
-    gold = (models.gold_from_tokens(response, mask) if models.gold_from_tokens is not None
+    gold = (models.gold(query, query_mask, response, mask) if models.gold is not None
             else jnp.zeros(query.shape[0]))
     if p.reward_source == "gold":
         scores = gold
@@ -341,6 +341,30 @@ class Program:
     evaluate: Callable        # (policy params, prompt batch, key) -> per-sample stats
 
 
+def gold_scorer(task, tokenizer) -> Callable | None:
+    """The task's gold reward as a traceable function of token ids.
+
+    Jitted directly when the task computes it from tokens (the built-in ``sentiment``);
+    otherwise a ``jax.pure_callback`` that decodes the texts on the host and calls the
+    task's text scorer (IMDb's classifier), so the iteration stays one compiled program.
+    """
+    if task is None:
+        return None
+    if hasattr(task, "gold_reward_from_tokens"):
+        return lambda query, query_mask, response, mask: task.gold_reward_from_tokens(
+            response, mask)
+
+    def on_host(query, query_mask, response, mask):
+        prompts = common.decode_rows(tokenizer, query, query_mask)
+        responses = common.decode_rows(tokenizer, response, mask)
+        return np.asarray(task.gold_reward(prompts, responses), np.float32)
+
+    def gold(query, query_mask, response, mask):
+        out = jax.ShapeDtypeStruct((query.shape[0],), jnp.float32)
+        return jax.pure_callback(on_host, out, query, query_mask, response, mask)
+    return gold
+
+
 def total_updates(config) -> int:
     p = config.ppo
     return config.train.steps * p.ppo_epochs * p.num_minibatches
@@ -358,7 +382,7 @@ def build(config, mesh: Mesh, policy: common.Restored, reward: reward_trainer.Re
         reward=reward.restored.graphdef if reward is not None else None,
         gain=reward.gain if reward is not None else 1.0,
         bias=reward.bias if reward is not None else 0.0,
-        gold_from_tokens=getattr(task, "gold_reward_from_tokens", None),
+        gold=gold_scorer(task, policy.tokenizer),
         eos_id=policy.tokenizer.eos_token_id, pad_id=policy.tokenizer.pad_token_id)
     policy_opt, schedule = ppo_optimizer(config, total_updates(config))
     value_opt, _ = ppo_optimizer(config, total_updates(config))
@@ -435,8 +459,8 @@ def evaluate_policy(policy_params, frozen: Frozen, batch: loop.Batch, key: jax.A
     ref_logprobs, _ = response_logprobs_and_values(models.policy, frozen.ref, seq, seq_mask,
                                                    prompt_len, p.temperature, value=False)
     kl = ((logprobs - ref_logprobs) * completion.mask).sum(-1)
-    gold = (models.gold_from_tokens(completion.tokens, completion.mask)
-            if models.gold_from_tokens is not None else jnp.zeros(seq.shape[0]))
+    gold = (models.gold(batch["prompt_ids"], batch["prompt_mask"], completion.tokens,
+                        completion.mask) if models.gold is not None else jnp.zeros(seq.shape[0]))
     proxy = (reward_trainer.score(models.reward, frozen.reward, seq, seq_mask, models.gain,
                                   models.bias) if models.reward is not None else gold)
     return {"tokens": completion.tokens, "mask": completion.mask, "gold": gold,
@@ -502,7 +526,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     def evaluate_state(state: PPOState) -> dict[str, float]:
         out = jax.device_get(program.evaluate(state.policy, eval_batch, jax.random.key(1234)))
-        responses = common.decode_responses(tok, out["tokens"], out["mask"])
+        responses = common.decode_rows(tok, out["tokens"], out["mask"])
         with open(samples_path, "a") as f:
             for i in range(min(config.train.num_samples, len(responses))):
                 f.write(json.dumps({"step": int(state.step), "prompt": eval_examples[i]["prompt"],

@@ -244,8 +244,8 @@ def policy_pairs(config, policy: common.Restored, prompts: list[str], seed: int)
         temperature=config.reward.sample_temperature))
     key_a, key_b = jax.random.split(jax.random.key(seed))
     a, b = (generate(policy.params, ids, mask, key) for key in (key_a, key_b))
-    return (common.decode_responses(tok, a.tokens, a.mask),
-            common.decode_responses(tok, b.tokens, b.mask))
+    return (common.decode_rows(tok, a.tokens, a.mask),
+            common.decode_rows(tok, b.tokens, b.mask))
 
 
 def gold_pairs(config, task, n: int, seed: int,
