@@ -190,6 +190,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         _positive(config, f"ppo.{field}")
     for field in ("kl_coef", "clip", "value_clip", "vf_coef", "ent_coef", "ptx_coef"):
         _positive(config, f"ppo.{field}", allow_zero=True)
+    if p.reward_source == "gold" and p.value_init == "reward":
+        _fail("ppo.value_init", p.value_init,
+              "needs a reward model, but ppo.reward_source='gold' trains without one; "
+              "set --config.ppo.value_init=policy")
     if p.batch_size % p.num_minibatches:
         _fail("ppo.batch_size", p.batch_size,
               f"must be divisible by ppo.num_minibatches={p.num_minibatches}")

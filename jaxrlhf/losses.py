@@ -144,12 +144,12 @@ def entropy_bonus(logits: jax.Array, mask: jax.Array) -> tuple[jax.Array, Metric
     The entropy term of Schulman et al. 2017, eq. 9 (``c2 * S[pi](s)``). Returned as a positive
     quantity: the caller subtracts ``coef * entropy`` from the loss. Computed in fp32.
 
-    logits: [B, T, V]; mask: [B, T]. Metric: objective/entropy.
+    logits: [B, T, V]; mask: [B, T]. Metric: policy/entropy (mean per-token entropy).
     """
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [B, T, V]
     ent = -(jnp.exp(logp) * logp).sum(-1)  # [B, T]
     value = masked_mean(ent, mask)
-    return value, {"objective/entropy": value}
+    return value, {"policy/entropy": value}
 
 
 def kl_loss(logp: jax.Array, ref_logp: jax.Array, mask: jax.Array,
@@ -158,13 +158,13 @@ def kl_loss(logp: jax.Array, ref_logp: jax.Array, mask: jax.Array,
 
     Per-token estimator from Schulman 2020, "Approximating KL divergence": k1, k2 or k3
     (see ``jaxrlhf.rl.kl.kl_estimate``), masked-mean over real tokens. The reference log-probs
-    get no gradient. logp, ref_logp, mask: [B, T]. Metric: objective/kl.
+    get no gradient. logp, ref_logp, mask: [B, T]. Metric: loss/kl.
     """
     from jaxrlhf.rl.kl import kl_estimate  # local import: rl imports losses
 
     kl = kl_estimate(logp, jax.lax.stop_gradient(ref_logp), estimator)  # [B, T]
     loss = masked_mean(kl, mask)
-    return loss, {"objective/kl": loss, "loss/kl": loss}
+    return loss, {"loss/kl": loss}
 
 
 # ptx loss (Ouyang et al. 2022, eq. 2, the ``gamma * E[log pi(x)]`` pretraining term): use

@@ -46,20 +46,37 @@ def test_config_is_locked_against_new_fields():
         config.optim.learning_rat = 1.0
 
 
-def test_cli_rejects_a_misspelt_override_before_compiling(tmp_path):
+@pytest.mark.parametrize("override, message", [
+    ("--config.optim.learning_rat=0.1", "learning_rat"),
+    ("--config.optim.learning_rate=-1", "config.optim.learning_rate=-1.0 must be positive"),
+])
+def test_cli_rejects_bad_overrides_before_compiling(tmp_path, override, message):
     result = subprocess.run(
         [sys.executable, "-m", "jaxrlhf", "sft", "--config=configs/sft/quickstart.py",
-         f"--workdir={tmp_path}", "--config.optim.learning_rat=0.1"],
+         f"--workdir={tmp_path}", override],
         capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
-    assert "learning_rat" in result.stderr
+    assert message in result.stderr
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_cli_rejects_an_invalid_value(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "jaxrlhf", "sft", "--config=configs/sft/quickstart.py",
-         f"--workdir={tmp_path}", "--config.optim.learning_rate=-1"],
-        capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0
-    assert "config.optim.learning_rate=-1.0 must be positive" in result.stderr
+def test_pipeline_config_names_the_stage():
+    config = config_lib.load_config_file("configs/pipeline/quickstart.py")
+    config_lib.validate(config, num_devices=8)
+    config.ppo.ppo.num_minibatches = 3
+    with pytest.raises(ValueError, match=r"config\.ppo\.ppo\.batch_size=64 must be divisible "
+                                         r"by ppo\.num_minibatches=3"):
+        config_lib.validate(config, num_devices=8)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("reward_source", "oracle", "config.ppo.reward_source='oracle' must be one of"),
+    ("kl_estimator", "k4", "config.ppo.kl_estimator='k4' must be one of"),
+    ("top_p", 1.5, r"config.ppo.top_p=1.5 must lie in \(0, 1\]"),
+    ("response_length", 100, "exceeds model.max_seq_len=64"),
+])
+def test_invalid_ppo_values(field, value, message):
+    config = config_lib.load_config_file("configs/ppo/quickstart.py")
+    config.ppo[field] = value
+    with pytest.raises(ValueError, match=message):
+        config_lib.validate(config, num_devices=1)

@@ -94,7 +94,7 @@ def test_entropy():
     lp = _np_log_softmax(logits.astype(np.float64))
     h = -(np.exp(lp) * lp).sum(-1)
     np.testing.assert_allclose(ent, (h * mask).sum() / mask.sum(), rtol=1e-5)
-    assert met["objective/entropy"] == ent
+    assert met["policy/entropy"] == ent
 
 
 def test_sft_nll():
@@ -120,4 +120,4 @@ def test_kl_loss(est):
     d = lp - ref
     per = {"k1": d, "k2": 0.5 * d ** 2, "k3": np.exp(-d) - 1 + d}[est]
     np.testing.assert_allclose(loss, (per * mask).sum() / mask.sum(), rtol=1e-4)
-    assert met["objective/kl"] == loss
+    assert met["loss/kl"] == loss

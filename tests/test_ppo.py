@@ -72,11 +72,18 @@ def test_ppo_resumes_exactly_across_processes(sft_workdir, tmp_path):
     assert _rows(split) == _rows(straight)
 
 
-def test_single_program_equals_phased(sft_workdir):
+@pytest.mark.parametrize("options", [
+    {},
+    # every optional term on: KL as a loss (k3) with the adaptive controller, entropy bonus,
+    # pretraining mix, reward whitening, TF-style Adam, gradient accumulation
+    dict(kl_in_reward=False, kl_estimator="k3", adaptive_kl=True, ent_coef=0.01,
+         ptx_coef=0.1, whiten_rewards=True, tf_adam=True, grad_accum=2),
+])
+def test_single_program_equals_phased(sft_workdir, options):
     config = quickstart.get_config()
     config.policy_init = sft_workdir
     config.ppo.update(reward_source="gold", value_init="policy", batch_size=16,
-                      num_minibatches=2, ppo_epochs=2)
+                      num_minibatches=2, ppo_epochs=2, **options)
     mesh = parallel.make_mesh({"data": 1}, jax.devices()[:1])
     policy, reward, task = ppo.load_inputs(config)
     tok = policy.tokenizer
@@ -90,7 +97,39 @@ def test_single_program_equals_phased(sft_workdir):
             state, metrics = program.step(state, parallel.shard_batch(batch, mesh))
         results.append((jax.device_get(metrics), jax.device_get(jax.tree.leaves(state.policy))))
     (m1, p1), (m2, p2) = results
-    for key in ("objective/kl", "objective/gold", "loss/policy", "loss/value"):
+    for key in ("objective/kl", "objective/gold", "loss/policy", "loss/value",
+                "objective/kl_coef"):
         np.testing.assert_allclose(m1[key], m2[key], rtol=1e-4, atol=1e-6, err_msg=key)
+        assert np.isfinite(m1[key]), key
+    if options.get("adaptive_kl"):
+        assert m1["objective/kl_coef"] != config.ppo.kl_coef  # the controller moved beta
     for a, b in zip(p1, p2):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_sample_cli_writes_completions(sft_workdir, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the movie was\nmy friend said the food was\n")
+    out = tmp_path / "out.jsonl"
+    env = dict(os.environ, JAXRLHF_NO_PROGRESS="1")
+    env.pop("XLA_FLAGS", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxrlhf", "sample", f"--checkpoint={sft_workdir}",
+         f"--prompts={prompts}", f"--output={out}", "--greedy", "--max_new_tokens=12"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["the movie was", "my friend said the food was"]
+    # the SFT policy has learned the task's grammar: responses end with a full stop
+    assert all(r["completion"].strip().endswith(".") for r in rows), rows
+
+
+def test_missing_reward_model_is_a_clear_error(sft_workdir, tmp_path):
+    config = quickstart.get_config()
+    config.policy_init = sft_workdir
+    config.ppo.reward_init = str(tmp_path / "nothing")
+    with pytest.raises(FileNotFoundError, match="reward_normalization.json is missing"):
+        ppo.load_inputs(config)
+    config.ppo.reward_init = sft_workdir  # an SFT run is not a reward model
+    with pytest.raises(FileNotFoundError, match="reward-model run"):
+        ppo.load_inputs(config)

@@ -374,7 +374,7 @@ def build(config, mesh: Mesh, policy: common.Restored, reward: reward_trainer.Re
           task) -> Program:
     """Jit one PPO iteration (single program, or three phases) for ``mesh``."""
     p = config.ppo
-    value_source = reward.restored if (reward is not None and p.value_init == "reward") else policy
+    value_source = reward.restored if p.value_init == "reward" else policy
     value_graphdef, _ = common.abstract_model(ScalarModel, value_source.model_cfg,
                                               head_init="zeros")
     models = Models(
@@ -472,7 +472,7 @@ def prompt_arrays(tokenizer, examples: list[dict], config) -> dict[str, np.ndarr
     the ptx term is on, the demonstrations as LM rows."""
     ids, mask = common.left_pad([tokenizer(e["prompt"])["input_ids"] for e in examples],
                                 tokenizer.pad_token_id, config.ppo.prompt_length)
-    arrays = {"prompt_ids": ids, "prompt_mask": mask}
+    arrays = {"prompt_ids": ids, "prompt_mask": mask}  # [n, prompt_length]
     if config.ppo.ptx_coef > 0:
         lm = sft_data.tokenize_sft(examples, tokenizer, config.data.max_len)
         arrays.update({k: lm[k] for k in ("input_ids", "attention_mask", "loss_mask")})
@@ -518,10 +518,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     program = build(config, mesh, policy, reward, task)
     train_prompts = prompt_arrays(tok, task.demonstrations(p.num_prompts, seed=config.seed),
                                   config)
-    eval_examples = [{"prompt": q} for q in task.prompts(p.num_eval_prompts, seed=config.seed + 1)]
-    eval_batch = parallel.shard_batch(
-        {k: v for k, v in prompt_arrays(tok, eval_examples, config).items()
-         if k.startswith("prompt")}, mesh)
+    eval_prompts = task.prompts(p.num_eval_prompts, seed=config.seed + 1)
+    eval_ids, eval_mask = common.left_pad([tok(q)["input_ids"] for q in eval_prompts],
+                                          tok.pad_token_id, p.prompt_length)
+    eval_batch = parallel.shard_batch({"prompt_ids": eval_ids, "prompt_mask": eval_mask}, mesh)
     samples_path = os.path.join(workdir, "samples.jsonl")
 
     def evaluate_state(state: PPOState) -> dict[str, float]:
@@ -529,7 +529,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         responses = common.decode_rows(tok, out["tokens"], out["mask"])
         with open(samples_path, "a") as f:
             for i in range(min(config.train.num_samples, len(responses))):
-                f.write(json.dumps({"step": int(state.step), "prompt": eval_examples[i]["prompt"],
+                f.write(json.dumps({"step": int(state.step), "prompt": eval_prompts[i],
                                     "response": responses[i], "gold": float(out["gold"][i]),
                                     "score": float(out["score"][i])}) + "\n")
         return summarize_eval(out)
