@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -165,24 +165,3 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
         out[key] = jax.make_array_from_callback(
             np.shape(value), sharding, lambda index, v=value: np.asarray(v[index]))
     return out
-
-
-def create_sharded_model(make_model: Callable[[], nnx.Module], mesh: Mesh,
-                         rules: Mapping[str, tuple[str, ...]]) -> tuple[nnx.GraphDef, nnx.State]:
-    """Initialise a model directly into its sharded layout (never materialised unsharded).
-
-    ``make_model`` builds the NNX module from a fixed seed; it is traced once abstractly to
-    read the logical names and shapes, then run under ``jit`` with the derived out-shardings
-    (the EasyLM / MaxText pattern). Returns ``(graphdef, params)``.
-    """
-    with nnx.use_eager_sharding(False):
-        abstract = nnx.eval_shape(make_model)
-        graphdef, abstract_state = nnx.split(abstract)
-        shardings = state_shardings(abstract_state, mesh, rules)
-
-        def init():
-            return nnx.split(make_model())[1]
-
-        state = jax.jit(init, out_shardings=shardings)()
-    return graphdef, state
-

@@ -1,6 +1,5 @@
 """jaxrlhf.losses against independent numpy references."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ("--config.sft.train.steps=300", "--config.reward.train.steps=150",
          "--config.reward.reward.num_train_pairs=1024", "--config.ppo.train.steps=16",
@@ -49,3 +51,19 @@ def test_pipeline_improves_gold_and_resumes_exactly(tmp_path):
     resumed = _pipeline(interrupted)
     assert "resuming from step 6" in resumed.stdout
     assert _summary(interrupted) == s
+
+
+@pytest.mark.slow
+def test_imdb_sentiment_pipeline_runs(tmp_path):
+    """The IMDb pipeline at reduced length: it runs end to end and PPO raises P(positive)."""
+    env = dict(os.environ, JAXRLHF_NO_PROGRESS="1")
+    env.pop("XLA_FLAGS", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxrlhf", "pipeline",
+         "--config=configs/pipeline/imdb_sentiment.py", f"--workdir={tmp_path}",
+         "--config.sft.train.steps=600", "--config.reward.train.steps=150",
+         "--config.ppo.train.steps=30"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ppo = _summary(tmp_path)["ppo"]
+    assert ppo["gold_after"] > ppo["gold_before"], ppo

@@ -107,26 +107,23 @@ def model_config(config: ml_collections.ConfigDict, tokenizer) -> ModelConfig:
 def abstract_model(model_cls: Callable[..., nnx.Module], cfg: ModelConfig,
                    **kwargs) -> tuple[nnx.GraphDef, nnx.State]:
     """The graph definition and the abstract (shape-only) state of ``model_cls(cfg)``."""
-    with nnx.use_eager_sharding(False):
-        abstract = nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0), **kwargs))
-        return nnx.split(abstract)
+    abstract = nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0), **kwargs))
+    return nnx.split(abstract)
 
 
 def random_params(model_cls: Callable[..., nnx.Module], cfg: ModelConfig, seed: int,
                   **kwargs) -> nnx.State:
     """Freshly initialised parameters (traceable: call it under ``jit``)."""
-    with nnx.use_eager_sharding(False):
-        return nnx.split(model_cls(cfg, rngs=nnx.Rngs(seed), **kwargs))[1]
+    return nnx.split(model_cls(cfg, rngs=nnx.Rngs(seed), **kwargs))[1]
 
 
 def initial_lm_params(cfg: ModelConfig, config: ml_collections.ConfigDict) -> nnx.State:
     """A causal LM's starting parameters: imported from ``config.model_init`` or random."""
     from jaxrlhf.models.transformer import CausalLM
     if config.model_init:
-        with nnx.use_eager_sharding(False):
-            model = hf.load_causal_lm(config.model_init, dtype=cfg.dtype,
-                                      param_dtype=cfg.param_dtype, scan_layers=cfg.scan_layers,
-                                      remat=cfg.remat)
+        model = hf.load_causal_lm(config.model_init, dtype=cfg.dtype,
+                                  param_dtype=cfg.param_dtype, scan_layers=cfg.scan_layers,
+                                  remat=cfg.remat)
         return nnx.split(model)[1]
     return random_params(CausalLM, cfg, config.seed)
 

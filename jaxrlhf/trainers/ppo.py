@@ -29,7 +29,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxrlhf import losses, optim, parallel, sampling
+from jaxrlhf import losses, parallel, sampling
 from jaxrlhf.data import sft as sft_data, tasks
 from jaxrlhf.data.iterator import BatchIterator
 from jaxrlhf.metrics import read_metrics
@@ -122,20 +122,21 @@ def ppo_optimizer(config: ml_collections.ConfigDict, total_updates: int):
     return optax.chain(*clip, adam, optax.scale_by_learning_rate(schedule)), schedule
 
 
-def response_logprobs_and_values(graphdef, params, seq, seq_mask, prompt_len: int,
-                                 temperature: float, *, value: bool):
-    """Per-response-token log-probs (of ``logits / temperature``, item 3) or values.
-
-    seq, seq_mask: [batch, prompt_len + resp_len]. Position ``prompt_len - 1 + t`` predicts
-    response token ``t`` and holds the value of the state before it.
-    """
+def response_outputs(graphdef, params, seq, seq_mask, prompt_len: int) -> jax.Array:
+    """Model outputs at the positions that predict the response: logits [batch, resp, vocab]
+    of a causal LM, or values [batch, resp] of a scalar model (V of the state before each
+    response token). seq, seq_mask: [batch, prompt_len + resp]."""
     model = nnx.merge(graphdef, params)
     out, _ = model(seq, sampling.positions_from_mask(seq_mask), seq_mask)
-    out = out[:, prompt_len - 1:-1]
-    if value:
-        return out                                                      # [batch, resp_len]
-    response = seq[:, prompt_len:]
-    return losses.token_log_probs(out / temperature, response), out
+    return out[:, prompt_len - 1:-1]
+
+
+def response_logprobs(graphdef, params, seq, seq_mask, prompt_len: int,
+                      temperature: float) -> tuple[jax.Array, jax.Array]:
+    """Log-probs [batch, resp] of the response tokens under ``logits / temperature``, the
+    distribution that sampled them (item 3), and the logits."""
+    logits = response_outputs(graphdef, params, seq, seq_mask, prompt_len)
+    return losses.token_log_probs(logits / temperature, seq[:, prompt_len:]), logits
 
 
 def rollout_phase(state: PPOState, frozen: Frozen, prompts: loop.Batch, *, models: Models,
@@ -156,12 +157,11 @@ def rollout_phase(state: PPOState, frozen: Frozen, prompts: loop.Batch, *, model
     seq = jnp.concatenate([query, response], axis=1)
     seq_mask = jnp.concatenate([query_mask, mask], axis=1)
     prompt_len = query.shape[1]
-    logprobs, _ = response_logprobs_and_values(models.policy, state.policy, seq, seq_mask,
-                                               prompt_len, p.temperature, value=False)
-    ref_logprobs, _ = response_logprobs_and_values(models.policy, frozen.ref, seq, seq_mask,
-                                                   prompt_len, p.temperature, value=False)
-    values = response_logprobs_and_values(models.value, state.value, seq, seq_mask,
-                                          prompt_len, p.temperature, value=True)
+    logprobs, _ = response_logprobs(models.policy, state.policy, seq, seq_mask, prompt_len,
+                                    p.temperature)
+    ref_logprobs, _ = response_logprobs(models.policy, frozen.ref, seq, seq_mask, prompt_len,
+                                        p.temperature)
+    values = response_outputs(models.value, state.value, seq, seq_mask, prompt_len)
     gold = (models.gold(query, query_mask, response, mask) if models.gold is not None
             else jnp.zeros(query.shape[0]))
     if p.reward_source == "gold":
@@ -199,10 +199,9 @@ def ppo_loss_sums(params: dict[str, Any], batch: dict[str, jax.Array], *, models
     seq = jnp.concatenate([batch["query"], batch["response"]], axis=1)
     seq_mask = jnp.concatenate([batch["query_mask"], mask], axis=1)
     prompt_len = batch["query"].shape[1]
-    logprobs, logits = response_logprobs_and_values(
-        models.policy, params["policy"], seq, seq_mask, prompt_len, p.temperature, value=False)
-    values = response_logprobs_and_values(models.value, params["value"], seq, seq_mask,
-                                          prompt_len, p.temperature, value=True)
+    logprobs, logits = response_logprobs(
+        models.policy, params["policy"], seq, seq_mask, prompt_len, p.temperature)
+    values = response_outputs(models.value, params["value"], seq, seq_mask, prompt_len)
     pg, pg_metrics = losses.ppo_policy_loss(logprobs, batch["logprobs"], batch["advantages"],
                                             mask, clip=p.clip)
     vf, vf_metrics = losses.value_loss(values, batch["values"], batch["returns"], mask,
@@ -454,10 +453,10 @@ def evaluate_policy(policy_params, frozen: Frozen, batch: loop.Batch, key: jax.A
     seq = jnp.concatenate([batch["prompt_ids"], completion.tokens], axis=1)
     seq_mask = jnp.concatenate([batch["prompt_mask"], completion.mask], axis=1)
     prompt_len = batch["prompt_ids"].shape[1]
-    logprobs, _ = response_logprobs_and_values(models.policy, policy_params, seq, seq_mask,
-                                               prompt_len, p.temperature, value=False)
-    ref_logprobs, _ = response_logprobs_and_values(models.policy, frozen.ref, seq, seq_mask,
-                                                   prompt_len, p.temperature, value=False)
+    logprobs, _ = response_logprobs(models.policy, policy_params, seq, seq_mask, prompt_len,
+                                    p.temperature)
+    ref_logprobs, _ = response_logprobs(models.policy, frozen.ref, seq, seq_mask, prompt_len,
+                                        p.temperature)
     kl = ((logprobs - ref_logprobs) * completion.mask).sum(-1)
     gold = (models.gold(batch["prompt_ids"], batch["prompt_mask"], completion.tokens,
                         completion.mask) if models.gold is not None else jnp.zeros(seq.shape[0]))

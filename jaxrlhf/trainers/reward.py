@@ -25,8 +25,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxrlhf import checkpoint, losses, optim, parallel, sampling
-from jaxrlhf.data import preference, sft as sft_data, tasks, tokenizer as tokenizer_lib
+from jaxrlhf import losses, optim, parallel, sampling
+from jaxrlhf.data import preference, sft as sft_data, tasks
 from jaxrlhf.data.iterator import BatchIterator
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.transformer import CausalLM, ScalarModel
