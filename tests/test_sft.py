@@ -83,12 +83,10 @@ def _rows(workdir):
 
 
 def _final_params(workdir):
-    from jaxrlhf.checkpoint import Checkpointer
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-    step = ckpt.latest_step()
-    restored = ckpt._manager.restore(step)
-    ckpt.close()
-    return step, jax.tree.leaves(restored["state"]["params"])
+    from jaxrlhf.checkpoint import restore_subtree
+    one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    step, params = restore_subtree(os.path.join(workdir, "checkpoints"), "params", one_device)
+    return step, jax.device_get(jax.tree.leaves(params))
 
 
 def test_exact_resume_across_processes(tmp_path):
@@ -104,3 +102,34 @@ def test_exact_resume_across_processes(tmp_path):
     assert step_a == step_b == 12
     for a, b in zip(params_a, params_b):
         np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
+    """Saved from a (fsdp=4, tensor=2) mesh, restored onto (data=8) and onto one device:
+    same values, laid out as the new mesh's rules say."""
+    from jaxrlhf import checkpoint
+    config, model_cfg, batch = _setup()
+    save_mesh = parallel.make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
+    program = sft.build(config, model_cfg, save_mesh)
+    state = jax.jit(program.init_state, out_shardings=program.state_shardings)()
+    state, _ = program.step(state, parallel.shard_batch(batch, save_mesh))
+    ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
+    ckpt.save(1, state, {"data": {"epoch": 0, "position": 1}})
+    ckpt.wait()
+    saved = jax.device_get(jax.tree.leaves(state))
+    assert any(len(x.sharding.device_set) > 1 and not x.sharding.is_fully_replicated
+               for x in jax.tree.leaves(state.params))
+    for axes, devices in (({"data": 8}, jax.devices()), ({"data": 1}, jax.devices()[:1])):
+        mesh = parallel.make_mesh(axes, devices)
+        target_program = sft.build(config, model_cfg, mesh)
+        target = checkpoint.abstract_like(jax.eval_shape(target_program.init_state),
+                                          target_program.state_shardings)
+        restored, extras = ckpt.restore(1, target, ("data",))
+        assert extras["data"] == {"epoch": 0, "position": 1}
+        for leaf in jax.tree.leaves(restored):
+            assert leaf.sharding.mesh.shape == mesh.shape
+        for a, b in zip(jax.device_get(jax.tree.leaves(restored)), saved):
+            np.testing.assert_array_equal(a, b)
+        # training goes on from the restored state on the new mesh
+        target_program.step(restored, parallel.shard_batch(batch, mesh))
+    ckpt.close()
