@@ -74,7 +74,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.ppo = ml_collections.ConfigDict(dict(
         reward_source="model",       # "model": the reward model; "gold": the task's gold reward
         reward_init="",              # workdir of a finished reward-model run
-        value_init="reward",         # value trunk from the "reward" model or the "policy" [15]
+        value_init="reward",         # value trunk from the "reward" model, the "policy", or
+                                     # "shared" with the policy (one trunk, two heads) [15]
         num_prompts=4096, num_eval_prompts=128, prompt_length=8, response_length=24,  # [4]
         batch_size=64, num_minibatches=4, ppo_epochs=4, grad_accum=1,                  # [13]
         temperature=0.7, top_k=0, top_p=1.0,                                            # [3]
@@ -179,7 +180,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
               f"with reward.max_prompt_tokens={r.max_prompt_tokens} and the EOS makes "
               f"{pair_len} tokens, more than model.max_seq_len={m.max_seq_len}")
     p = config.ppo
-    choices = {"reward_source": ("model", "gold"), "value_init": ("reward", "policy"),
+    choices = {"reward_source": ("model", "gold"), "value_init": ("reward", "policy", "shared"),
                "kl_estimator": ("k1", "k2", "k3")}
     for field, allowed in choices.items():
         if p[field] not in allowed:

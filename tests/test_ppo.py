@@ -75,15 +75,16 @@ def test_ppo_resumes_exactly_across_processes(sft_workdir, tmp_path):
 @pytest.mark.parametrize("options", [
     {},
     # every optional term on: KL as a loss (k3) with the adaptive controller, entropy bonus,
-    # pretraining mix, reward whitening, TF-style Adam, gradient accumulation
+    # pretraining mix, reward whitening, TF-style Adam, gradient accumulation, a value head
+    # on the policy's trunk
     dict(kl_in_reward=False, kl_estimator="k3", adaptive_kl=True, ent_coef=0.01,
-         ptx_coef=0.1, whiten_rewards=True, tf_adam=True, grad_accum=2),
+         ptx_coef=0.1, whiten_rewards=True, tf_adam=True, grad_accum=2, value_init="shared"),
 ])
 def test_single_program_equals_phased(sft_workdir, options):
     config = quickstart.get_config()
     config.policy_init = sft_workdir
-    config.ppo.update(reward_source="gold", value_init="policy", batch_size=16,
-                      num_minibatches=2, ppo_epochs=2, **options)
+    config.ppo.update(**{"reward_source": "gold", "value_init": "policy", "batch_size": 16,
+                         "num_minibatches": 2, "ppo_epochs": 2, **options})
     mesh = parallel.make_mesh({"data": 1}, jax.devices()[:1])
     policy, reward, task = ppo.load_inputs(config)
     tok = policy.tokenizer

@@ -82,6 +82,7 @@ class Models:
     gold: Callable | None     # (query, query_mask, response, mask) -> [batch] gold reward
     eos_id: int
     pad_id: int
+    shared_trunk: bool        # the value head reads the policy's trunk (value_init="shared")
 
 
 def tf_style_adam(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
@@ -120,6 +121,14 @@ def ppo_optimizer(config: ml_collections.ConfigDict, total_updates: int):
             else optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=p.adam_eps))
     clip = [optax.clip_by_global_norm(config.optim.grad_clip)] if config.optim.grad_clip > 0 else []
     return optax.chain(*clip, adam, optax.scale_by_learning_rate(schedule)), schedule
+
+
+def value_params(policy: nnx.State, value: nnx.State, models: Models) -> nnx.State:
+    """The value model's parameters: its own, or — with a shared trunk — the policy's trunk
+    under the value head, so the value loss also trains the policy trunk."""
+    if not models.shared_trunk:
+        return value
+    return nnx.State({"model": policy["model"], "head": value["head"]})
 
 
 def response_outputs(graphdef, params, seq, seq_mask, prompt_len: int) -> jax.Array:
@@ -161,7 +170,8 @@ def rollout_phase(state: PPOState, frozen: Frozen, prompts: loop.Batch, *, model
                                     p.temperature)
     ref_logprobs, _ = response_logprobs(models.policy, frozen.ref, seq, seq_mask, prompt_len,
                                         p.temperature)
-    values = response_outputs(models.value, state.value, seq, seq_mask, prompt_len)
+    values = response_outputs(models.value, value_params(state.policy, state.value, models),
+                              seq, seq_mask, prompt_len)
     gold = (models.gold(query, query_mask, response, mask) if models.gold is not None
             else jnp.zeros(query.shape[0]))
     if p.reward_source == "gold":
@@ -201,7 +211,9 @@ def ppo_loss_sums(params: dict[str, Any], batch: dict[str, jax.Array], *, models
     prompt_len = batch["query"].shape[1]
     logprobs, logits = response_logprobs(
         models.policy, params["policy"], seq, seq_mask, prompt_len, p.temperature)
-    values = response_outputs(models.value, params["value"], seq, seq_mask, prompt_len)
+    values = response_outputs(models.value,
+                              value_params(params["policy"], params["value"], models),
+                              seq, seq_mask, prompt_len)
     pg, pg_metrics = losses.ppo_policy_loss(logprobs, batch["logprobs"], batch["advantages"],
                                             mask, clip=p.clip)
     vf, vf_metrics = losses.value_loss(values, batch["values"], batch["returns"], mask,
@@ -374,6 +386,7 @@ def build(config, mesh: Mesh, policy: common.Restored, reward: reward_trainer.Re
     """Jit one PPO iteration (single program, or three phases) for ``mesh``."""
     p = config.ppo
     value_source = reward.restored if p.value_init == "reward" else policy
+    shared = p.value_init == "shared"
     value_graphdef, _ = common.abstract_model(ScalarModel, value_source.model_cfg,
                                               head_init="zeros")
     models = Models(
@@ -382,7 +395,8 @@ def build(config, mesh: Mesh, policy: common.Restored, reward: reward_trainer.Re
         gain=reward.gain if reward is not None else 1.0,
         bias=reward.bias if reward is not None else 0.0,
         gold=gold_scorer(task, policy.tokenizer),
-        eos_id=policy.tokenizer.eos_token_id, pad_id=policy.tokenizer.pad_token_id)
+        eos_id=policy.tokenizer.eos_token_id, pad_id=policy.tokenizer.pad_token_id,
+        shared_trunk=shared)
     policy_opt, schedule = ppo_optimizer(config, total_updates(config))
     value_opt, _ = ppo_optimizer(config, total_updates(config))
 
@@ -390,7 +404,10 @@ def build(config, mesh: Mesh, policy: common.Restored, reward: reward_trainer.Re
         # Value model: the reward model's (or policy's) trunk, a zero value head (item 15).
         value = common.random_params(ScalarModel, value_source.model_cfg, config.seed,
                                      head_init="zeros")
-        value["model"] = value_source.params["model"]
+        if shared:   # only the head is the value model's own
+            value = nnx.State({"head": value["head"]})
+        else:
+            value["model"] = value_source.params["model"]
         return PPOState(step=jnp.zeros((), jnp.int32), policy=policy.params, value=value,
                         policy_opt=policy_opt.init(policy.params),
                         value_opt=value_opt.init(value), kl=kl_lib.init_kl_state(p.kl_coef),
