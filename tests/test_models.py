@@ -17,6 +17,15 @@ def _batch():
     return ids, jnp.cumsum(mask, 1) - mask, mask
 
 
+def _torch_logits(torch_model, ids, pos, mask):
+    """transformers' PyTorch logits for the same left-padded batch and position ids."""
+    import torch
+    with torch.no_grad():
+        return torch_model(input_ids=torch.tensor(ids.tolist()),
+                           attention_mask=torch.tensor(mask.tolist()),
+                           position_ids=torch.tensor(pos.tolist())).logits.numpy()
+
+
 @pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
 def test_config_hf_roundtrip(family):
     c = ModelConfig.preset(family)
@@ -75,9 +84,7 @@ def test_torch_parity(family, tmp_path):
     tm.save_pretrained(tmp_path)
     m = load_causal_lm(str(tmp_path))
     ids, pos, mask = _batch()
-    with torch.no_grad():
-        ref = tm(input_ids=torch.tensor(ids.tolist()), attention_mask=torch.tensor(mask.tolist()),
-                 position_ids=torch.tensor(pos.tolist())).logits.numpy()
+    ref = _torch_logits(tm, ids, pos, mask)
     out, _ = m(ids, pos, mask)
     assert float(jnp.max(jnp.abs((out - ref) * mask[..., None]))) < 1e-4
 
@@ -133,7 +140,7 @@ def test_scan_layers_matches_unscanned(family, tmp_path):
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
 def test_save_roundtrip_and_transformers_parity(family, tmp_path):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     import transformers
     from safetensors.numpy import load_file
     from jaxrlhf.models.hf import load_causal_lm, save_causal_lm
@@ -152,9 +159,7 @@ def test_save_roundtrip_and_transformers_parity(family, tmp_path):
     tm = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "a")).eval()
     assert type(tm).__name__ == c.to_hf_dict()["architectures"][0]
     ids, pos, mask = _batch()
-    with torch.no_grad():
-        ref = tm(input_ids=torch.tensor(ids.tolist()), attention_mask=torch.tensor(mask.tolist()),
-                 position_ids=torch.tensor(pos.tolist())).logits.numpy()
+    ref = _torch_logits(tm, ids, pos, mask)
     out, _ = m(ids, pos, mask)
     assert float(jnp.max(jnp.abs((out - ref) * mask[..., None]))) < 1e-4
 
