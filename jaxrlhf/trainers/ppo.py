@@ -150,7 +150,12 @@ def response_logprobs(graphdef, params, seq, seq_mask, prompt_len: int,
 
 def rollout_phase(state: PPOState, frozen: Frozen, prompts: loop.Batch, *, models: Models,
                   config: ml_collections.ConfigDict) -> tuple[PPOState, Rollout]:
-    """Sample responses, score them and compute per-token rewards, values and advantages."""
+    """Sample responses, score them and compute per-token rewards, values and advantages.
+
+    The old log-probs are recomputed with one full forward pass rather than taken from the
+    sampler (which agrees to ~1e-5): then the first minibatch's ratio is exactly 1 and the
+    clip fraction starts at 0, as in TRL and lm-human-preferences.
+    """
     p = config.ppo
     rng, sample_key = jax.random.split(jax.random.wrap_key_data(state.rng))
     query, query_mask = prompts["prompt_ids"], prompts["prompt_mask"]
