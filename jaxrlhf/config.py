@@ -45,7 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
         b1=0.9, b2=0.95, eps=1e-8, grad_clip=1.0))
 
     c.train = ml_collections.ConfigDict(dict(
-        steps=200, batch_size=32, grad_accum=1, log_every=10, eval_every=50, eval_batches=4,
+        steps=200, batch_size=32, grad_accum=1, log_every=10, eval_every=50,
         checkpoint_every=50, keep_checkpoints=3, num_samples=3, sample_tokens=24,
         tensorboard=True,
         # Stop this invocation after this many steps (0: run to train.steps) and checkpoint;
@@ -149,7 +149,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     if not 0.0 <= config.optim.end_lr_ratio <= 1.0:
         _fail("optim.end_lr_ratio", config.optim.end_lr_ratio, "must lie in [0, 1]")
     for field in ("steps", "batch_size", "grad_accum", "log_every", "eval_every",
-                  "eval_batches", "checkpoint_every", "keep_checkpoints"):
+                  "checkpoint_every", "keep_checkpoints"):
         _positive(config, f"train.{field}")
     try:
         dp = parallel.data_parallel_size(config.mesh, num_devices)

@@ -136,6 +136,12 @@ def full_state_shardings(init_state: Callable[[], Any], mesh: Mesh,
     return parallel.state_shardings(jax.eval_shape(init_state), mesh, rules)
 
 
+def fixed_batches(arrays: dict[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
+    """Consecutive full batches (the remainder, fewer than one batch, is left out)."""
+    n = len(next(iter(arrays.values()))) // batch_size * batch_size
+    return [{k: v[i:i + batch_size] for k, v in arrays.items()} for i in range(0, n, batch_size)]
+
+
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int,
              length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Left-pad token lists into ``(ids, mask)``, each [batch, length] int32."""

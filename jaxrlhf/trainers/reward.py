@@ -186,12 +186,6 @@ def evaluate_pairs(params, program: Program, batches, mesh,
     return metrics, margins
 
 
-def fixed_batches(arrays: dict[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
-    """Consecutive full batches (the remainder, fewer than one batch, is left out)."""
-    n = len(next(iter(arrays.values()))) // batch_size * batch_size
-    return [{k: v[i:i + batch_size] for k, v in arrays.items()} for i in range(0, n, batch_size)]
-
-
 def fit_normalization(raw: np.ndarray) -> dict[str, float]:
     """Gain and bias taking ``raw`` to mean 0, std 1."""
     mean, std = float(raw.mean()), float(raw.std())
@@ -323,7 +317,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     model_cfg = policy.model_cfg if policy is not None else common.model_config(config, data.tokenizer)
     common.write_model_card(workdir, model_cfg, "params")
     program = build(config, model_cfg, mesh, initial_params_fn(config, model_cfg, policy))
-    eval_batches = fixed_batches(data.eval, config.train.batch_size)
+    eval_batches = common.fixed_batches(data.eval, config.train.batch_size)
     gold_labelled = not config.reward.source
 
     def evaluate_state(state: TrainState) -> dict[str, float]:
@@ -343,7 +337,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     raw = np.concatenate([
         np.asarray(jax.device_get(program.scores(state.params, *(
             parallel.shard_batch(b, mesh)[k] for k in ("input_ids", "attention_mask")))))
-        for b in fixed_batches(data.reference, config.train.batch_size)])
+        for b in common.fixed_batches(data.reference, config.train.batch_size)])
     normalization = fit_normalization(raw)
     with open(os.path.join(workdir, NORMALIZATION_FILE), "w") as f:
         json.dump(normalization, f, indent=2)

@@ -123,11 +123,6 @@ class SFTData:
     eval_prompts: list[str]
     unigram_entropy: float | None  # of the task's responses, when the task can say
 
-    def eval_batches(self, batch_size: int) -> list[dict[str, np.ndarray]]:
-        n = len(self.eval["input_ids"]) // batch_size * batch_size
-        return [{k: v[i:i + batch_size] for k, v in self.eval.items()}
-                for i in range(0, n, batch_size)]
-
 
 def record_texts(records: list[sft_data.Record]) -> list[str]:
     """The raw text of SFT rows of either layout (for training a tokenizer on them)."""
@@ -175,7 +170,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     common.write_model_card(workdir, model_cfg, "params")
     program = build(config, model_cfg, mesh)
     eval_fn = program.eval_sums
-    eval_batches = data.eval_batches(config.train.batch_size)
+    eval_batches = common.fixed_batches(data.eval, config.train.batch_size)
     show_samples = common.sample_printer(program.graphdef, data.tokenizer, data.eval_prompts,
                                          config, workdir)
 
