@@ -19,6 +19,8 @@ setup(
         "ml_collections>=1.0",
         "absl-py>=2.0",
         "numpy>=1.26",
+        "scipy>=1.11",
+        "scikit-learn>=1.4",
         "tqdm>=4.66",
         "tensorboardX>=2.6",
         "matplotlib>=3.8",
