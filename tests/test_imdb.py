@@ -42,23 +42,3 @@ def test_load_imdb_names_file_and_line(tmp_path):
     with pytest.raises(ValueError, match="split"):
         imdb.load_imdb("validation")
 
-
-@needs_data
-def test_gold_classifier_subset():
-    """5k balanced train reviews, 5k test reviews: >= 80% (measured 87.6%, ~5 s)."""
-    vocab, model, accuracy = imdb.train_gold_classifier(5000, 5000)
-    assert accuracy >= 0.80
-
-
-@needs_data
-def test_gold_classifier_full():
-    """All 25k train reviews, evaluated on all 25k test reviews: >= 85% (measured 90.0%,
-    ~25 s on 2 CPU cores)."""
-    vocab, model, accuracy = imdb.train_gold_classifier()
-    assert accuracy >= 0.85
-    # The gold reward: positive text scores higher than negative text.
-    from jaxrlhf.data.bow import TextClassifier
-    gold = TextClassifier(vocab, model)
-    logits = gold.logit(["A wonderful, moving film. Brilliant acting.",
-                         "Awful. A boring waste of time, the worst movie ever."])
-    assert logits[0] > 0 > logits[1]
