@@ -20,7 +20,8 @@ import time
 
 import numpy as np
 
-from jaxrlhf.data import bow, preference, sft as sft_data
+from jaxrlhf.baselines import bow, pairwise
+from jaxrlhf.data import preference, sft as sft_data
 
 SOURCE = "hh-rlhf/harmless-base-test.jsonl.gz"
 NUM_TRAIN, NUM_EVAL = 2000, 312
@@ -43,8 +44,8 @@ def longer_accuracy(chosen: list[str], rejected: list[str], length) -> float:
 
 def fit_and_score(settings: dict, l2: float, train_c, train_r, eval_c, eval_r) -> float:
     vocab = bow.BowVocabulary.fit(train_c + train_r, **settings)
-    model = bow.fit_pairwise(vocab, train_c, train_r, l2=l2)
-    return bow.pairwise_accuracy(vocab, model, eval_c, eval_r)
+    model = pairwise.fit_pairwise(vocab, train_c, train_r, l2=l2)
+    return pairwise.pairwise_accuracy(vocab, model, eval_c, eval_r)
 
 
 def cross_validate(settings: dict, chosen, rejected, folds: int = 5, seed: int = 0
@@ -92,15 +93,15 @@ def main():
         cv = cross_validate(settings, train_c, train_r)
         l2 = max(cv, key=cv.get)
         vocab = bow.BowVocabulary.fit(train_c + train_r, **settings)
-        model = bow.fit_pairwise(vocab, train_c, train_r, l2=l2)
+        model = pairwise.fit_pairwise(vocab, train_c, train_r, l2=l2)
         results["bow_pairwise_logreg"][name] = {
             "features": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
             | {"vocabulary_size": len(vocab), "weighting": vocab.weighting,
                "normalize": vocab.normalize, "text": "response only"},
             "cv_accuracy_by_l2": {str(k): v for k, v in cv.items()},
             "l2": l2,
-            "train_accuracy": bow.pairwise_accuracy(vocab, model, train_c, train_r),
-            "eval_accuracy": bow.pairwise_accuracy(vocab, model, eval_c, eval_r),
+            "train_accuracy": pairwise.pairwise_accuracy(vocab, model, train_c, train_r),
+            "eval_accuracy": pairwise.pairwise_accuracy(vocab, model, eval_c, eval_r),
         }
     results["wall_seconds"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(results, indent=2)
