@@ -51,7 +51,7 @@ def train_gold_classifier(train_size: int | None = None, test_size: int | None =
     and its accuracy on IMDb test. ``train_size``/``test_size`` take balanced random
     subsets (None: all 25,000). Save the classifier with ``classifier.save(directory)``.
 
-    Measured (2 CPU cores): all 25,000 / 25,000: 90.0% in about 20 s; 5,000 / 5,000: 87.6%.
+    Measured (2 CPU cores): all 25,000 / 25,000: 90.01% in 15 s; 5,000 / 5,000: 87.56% in 3 s.
     """
     t0 = time.perf_counter()
     train_x, train_y = load_imdb("train")
