@@ -20,15 +20,20 @@ import numpy as np
 
 from jaxrlhf import parallel, sampling
 from jaxrlhf.config import base_config
+from jaxrlhf.data.tokenizer import left_pad
+from jaxrlhf.models.build import abstract_model, random_params
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.transformer import CausalLM, ScalarModel
-from jaxrlhf.trainers import common, ppo, reward as reward_trainer
+from jaxrlhf.rl import ppo as ppo_lib
+from jaxrlhf.settings import RunSettings
+from jaxrlhf.trainers import ppo
+from jaxrlhf.workdir import RewardModel, TrainedModel
 
 SHAPES = {
     # configs/ppo/quickstart.py on the sentiment task
     "quickstart": dict(model=dict(d_model=64, n_layers=2, n_heads=4, d_ff=256, vocab_size=68),
                        prompt=8, response=24, batch=64, minibatches=4, epochs=4),
-    # the reference shape
+    # TRL's trainer shapes at CPU size: a 4-layer, 256-wide GPT-2
     "gpt2_4x256": dict(model=dict(d_model=256, n_layers=4, n_heads=4, d_ff=1024, vocab_size=512),
                        prompt=16, response=48, batch=64, minibatches=4, epochs=4),
     # a GPT-2-small-sized run for accelerators
@@ -47,15 +52,17 @@ def _config(shape: dict, dtype: str):
                  response_length=shape["response"], batch_size=shape["batch"],
                  num_minibatches=shape["minibatches"], ppo_epochs=shape["epochs"],
                  penalize_missing_eos=True)
+    # unused by PPO, but validated with the rest: keep its rows within max_seq_len
+    c.reward.update(max_prompt_tokens=shape["prompt"], max_response_tokens=shape["response"] - 1)
     c.train.steps = 1000
     return c
 
 
-def _restored(cls, cfg: ModelConfig, seed: int, **kwargs) -> common.Restored:
-    graphdef, _ = common.abstract_model(cls, cfg, **kwargs)
-    params = jax.jit(lambda: common.random_params(cls, cfg, seed, **kwargs))()
+def _trained(cls, cfg: ModelConfig, seed: int, **kwargs) -> TrainedModel:
+    graphdef, _ = abstract_model(cls, cfg, **kwargs)
+    params = jax.jit(lambda: random_params(cls, cfg, seed, **kwargs))()
     tokenizer = types.SimpleNamespace(eos_token_id=1, pad_token_id=0)
-    return common.Restored(tokenizer, cfg, graphdef, params, workdir="")
+    return TrainedModel(tokenizer, cfg, graphdef, params, workdir="")
 
 
 def _prompts(shape: dict, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -63,7 +70,7 @@ def _prompts(shape: dict, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
     b, p = shape["batch"], shape["prompt"]
     lengths = rng.integers(p // 2, p + 1, size=b)
     seqs = [rng.integers(2, vocab, size=n).tolist() for n in lengths]
-    ids, mask = common.left_pad(seqs, 0, p)
+    ids, mask = left_pad(seqs, 0, p)
     return {"prompt_ids": ids, "prompt_mask": mask}
 
 
@@ -85,13 +92,12 @@ def model_flops_per_token(cfg: ModelConfig, seq: int) -> float:
 
 def run(shape_name: str, iters: int, dtype: str) -> dict:
     shape = SHAPES[shape_name]
-    config = _config(shape, dtype)
-    model_cfg = ModelConfig(**config.model.to_dict())
-    mesh = parallel.make_mesh(config.mesh)
-    policy = _restored(CausalLM, model_cfg, 0)
-    rm = reward_trainer.RewardModel(_restored(ScalarModel, model_cfg, 1, head_init="normal"),
-                                    gain=1.0, bias=0.0)
-    program = ppo.build(config, mesh, policy, rm, task=None)
+    settings = RunSettings.from_config(_config(shape, dtype))
+    model_cfg = settings.model
+    mesh = parallel.make_mesh(settings.mesh)
+    policy = _trained(CausalLM, model_cfg, 0)
+    rm = RewardModel(_trained(ScalarModel, model_cfg, 1, head_init="normal"), gain=1.0, bias=0.0)
+    program = ppo.build(settings, mesh, policy, rm, task=None)
     batch = parallel.shard_batch(_prompts(shape, model_cfg.vocab_size), mesh)
     state = jax.jit(program.init_state, out_shardings=program.state_shardings)()
 
@@ -105,21 +111,18 @@ def run(shape_name: str, iters: int, dtype: str) -> dict:
     total = _timed(one_iteration, iters=iters)
 
     # its phases, compiled separately, on the same inputs
-    p = config.ppo
+    p = settings.ppo
     generate = jax.jit(functools.partial(
         sampling.generate, program.models.policy, max_new_tokens=p.response_length,
         eos_id=1, pad_id=0, temperature=p.temperature))
     key = jax.random.key(0)
     t_sample = _timed(generate, holder["state"].policy, batch["prompt_ids"],
                       batch["prompt_mask"], key, iters=iters)
-    rollout_fn = jax.jit(functools.partial(ppo.rollout_phase, models=program.models,
-                                           config=config))
+    rollout_fn = jax.jit(functools.partial(ppo_lib.rollout, models=program.models, settings=p))
     t_rollout = _timed(lambda: rollout_fn(holder["state"], program.frozen, batch), iters=iters)
     _, rollout = rollout_fn(holder["state"], program.frozen, batch)
-    policy_opt, schedule = ppo.ppo_optimizer(config, ppo.total_updates(config))
-    update_fn = jax.jit(functools.partial(ppo.update_phase, models=program.models, config=config,
-                                          policy_opt=policy_opt, value_opt=policy_opt,
-                                          schedule=schedule))
+    update_fn = jax.jit(functools.partial(ppo_lib.update, models=program.models, settings=p,
+                                          optimizers=ppo.make_optimizers(settings)))
     t_update = _timed(lambda: update_fn(holder["state"], rollout, None), iters=iters)
 
     new_tokens = shape["batch"] * shape["response"]

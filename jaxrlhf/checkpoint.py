@@ -2,7 +2,7 @@
 
 A checkpoint holds the train-state pytree (params, optimizer state, step, RNG and, for PPO,
 the KL-controller state) plus JSON items: the data-iterator position and the config.
-Saves are asynchronous; the last ``keep`` are kept (DESIGN.md rule 5).
+Saves are asynchronous; the last ``keep`` are kept (docs/design.md, rule 5).
 """
 from __future__ import annotations
 

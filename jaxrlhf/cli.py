@@ -14,7 +14,7 @@ from ml_collections import config_flags
 
 from jaxrlhf import config as config_lib, parallel
 
-STAGES = ("sft", "reward", "ppo", "pipeline", "sample")
+COMMANDS = (*config_lib.PIPELINE_STAGES, "pipeline", "sample")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a get_config() file.",
                                           lock_config=True)
@@ -33,9 +33,9 @@ _SEED = flags.DEFINE_integer("seed", 0, "sample: random seed.")
 
 
 def _stage(argv: list[str]) -> str:
-    if len(argv) != 2 or argv[1] not in STAGES:
+    if len(argv) != 2 or argv[1] not in COMMANDS:
         raise app.UsageError(
-            f"usage: python -m jaxrlhf {{{','.join(STAGES[:-1])}}} --config=FILE --workdir=DIR "
+            f"usage: python -m jaxrlhf {{{','.join(COMMANDS[:-1])}}} --config=FILE --workdir=DIR "
             "[--config.field=value ...]\n   or: python -m jaxrlhf sample --checkpoint=RUN_DIR "
             "--prompts=FILE [--output=FILE]")
     return argv[1]
@@ -57,16 +57,16 @@ def read_prompts(path: str) -> list[str]:
 
 
 def sample_main() -> None:
+    from jaxrlhf import sampling, workdir
     from jaxrlhf.models.transformer import CausalLM
-    from jaxrlhf.trainers import common
     if not _CHECKPOINT.value or not _PROMPTS.value:
         raise app.UsageError("sample needs --checkpoint=RUN_DIR and --prompts=FILE")
-    restored = common.load_model(_CHECKPOINT.value, CausalLM)
+    policy = workdir.load_model(_CHECKPOINT.value, CausalLM)
     prompts = read_prompts(_PROMPTS.value)
-    responses = common.complete(
-        restored, prompts, max_new_tokens=_MAX_NEW.value, seed=_SEED.value,
-        temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value,
-        greedy=_GREEDY.value)
+    responses = sampling.complete(
+        policy.graphdef, policy.params, policy.tokenizer, prompts,
+        max_new_tokens=_MAX_NEW.value, seed=_SEED.value, temperature=_TEMPERATURE.value,
+        top_k=_TOP_K.value, top_p=_TOP_P.value, greedy=_GREEDY.value)
     rows = [{"prompt": p, "completion": r} for p, r in zip(prompts, responses)]
     if _OUTPUT.value:
         with open(_OUTPUT.value, "w") as f:
@@ -86,16 +86,9 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--config and --workdir are required")
     config = _CONFIG.value
     config_lib.validate(config, jax.device_count())
-    if stage == "sft":
-        from jaxrlhf.trainers import sft as trainer
-    elif stage == "reward":
-        from jaxrlhf.trainers import reward as trainer
-    elif stage == "ppo":
-        from jaxrlhf.trainers import ppo as trainer
-    elif stage == "pipeline":
-        from jaxrlhf import pipeline as trainer
-    summary = trainer.train(config, _WORKDIR.value)
-    print(summary)
+    from jaxrlhf import pipeline
+    run = pipeline.train if stage == "pipeline" else pipeline.TRAINERS[stage]
+    print(run(config, _WORKDIR.value))
 
 
 def run() -> None:

@@ -1,11 +1,17 @@
-"""Pure loss terms. Each returns ``(loss, metrics)`` with a scalar loss and a dict of scalars.
+"""Pure loss terms. Each returns ``(loss, metrics)``: the scalar mean the paper defines and a
+dict of scalar metrics.
 
-Every mean over tokens is a masked mean (DESIGN.md rule 3).
+Every mean over tokens is a masked mean (docs/design.md, rule 3). A stage that accumulates
+gradients over micro-batches weights each micro-batch's means by its count
+(``jaxrlhf.optim.accumulated_gradients``), which gives the full batch's mean exactly.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
+
+from jaxrlhf.scoring import forward, token_entropies, token_log_probs
 
 Metrics = dict[str, jax.Array]
 
@@ -14,15 +20,6 @@ def masked_mean(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
     """Mean of ``x`` over the positions where ``mask`` is true (0 where the mask is empty)."""
     mask = mask.astype(x.dtype)
     return (x * mask).sum(axis) / jnp.maximum(mask.sum(axis), 1.0)
-
-
-def token_log_probs(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """log p(target) under ``softmax(logits)``, computed in fp32.
-
-    logits: [batch, seq, vocab]; targets: [batch, seq] -> [batch, seq].
-    """
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
 
 
 def sft_nll(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple[jax.Array, Metrics]:
@@ -40,6 +37,16 @@ def sft_nll(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple[jax
     return loss, {"loss": loss, "tokens": mask.sum().astype(jnp.float32)}
 
 
+def lm_nll(graphdef: nnx.GraphDef, params: nnx.State,
+           batch: dict[str, jax.Array]) -> tuple[jax.Array, Metrics]:
+    """``sft_nll`` of a causal LM on right-padded rows ``{input_ids, attention_mask,
+    loss_mask}`` [batch, seq]: ``logits[:, :-1]`` predict ``input_ids[:, 1:]``, counted where
+    ``loss_mask[:, 1:]`` is 1 (the response tokens and their EOS). The SFT loss, and the
+    pretraining term of PPO-ptx (Ouyang et al. 2022, eq. 2)."""
+    logits = forward(graphdef, params, batch["input_ids"], batch["attention_mask"])
+    return sft_nll(logits[:, :-1], batch["input_ids"][:, 1:], batch["loss_mask"][:, 1:])
+
+
 # --------------------------------------------------------------------------------------
 # Reward model (Bradley–Terry)
 # --------------------------------------------------------------------------------------
@@ -50,7 +57,7 @@ def bradley_terry(r_chosen: jax.Array, r_rejected: jax.Array,
     """Bradley–Terry pairwise loss ``mean(-log sigmoid(r_c - r_r - m))``.
 
     Ouyang et al. 2022 (InstructGPT) eq. 1; optional margin ``m(r)`` from Touvron et al. 2023
-    (Llama 2) eq. 2. PPO_DETAILS items 19–20.
+    (Llama 2) eq. 2. docs/design.md, PPO details 19–20.
 
     r_chosen, r_rejected: [B]; margin: [B] or None. Metrics: rm/loss, rm/accuracy (fraction
     with r_c > r_r), rm/chosen, rm/rejected (mean rewards), rm/margin (mean r_c - r_r).
@@ -83,7 +90,7 @@ def reward_centering(r_chosen: jax.Array, r_rejected: jax.Array,
 
 
 # --------------------------------------------------------------------------------------
-# PPO
+# PPO (combined into one objective by jaxrlhf.rl.objectives)
 # --------------------------------------------------------------------------------------
 
 
@@ -120,7 +127,7 @@ def value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array,
     """Clipped value loss ``0.5 * masked_mean(max((v-R)^2, (v_clip-R)^2))``.
 
     ``v_clip = old + clip(v - old, -eps, eps)``. Huang et al. 2023 ("N implementation details
-    of RLHF"), OpenAI lm-human-preferences; PPO_DETAILS item 12.
+    of RLHF"), OpenAI lm-human-preferences; docs/design.md, PPO detail 12.
 
     values, old_values, returns, mask: [B, T]. Metrics: loss/value, val/clipfrac (fraction of
     real tokens where the clipped error is the larger one).
@@ -146,26 +153,5 @@ def entropy_bonus(logits: jax.Array, mask: jax.Array) -> tuple[jax.Array, Metric
 
     logits: [B, T, V]; mask: [B, T]. Metric: policy/entropy (mean per-token entropy).
     """
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [B, T, V]
-    ent = -(jnp.exp(logp) * logp).sum(-1)  # [B, T]
-    value = masked_mean(ent, mask)
+    value = masked_mean(token_entropies(logits), mask)
     return value, {"policy/entropy": value}
-
-
-def kl_loss(logp: jax.Array, ref_logp: jax.Array, mask: jax.Array,
-            estimator: str = "k3") -> tuple[jax.Array, Metrics]:
-    """KL(pi || pi_ref) as a loss term (GRPO-style; Shao et al. 2024 DeepSeekMath eq. 4).
-
-    Per-token estimator from Schulman 2020, "Approximating KL divergence": k1, k2 or k3
-    (see ``jaxrlhf.rl.kl.kl_estimate``), masked-mean over real tokens. The reference log-probs
-    get no gradient. logp, ref_logp, mask: [B, T]. Metric: loss/kl.
-    """
-    from jaxrlhf.rl.kl import kl_estimate  # local import: rl imports losses
-
-    kl = kl_estimate(logp, jax.lax.stop_gradient(ref_logp), estimator)  # [B, T]
-    loss = masked_mean(kl, mask)
-    return loss, {"loss/kl": loss}
-
-
-# ptx loss (Ouyang et al. 2022, eq. 2, the ``gamma * E[log pi(x)]`` pretraining term): use
-# ``sft_nll`` on pretraining batches directly; a separate alias would add no meaning.

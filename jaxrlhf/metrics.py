@@ -7,6 +7,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+METRICS_FILE = "metrics.jsonl"
+
 
 def _plain(value: Any) -> Any:
     try:
@@ -24,7 +26,7 @@ class MetricWriter:
 
     def __init__(self, workdir: str, *, tensorboard: bool = True):
         os.makedirs(workdir, exist_ok=True)
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.path = os.path.join(workdir, METRICS_FILE)
         self._tb = None
         if tensorboard:
             from tensorboardX import SummaryWriter
@@ -54,5 +56,5 @@ class MetricWriter:
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
     """All rows of ``workdir/metrics.jsonl`` (for reports, plots and tests)."""
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    with open(os.path.join(workdir, METRICS_FILE)) as f:
         return [json.loads(line) for line in f]

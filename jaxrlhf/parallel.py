@@ -1,6 +1,6 @@
 """Device mesh, logical-axis sharding rules and multi-host initialisation.
 
-One code path for 1 CPU, 8 emulated CPU devices, a GPU or a TPU pod (DESIGN.md rule 4):
+One code path for 1 CPU, 8 emulated CPU devices, a GPU or a TPU pod (docs/design.md, rule 4):
 parallelism is the mesh shape and the rule table in the config, never a code fork.
 Parameters carry logical axis names (``embed``, ``mlp``, ``heads``, ``kv``, ``vocab``,
 ``layers``); the rule table maps each to a mesh axis. Batches are sharded over

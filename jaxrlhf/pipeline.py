@@ -5,6 +5,7 @@ report. Re-running the same command resumes at the stage and step where it stopp
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -13,21 +14,23 @@ from typing import Any
 import ml_collections
 
 from jaxrlhf import report
+from jaxrlhf.config import PIPELINE_STAGES
 from jaxrlhf.trainers import ppo, reward, sft
 
-STAGES = ("sft", "reward", "ppo")
 TIMING_FILE = "timing.json"
+TRAINERS = {"sft": sft.train, "reward": reward.train, "ppo": ppo.train}
 
 
-def stage_configs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Each stage's config, wired to the previous stages' workdirs."""
-    dirs = {name: os.path.join(workdir, name) for name in STAGES}
-    sft_config, reward_config, ppo_config = (config[name] for name in STAGES)
-    reward_config.policy_init = dirs["sft"]
-    ppo_config.policy_init = dirs["sft"]
-    ppo_config.ppo.reward_init = dirs["reward"]
-    return {"sft": (sft_config, dirs["sft"]), "reward": (reward_config, dirs["reward"]),
-            "ppo": (ppo_config, dirs["ppo"])}
+def stage_configs(config: ml_collections.ConfigDict,
+                  workdir: str) -> dict[str, tuple[ml_collections.ConfigDict, str]]:
+    """Each stage's config (a copy; ``config`` is not changed) and workdir, wired to the
+    previous stages' workdirs."""
+    dirs = {name: os.path.join(workdir, name) for name in PIPELINE_STAGES}
+    configs = {name: copy.deepcopy(config[name]) for name in PIPELINE_STAGES}
+    configs["reward"].policy_init = dirs["sft"]
+    configs["ppo"].policy_init = dirs["sft"]
+    configs["ppo"].ppo.reward_init = dirs["reward"]
+    return {name: (configs[name], dirs[name]) for name in PIPELINE_STAGES}
 
 
 def _add_wall_time(workdir: str, seconds: float) -> float:
@@ -46,9 +49,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Run (or resume) the three stages, then write ``report.md``, figures and summary.json."""
     start = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
-    trainers = {"sft": sft.train, "reward": reward.train, "ppo": ppo.train}
     for name, (stage_config, stage_dir) in stage_configs(config, workdir).items():
         print(f"=== pipeline stage: {name} ({stage_dir})")
-        trainers[name](stage_config, stage_dir)
+        TRAINERS[name](stage_config, stage_dir)
     wall = _add_wall_time(workdir, time.perf_counter() - start)
     return report.write_report(workdir, wall_seconds=wall)

@@ -1,20 +1,25 @@
 """Jitted generation with a KV cache: one prefill, then a ``lax.scan`` decode loop.
 
 Prompts arrive left-padded with their mask; position ids are ``cumsum(mask) - mask``
-(PPO_DETAILS item 2). The response length is fixed per call; tokens after the first EOS
-are padding and masked (item 4). Log-probabilities are those of ``logits / temperature``,
-the distribution that sampled (item 3; Huang et al. 2023, "The N Implementation Details of
-RLHF with PPO", §"Generate with temperature").
+(docs/design.md, PPO detail 2). The response length is fixed per call; tokens after the
+first EOS are padding and masked (detail 4). Log-probabilities are those of
+``logits / temperature``, the distribution that sampled (detail 3; Huang et al. 2023, "The N
+Implementation Details of RLHF with PPO", §"Generate with temperature"). :func:`complete`
+is the text-in, text-out form for trained models.
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxrlhf.data.tokenizer import decode_rows, left_pad
 from jaxrlhf.models.transformer import init_cache
+from jaxrlhf.scoring import positions_from_mask
 
 NEG_INF = -1e9
 
@@ -23,12 +28,6 @@ class Completion(NamedTuple):
     tokens: jax.Array     # [batch, new_tokens] int32, pad after the first EOS
     mask: jax.Array       # [batch, new_tokens] int32, 1 up to and including the first EOS
     logprobs: jax.Array   # [batch, new_tokens] float32, log p(token) under logits / temperature
-
-
-def positions_from_mask(mask: jax.Array) -> jax.Array:
-    """Position ids of a (left- or right-) padded batch: ``cumsum(mask) - mask``. [batch, seq]."""
-    mask = mask.astype(jnp.int32)
-    return jnp.cumsum(mask, axis=-1) - mask
 
 
 def top_k_mask(logits: jax.Array, k: int) -> jax.Array:
@@ -103,3 +102,22 @@ def generate(graphdef: nnx.GraphDef, params: nnx.State, prompt_ids: jax.Array,
              jnp.int32(0))
     _, (tokens, mask, logprobs) = jax.lax.scan(step, carry, jax.random.split(rng, max_new_tokens))
     return Completion(tokens=tokens.T, mask=mask.T, logprobs=logprobs.T)
+
+
+def complete(graphdef: nnx.GraphDef, params: nnx.State, tokenizer, prompts: Sequence[str], *,
+             max_new_tokens: int, seed: int = 0, batch_size: int = 64,
+             **sampling_kwargs) -> list[str]:
+    """Complete text prompts with a causal LM (``generate``'s sampling options), in batches
+    of ``batch_size`` left-padded to the longest prompt; batch ``i`` uses key ``seed + i *
+    batch_size``."""
+    generate_fn = jax.jit(functools.partial(
+        generate, graphdef, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id, **sampling_kwargs))
+    encoded = [tokenizer(p)["input_ids"] for p in prompts]
+    length = max(len(e) for e in encoded)
+    responses: list[str] = []
+    for start in range(0, len(encoded), batch_size):
+        ids, mask = left_pad(encoded[start:start + batch_size], tokenizer.pad_token_id, length)
+        out = generate_fn(params, ids, mask, jax.random.key(seed + start))
+        responses += decode_rows(tokenizer, out.tokens, out.mask)
+    return responses

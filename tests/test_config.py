@@ -80,3 +80,24 @@ def test_invalid_ppo_values(field, value, message):
     config.ppo[field] = value
     with pytest.raises(ValueError, match=message):
         config_lib.validate(config, num_devices=1)
+
+
+def test_settings_are_typed_frozen_and_hashable():
+    import dataclasses
+    from jaxrlhf.settings import RunSettings
+    settings = RunSettings.from_config(_config())
+    assert settings.ppo.updates_per_iteration == settings.ppo.ppo_epochs * settings.ppo.num_minibatches
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.ppo.clip = 0.3
+    hash(settings.ppo)  # jitted code closes over it
+    assert settings.model.vocab_size == 0  # resolved from the tokenizer later
+
+
+def test_pipeline_stage_configs_leave_the_callers_config_alone():
+    from jaxrlhf import pipeline
+    config = config_lib.load_config_file("configs/pipeline/quickstart.py")
+    config.lock()
+    stages = pipeline.stage_configs(config, "/runs/x")
+    assert stages["ppo"][0].ppo.reward_init == "/runs/x/reward"
+    assert stages["reward"][0].policy_init == "/runs/x/sft"
+    assert config.ppo.ppo.reward_init == "" and config.reward.policy_init == ""

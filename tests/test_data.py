@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrlhf.data import iterator, paths, sft, tasks, tokenizer as tokenizer_lib
+from jaxrlhf.data import iterator, paths, records, sft, tokenizer as tokenizer_lib
+from jaxrlhf.tasks import get_task
 
 
 def _arrays(n=10):
@@ -35,7 +36,7 @@ def test_iterator_deterministic_and_resumes_exactly():
 
 
 def test_tokenize_sft_masks_match_reference():
-    task = tasks.get_task("sentiment")
+    task = get_task("sentiment")
     tok = task.tokenizer
     examples = [{"prompt": "the movie was", "completion": " good ."},
                 {"prompt": "the movie was", "completion": " very bad , and the food was nice ."}]
@@ -58,15 +59,15 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": \n')
     with pytest.raises(ValueError, match=r"bad\.jsonl:2"):
-        sft.load_records(str(path))
+        records.load_records(str(path))
     path.write_text('{"prompt": "a", "completion": "b"}\n\n{"text": "x"}\n')
-    records = sft.load_records(str(path))
+    rows = records.load_records(str(path))
     with pytest.raises(ValueError, match=r"bad\.jsonl:3"):
-        sft.sft_examples(records)
+        sft.sft_examples(rows)
 
 
 def test_chat_messages_layout(tmp_path):
-    tok = tasks.get_task("sentiment").tokenizer
+    tok = get_task("sentiment").tokenizer
     path = tmp_path / "chat.jsonl.gz"
     row = {"messages": [{"role": "user", "content": "hi"},
                         {"role": "assistant", "content": "hello"},
@@ -74,13 +75,13 @@ def test_chat_messages_layout(tmp_path):
                         {"role": "assistant", "content": " good ."}]}
     with gzip.open(path, "wt") as f:
         f.write(json.dumps(row) + "\n")
-    [ex] = sft.sft_examples(sft.load_records(str(path)), tok)
+    [ex] = sft.sft_examples(records.load_records(str(path)), tok)
     assert ex["completion"] == " good ."
     assert ex["prompt"] == "user: hi\nassistant: hello\nuser: how was it\nassistant:"
 
 
 def test_gold_reward_from_tokens_matches_text():
-    task = tasks.get_task("sentiment")
+    task = get_task("sentiment")
     tok = task.tokenizer
     rng = np.random.default_rng(0)
     B, T = 32, 12
@@ -100,7 +101,7 @@ def test_gold_reward_from_tokens_matches_text():
 
 
 def test_demonstrations_deterministic_and_mean_gold_near_zero():
-    task = tasks.get_task("sentiment")
+    task = get_task("sentiment")
     demos = task.demonstrations(2000, seed=0)
     assert demos[:5] == task.demonstrations(5, seed=0)
     gold = task.gold_reward([d["prompt"] for d in demos], [d["completion"] for d in demos])
@@ -139,7 +140,7 @@ def test_reads_real_hh_row():
         paths.resolve("hh-rlhf/harmless-base-test.jsonl.gz")
     except FileNotFoundError:
         pytest.skip("shared data not present")
-    records = sft.load_records("hh-rlhf/harmless-base-test.jsonl.gz")
-    origin, row = records[0]
+    rows = records.load_records("hh-rlhf/harmless-base-test.jsonl.gz")
+    origin, row = rows[0]
     assert origin.endswith("harmless-base-test.jsonl.gz:1")
     assert {"chosen", "rejected"} <= set(row)

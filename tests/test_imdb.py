@@ -1,4 +1,4 @@
-"""IMDb reviews and the bag-of-words gold sentiment classifier."""
+"""IMDb reviews: the loader, and the IMDb controlled-sentiment task built explicitly from it."""
 import gzip
 import json
 
@@ -42,3 +42,25 @@ def test_load_imdb_names_file_and_line(tmp_path):
     with pytest.raises(ValueError, match="split"):
         imdb.load_imdb("validation")
 
+
+
+@needs_data
+def test_imdb_task_builds_its_assets_once(tmp_path, monkeypatch, capsys):
+    """load_task trains the tokenizer and gold classifier into its directory on first use
+    (saying so) and reads them back afterwards; nothing trains on attribute access."""
+    from jaxrlhf.baselines import imdb_gold
+    from jaxrlhf.tasks import imdb as imdb_task
+    small = lambda: imdb_gold.train_gold_classifier(2000, 2000)  # noqa: E731
+    monkeypatch.setattr(imdb_task, "train_gold_classifier", small)
+    task = imdb_task.load_task(vocab_size=512, tokenizer_reviews=500, directory=str(tmp_path))
+    assert "training the gold classifier" in capsys.readouterr().out
+    assert 0.75 < task.gold_test_accuracy <= 1.0
+    monkeypatch.setattr(imdb_task, "train_gold_classifier", lambda: pytest.fail("retrained"))
+    again = imdb_task.load_task(vocab_size=512, tokenizer_reviews=500, directory=str(tmp_path))
+    assert "training" not in capsys.readouterr().out
+    demos = again.demonstrations(8, seed=0)
+    assert demos == task.demonstrations(8, seed=0)
+    gold = again.gold_reward([d["prompt"] for d in demos], [d["completion"] for d in demos])
+    np.testing.assert_allclose(gold, task.gold_reward([d["prompt"] for d in demos],
+                                                      [d["completion"] for d in demos]))
+    assert gold.dtype == np.float32 and ((gold > 0) & (gold < 1)).all()

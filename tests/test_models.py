@@ -6,9 +6,14 @@ import pytest
 from flax import nnx
 
 from jaxrlhf.models.config import ModelConfig
-from jaxrlhf.models.transformer import CausalLM, ScalarModel, init_cache, logical_partition_specs
+from jaxrlhf.models.transformer import CausalLM, ScalarModel, init_cache
 
 ALLOWED = {"embed", "mlp", "heads", "kv", "vocab", "layers", None}
+
+
+def _partition_specs(model):
+    """The logical axis names of every parameter, as PartitionSpecs."""
+    return nnx.get_partition_spec(nnx.state(model, nnx.Param))
 
 
 def _batch():
@@ -57,7 +62,7 @@ def test_kv_cache_matches_full_forward(family):
 def test_partition_specs(family):
     for m in (CausalLM(ModelConfig.preset(family), rngs=nnx.Rngs(0)),
               ScalarModel(ModelConfig.preset(family), rngs=nnx.Rngs(0))):
-        specs = jax.tree.leaves(logical_partition_specs(m), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+        specs = jax.tree.leaves(_partition_specs(m), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
         params = jax.tree.leaves(nnx.state(m, nnx.Param))
         assert len(specs) == len(params)
         for s in specs:
@@ -119,7 +124,7 @@ def test_scan_layers_matches_unscanned(family, tmp_path):
     scan = load_causal_lm(str(tmp_path), scan_layers=True)
     # stacked layout: one Block whose params have a leading 'layers' axis
     assert scan.model.blocks.q.kernel.get_value().shape == (3, c.d_model, c.d_model)
-    for k, spec in nnx.to_flat_state(logical_partition_specs(scan)):
+    for k, spec in nnx.to_flat_state(_partition_specs(scan)):
         if k[:2] == ("model", "blocks"):
             assert spec.get_value()[0] == "layers", k
     ids, pos, mask = _batch()

@@ -1,36 +1,22 @@
 """PPO end to end on the built-in task: gold reward rises with finite KL, exact resume,
 and the single-program iteration equals the phased fallback."""
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
 from configs.ppo import quickstart
+from conftest import metric_rows, read_summary, run_cli
 from jaxrlhf import parallel
+from jaxrlhf.settings import RunSettings
 from jaxrlhf.trainers import ppo
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _cli(stage, config, workdir, *overrides, timeout=600):
-    env = dict(os.environ, JAXRLHF_NO_PROGRESS="1")
-    env.pop("XLA_FLAGS", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "jaxrlhf", stage, f"--config={config}", f"--workdir={workdir}",
-         "--config.train.tensorboard=False", *overrides],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 @pytest.fixture(scope="module")
 def sft_workdir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("sft")
-    _cli("sft", "configs/sft/quickstart.py", workdir, "--config.train.steps=200",
+    run_cli("sft", "configs/sft/quickstart.py", workdir, "--config.train.steps=200",
          "--config.train.eval_every=100", "--config.train.checkpoint_every=100")
     return str(workdir)
 
@@ -40,22 +26,11 @@ SMALL = ("--config.ppo.batch_size=32", "--config.ppo.num_minibatches=2",
          "--config.ppo.ppo_epochs=2", "--config.train.log_every=1")
 
 
-def _summary(workdir):
-    with open(os.path.join(workdir, "summary.json")) as f:
-        return json.load(f)
-
-
-def _rows(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f]
-    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
-
-
 def test_ppo_with_gold_reward_raises_gold(sft_workdir, tmp_path):
     workdir = tmp_path / "ppo"
-    _cli("ppo", "configs/ppo/quickstart.py", workdir, f"--config.policy_init={sft_workdir}",
+    run_cli("ppo", "configs/ppo/quickstart.py", workdir, f"--config.policy_init={sft_workdir}",
          *GOLD)
-    s = _summary(workdir)
+    s = read_summary(workdir)
     gain = s["gold_after"] - s["gold_before"]
     assert gain > 3 * np.hypot(s["gold_before_stderr"], s["gold_after_stderr"]), s
     assert np.isfinite(s["kl"]) and np.isfinite(s["train_kl"]), s
@@ -65,11 +40,11 @@ def test_ppo_resumes_exactly_across_processes(sft_workdir, tmp_path):
     common = (f"--config.policy_init={sft_workdir}", *GOLD, *SMALL, "--config.train.steps=6",
               "--config.train.eval_every=3", "--config.train.checkpoint_every=2")
     straight, split = tmp_path / "straight", tmp_path / "split"
-    _cli("ppo", "configs/ppo/quickstart.py", straight, *common)
-    _cli("ppo", "configs/ppo/quickstart.py", split, *common, "--config.train.run_steps=3")
-    resumed = _cli("ppo", "configs/ppo/quickstart.py", split, *common)
+    run_cli("ppo", "configs/ppo/quickstart.py", straight, *common)
+    run_cli("ppo", "configs/ppo/quickstart.py", split, *common, "--config.train.run_steps=3")
+    resumed = run_cli("ppo", "configs/ppo/quickstart.py", split, *common)
     assert "resuming from step 3" in resumed.stdout
-    assert _rows(split) == _rows(straight)
+    assert metric_rows(split) == metric_rows(straight)
 
 
 @pytest.mark.parametrize("options", [
@@ -86,13 +61,14 @@ def test_single_program_equals_phased(sft_workdir, options):
     config.ppo.update(**{"reward_source": "gold", "value_init": "policy", "batch_size": 16,
                          "num_minibatches": 2, "ppo_epochs": 2, **options})
     mesh = parallel.make_mesh({"data": 1}, jax.devices()[:1])
-    policy, reward, task = ppo.load_inputs(config)
+    settings = RunSettings.from_config(config)
+    policy, reward, task = ppo.load_inputs(settings)
     tok = policy.tokenizer
-    batch = ppo.prompt_arrays(tok, task.demonstrations(16, seed=0), config)
+    batch = ppo.prompt_arrays(tok, task.demonstrations(16, seed=0), settings)
     results = []
     for single in (True, False):
         config.ppo.single_program = single
-        program = ppo.build(config, mesh, policy, reward, task)
+        program = ppo.build(RunSettings.from_config(config), mesh, policy, reward, task)
         state = jax.jit(program.init_state, out_shardings=program.state_shardings)()
         for _ in range(2):
             state, metrics = program.step(state, parallel.shard_batch(batch, mesh))
@@ -112,13 +88,8 @@ def test_sample_cli_writes_completions(sft_workdir, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("the movie was\nmy friend said the food was\n")
     out = tmp_path / "out.jsonl"
-    env = dict(os.environ, JAXRLHF_NO_PROGRESS="1")
-    env.pop("XLA_FLAGS", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "jaxrlhf", "sample", f"--checkpoint={sft_workdir}",
-         f"--prompts={prompts}", f"--output={out}", "--greedy", "--max_new_tokens=12"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_cli("sample", f"--checkpoint={sft_workdir}", f"--prompts={prompts}", f"--output={out}",
+            "--greedy", "--max_new_tokens=12", timeout=300)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["prompt"] for r in rows] == ["the movie was", "my friend said the food was"]
     # the SFT policy has learned the task's grammar: responses end with a full stop
@@ -130,7 +101,7 @@ def test_missing_reward_model_is_a_clear_error(sft_workdir, tmp_path):
     config.policy_init = sft_workdir
     config.ppo.reward_init = str(tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match="reward_normalization.json is missing"):
-        ppo.load_inputs(config)
+        ppo.load_inputs(RunSettings.from_config(config))
     config.ppo.reward_init = sft_workdir  # an SFT run is not a reward model
     with pytest.raises(FileNotFoundError, match="reward-model run"):
-        ppo.load_inputs(config)
+        ppo.load_inputs(RunSettings.from_config(config))

@@ -6,7 +6,8 @@ import re
 import matplotlib.image
 import pytest
 
-from jaxrlhf.report import FIGURES, sample_pairs, write_report
+from jaxrlhf.report import FIGURES, write_report
+from jaxrlhf.report.markdown import sample_pairs
 
 FIGURE_NAMES = [name for name, _ in FIGURES]
 PROMPTS = ["my show was", "that book | film was", "our trip felt"]

@@ -2,20 +2,20 @@
 normalisation, and sharded / single-device agreement."""
 import gzip
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
 from configs.reward import quickstart
-from jaxrlhf import parallel
-from jaxrlhf.data import paths, preference, sft as sft_data, tasks
-from jaxrlhf.trainers import common, reward
+from conftest import read_summary, run_cli
+from jaxrlhf import parallel, workdir as workdir_lib
+from jaxrlhf.data import paths, preference, sft as sft_data
+from jaxrlhf.models.build import resolve_config
+from jaxrlhf.settings import RunSettings
+from jaxrlhf.tasks import get_task
+from jaxrlhf.trainers import reward
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HH = "hh-rlhf/harmless-base-test.jsonl.gz"
 
 
@@ -58,7 +58,7 @@ def test_malformed_preference_row_names_its_origin():
 
 
 def test_truncation_policy_counts_and_drops_identical_pairs():
-    tok = tasks.get_task("sentiment").tokenizer
+    tok = get_task("sentiment").tokenizer
     pairs = [preference.PreferencePair("movie was", " good .", " bad ."),
              preference.PreferencePair("movie was", " good .", " good ."),
              preference.PreferencePair("the movie was", " good good good good .", " bad .")]
@@ -75,7 +75,7 @@ def test_truncation_policy_counts_and_drops_identical_pairs():
 
 
 def test_gold_labels_by_max_prefer_the_higher_gold():
-    task = tasks.get_task("sentiment")
+    task = get_task("sentiment")
     demos = task.demonstrations(64, seed=0)
     prompts = [d["prompt"] for d in demos[:32]]
     a = [d["completion"] for d in demos[:32]]
@@ -110,10 +110,10 @@ def _small_config():
     return config
 
 
-def _one_step(config, model_cfg, batch, axes, devices):
+def _one_step(settings, model_cfg, batch, axes, devices):
     mesh = parallel.make_mesh(axes, devices)
-    init = reward.initial_params_fn(config, model_cfg, None)
-    program = reward.build(config, model_cfg, mesh, init)
+    init = reward.initial_params_fn(settings.seed, model_cfg, None)
+    program = reward.build(settings, model_cfg, mesh, init).supervised
     state = jax.jit(program.init_state, out_shardings=program.state_shardings)()
     state, metrics = program.step(state, parallel.shard_batch(batch, mesh))
     return metrics, jax.device_get(jax.tree.leaves(state.params))
@@ -122,11 +122,12 @@ def _one_step(config, model_cfg, batch, axes, devices):
 def test_sharded_reward_step_matches_one_device(tmp_path):
     config = _small_config()
     config.reward.center_coef = 0.01
-    data = reward.prepare_data(config, str(tmp_path), None)
-    model_cfg = common.model_config(config, data.tokenizer)
+    settings = RunSettings.from_config(config)
+    data = reward.prepare_data(settings, str(tmp_path), None)
+    model_cfg = resolve_config(settings.model, model_init="", vocab_size=len(data.tokenizer))
     batch = {k: v[:16] for k, v in data.train.items()}
-    m1, p1 = _one_step(config, model_cfg, batch, {"data": 1}, jax.devices()[:1])
-    m8, p8 = _one_step(config, model_cfg, batch, {"data": 1, "fsdp": 4, "tensor": 2},
+    m1, p1 = _one_step(settings, model_cfg, batch, {"data": 1}, jax.devices()[:1])
+    m8, p8 = _one_step(settings, model_cfg, batch, {"data": 1, "fsdp": 4, "tensor": 2},
                        jax.devices())
     np.testing.assert_allclose(float(m8["rm/loss"]), float(m1["rm/loss"]), rtol=1e-5)
     for a, b in zip(p8, p1):
@@ -135,26 +136,18 @@ def test_sharded_reward_step_matches_one_device(tmp_path):
 
 def test_reward_model_learns_noiseless_gold_labels(tmp_path):
     """Built-in task, labels by the larger gold score: >= 90% held-out accuracy."""
-    env = dict(os.environ, JAXRLHF_NO_PROGRESS="1")
-    env.pop("XLA_FLAGS", None)
     workdir = tmp_path / "rm"
-    result = subprocess.run(
-        [sys.executable, "-m", "jaxrlhf", "reward", "--config=configs/reward/quickstart.py",
-         f"--workdir={workdir}", "--config.reward.label_mode=max",
-         "--config.train.tensorboard=False"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    with open(workdir / "summary.json") as f:
-        summary = json.load(f)
+    run_cli("reward", "configs/reward/quickstart.py", workdir, "--config.reward.label_mode=max")
+    summary = read_summary(workdir)
     assert summary["eval_accuracy"] >= 0.90, summary
-    assert (workdir / reward.CALIBRATION_FILE).exists()
+    assert (workdir / workdir_lib.CALIBRATION_FILE).exists()
 
     # Reloaded from its workdir, the model scores the reference set (the task's
     # demonstrations) at mean 0 +- 0.05, std 1 +- 0.05.
-    model = reward.load_reward_model(str(workdir))
+    model = workdir_lib.load_reward_model(str(workdir))
     config = quickstart.get_config()
-    reference = tasks.get_task("sentiment").demonstrations(
+    reference = get_task("sentiment").demonstrations(
         config.reward.num_reference, seed=config.seed + 2)
-    arrays = sft_data.tokenize_sft(reference, model.restored.tokenizer, 33)
+    arrays = sft_data.tokenize_sft(reference, model.model.tokenizer, 33)
     scores = np.asarray(jax.jit(model.score)(arrays["input_ids"], arrays["attention_mask"]))
     assert abs(scores.mean()) < 0.05 and abs(scores.std() - 1.0) < 0.05

@@ -82,7 +82,6 @@ def test_adaptive_kl(kl):
         s, jnp.float32(kl), 64, target=6.0, horizon=10000)
     err = np.clip(kl / 6.0 - 1, -0.2, 0.2)
     np.testing.assert_allclose(new["beta"], 0.1 * (1 + err * 64 / 10000), rtol=1e-6)
-    assert kl_lib.update_fixed_kl(s, kl, 64)["beta"] == s["beta"]
 
 
 def test_shaped_rewards_placement():
@@ -91,7 +90,9 @@ def test_shaped_rewards_placement():
     eos = 1
     tokens = rng.integers(2, 10, size=(B, T))
     tokens[0, 3] = eos; tokens[1, 0] = eos; tokens[2, 7] = eos; tokens[3, 5] = eos; tokens[3, 6] = eos
-    mask = np.asarray(rw.first_eos_mask(jnp.asarray(tokens), eos))
+    # 1 up to and including the first EOS, 0 after
+    first_eos = np.where((tokens == eos).any(-1), (tokens == eos).argmax(-1), T - 1)
+    mask = (np.arange(T)[None] <= first_eos[:, None]).astype(np.int32)
     np.testing.assert_array_equal(mask.sum(-1), [4, 1, 8, 6])
     scores = rng.normal(size=B).astype(np.float32)
     logp = rng.normal(size=(B, T)).astype(np.float32)
@@ -107,11 +108,6 @@ def test_shaped_rewards_placement():
     assert np.all(np.asarray(r)[mask == 0] == 0)
 
 
-def test_first_eos_mask_no_eos_and_padding():
-    tokens = jnp.array([[5, 6, 7, 0], [5, 2, 0, 2]])  # pad=0, eos=2
-    np.testing.assert_array_equal(rw.first_eos_mask(tokens, 2), [[1, 1, 1, 1], [1, 1, 0, 0]])
-
-
 def test_missing_eos_penalty():
     out = rw.apply_missing_eos_penalty(jnp.array([0.5, 2.0]), jnp.array([True, False]), -1.0)
     np.testing.assert_allclose(out, [0.5, -1.0])
@@ -122,3 +118,56 @@ def test_truncate_after_token():
     mask = jnp.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
     out = rw.truncate_after_token(tokens, mask, 9, 2)
     np.testing.assert_array_equal(out, [[1, 1, 1, 0, 0, 0], [1] * 6, [1, 1, 1, 1, 0, 0]])
+
+
+def _ppo_settings(**changes):
+    import dataclasses
+    from jaxrlhf.config import base_config
+    from jaxrlhf.settings import RunSettings
+    return dataclasses.replace(RunSettings.from_config(base_config()).ppo, **changes)
+
+
+def _term_inputs(rng, B=3, T=5, V=7):
+    from jaxrlhf.rl.objectives import TermInputs
+    mask = (np.arange(T)[None] < rng.integers(1, T + 1, size=B)[:, None]).astype(np.float32)
+    f = lambda *shape: rng.normal(size=shape).astype(np.float32)  # noqa: E731
+    rollout = {"logprobs": f(B, T) - 2, "advantages": f(B, T), "values": f(B, T),
+               "returns": f(B, T), "ref_logprobs": f(B, T) - 2}
+    return TermInputs(logprobs=f(B, T) - 2, logits=f(B, T, V), values=f(B, T), rollout=rollout,
+                      mask=mask)
+
+
+@pytest.mark.parametrize("est", ["k1", "k2", "k3"])
+def test_kl_term(est):
+    from jaxrlhf.rl.objectives import kl_term
+    x = _term_inputs(np.random.default_rng(6))
+    loss, met = jax.jit(kl_term, static_argnums=1)(x, _ppo_settings(kl_estimator=est))
+    d = x.logprobs - x.rollout["ref_logprobs"]
+    per = {"k1": d, "k2": 0.5 * d ** 2, "k3": np.exp(-d) - 1 + d}[est]
+    np.testing.assert_allclose(loss, (per * x.mask).sum() / x.mask.sum(), rtol=1e-4)
+    assert met["loss/kl"] == loss
+
+
+@pytest.mark.parametrize("changes, names", [
+    ({}, ["policy", "value"]),
+    ({"ent_coef": 0.01, "kl_in_reward": False}, ["policy", "value", "entropy", "kl"]),
+])
+def test_objective_is_the_weighted_sum_of_its_terms(changes, names):
+    from jaxrlhf import losses
+    from jaxrlhf.rl.objectives import combine, objective_terms
+    s = _ppo_settings(**changes)
+    terms = objective_terms(s, kl_coef=0.3)
+    assert [name for _, name in terms] == names
+    x = _term_inputs(np.random.default_rng(7))
+    total, metrics = combine(terms, x, s)
+    pg = losses.ppo_policy_loss(x.logprobs, x.rollout["logprobs"], x.rollout["advantages"],
+                                x.mask, clip=s.clip)[0]
+    vf = losses.value_loss(x.values, x.rollout["values"], x.rollout["returns"], x.mask,
+                           clip=s.value_clip)[0]
+    expected = pg + s.vf_coef * vf
+    if "entropy" in names:
+        expected = expected - s.ent_coef * metrics["policy/entropy"]
+        expected = expected + 0.3 * metrics["loss/kl"]
+        assert metrics["policy/entropy"] > 0 and metrics["loss/kl"] != 0
+    np.testing.assert_allclose(total, expected, rtol=1e-6)
+    assert metrics["loss/total"] == total

@@ -8,9 +8,10 @@ import pytest
 from flax import nnx
 
 from jaxrlhf import sampling
+from jaxrlhf.data.tokenizer import left_pad
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.transformer import CausalLM
-from jaxrlhf.trainers import common
+from jaxrlhf.scoring import positions_from_mask
 
 EOS, PAD = 1, 0
 
@@ -18,12 +19,11 @@ EOS, PAD = 1, 0
 def _model(family="gpt2", vocab=17):
     cfg = ModelConfig.preset(family, vocab_size=vocab, d_model=32, n_layers=2, n_heads=4,
                              n_kv_heads=2 if family == "llama" else 4, d_ff=64, max_seq_len=32)
-    with nnx.use_eager_sharding(False):
-        return nnx.split(CausalLM(cfg, rngs=nnx.Rngs(0)))
+    return nnx.split(CausalLM(cfg, rngs=nnx.Rngs(0)))
 
 
 def _prompts():
-    ids, mask = common.left_pad([[3, 4, 2, 3], [4, 2], [3]], PAD, length=5)
+    ids, mask = left_pad([[3, 4, 2, 3], [4, 2], [3]], PAD, length=5)
     return jnp.asarray(ids), jnp.asarray(mask)
 
 
@@ -35,7 +35,7 @@ def _reference_generate(graphdef, params, ids, mask, rng, n, **kw):
     done = jnp.zeros(ids.shape[0], bool)
     tokens, valid, logps = [], [], []
     for t in range(n):
-        logits, _ = model(seq, sampling.positions_from_mask(seq_mask), seq_mask)
+        logits, _ = model(seq, positions_from_mask(seq_mask), seq_mask)
         token, logp = sampling.sample_token(logits[:, -1], keys[t], **kw)
         token = jnp.where(done, PAD, token)
         valid.append(~done)
@@ -106,5 +106,5 @@ def test_top_p_mask_against_numpy():
 
 def test_positions_from_left_padded_mask():
     mask = jnp.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
-    np.testing.assert_array_equal(sampling.positions_from_mask(mask),
+    np.testing.assert_array_equal(positions_from_mask(mask),
                                   [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]])

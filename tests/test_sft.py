@@ -1,35 +1,40 @@
 """SFT step: sharding invariance, gradient accumulation, exact resume, the CLI end to end."""
-import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
 from configs.sft import quickstart
+from conftest import metric_rows, run_cli
 from jaxrlhf import parallel
-from jaxrlhf.data import sft as sft_data, tasks
-from jaxrlhf.trainers import common, sft
+from jaxrlhf.data import sft as sft_data
+from jaxrlhf.models.build import resolve_config
+from jaxrlhf.settings import RunSettings
+from jaxrlhf.tasks import get_task
+from jaxrlhf.trainers import sft
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOKENIZER = get_task("sentiment").tokenizer
+
+
+def _model_config(config):
+    return resolve_config(RunSettings.from_config(config).model, model_init="",
+                          vocab_size=len(TOKENIZER))
 
 
 def _setup(**train):
     config = quickstart.get_config()
     config.model.update(d_model=32, d_ff=64, n_heads=4, n_kv_heads=4)
     config.train.update(batch_size=16, **train)
-    task = tasks.get_task(config.data.task)
-    examples = task.demonstrations(16, seed=0)
-    batch = sft_data.tokenize_sft(examples, task.tokenizer, config.data.max_len)
+    examples = get_task(config.data.task).demonstrations(16, seed=0)
+    batch = sft_data.tokenize_sft(examples, TOKENIZER, config.data.max_len)
     batch = {k: batch[k] for k in ("input_ids", "attention_mask", "loss_mask")}
-    return config, common.model_config(config, task.tokenizer), batch
+    return config, _model_config(config), batch
 
 
 def _one_step(config, model_cfg, batch, mesh_axes, devices):
     mesh = parallel.make_mesh(mesh_axes, devices)
-    program = sft.build(config, model_cfg, mesh)
+    program = sft.build(RunSettings.from_config(config), model_cfg, mesh)
     state = jax.jit(program.init_state, out_shardings=program.state_shardings)()
     state, metrics = program.step(state, parallel.shard_batch(batch, mesh))
     return float(metrics["loss"]), jax.device_get(jax.tree.leaves(state.params))
@@ -41,7 +46,7 @@ def test_sharded_steps_match_one_device(family):
     config.model.family = family
     if family == "llama":
         config.model.update(n_kv_heads=2, tie_embeddings=False, qkv_bias=False)
-        model_cfg = common.model_config(config, tasks.get_task("sentiment").tokenizer)
+        model_cfg = _model_config(config)
     devices = jax.devices()
     loss_1, params_1 = _one_step(config, model_cfg, batch, {"data": 1}, devices[:1])
     for axes in ({"data": 1, "fsdp": 4, "tensor": 2}, {"data": 8}):
@@ -63,23 +68,11 @@ def test_gradient_accumulation_matches_the_full_batch():
 
 
 def _cli(workdir, *overrides):
-    env = dict(os.environ, JAXRLHF_NO_PROGRESS="1")
-    env.pop("XLA_FLAGS", None)  # one device, as a user runs it
-    result = subprocess.run(
-        [sys.executable, "-m", "jaxrlhf", "sft", "--config=configs/sft/quickstart.py",
-         f"--workdir={workdir}", "--config.train.steps=12", "--config.train.log_every=2",
-         "--config.train.eval_every=6", "--config.train.checkpoint_every=4",
-         "--config.train.tensorboard=False", "--config.data.num_train=256",
-         "--config.data.num_eval=32", "--config.train.batch_size=16", *overrides],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-def _rows(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f]
-    return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in rows]
+    return run_cli("sft", "configs/sft/quickstart.py", workdir, "--config.train.steps=12",
+                   "--config.train.log_every=2", "--config.train.eval_every=6",
+                   "--config.train.checkpoint_every=4", "--config.data.num_train=256",
+                   "--config.data.num_eval=32", "--config.train.batch_size=16", *overrides,
+                   timeout=300)
 
 
 def _final_params(workdir):
@@ -96,7 +89,7 @@ def test_exact_resume_across_processes(tmp_path):
     assert _final_params(split)[0] == 7
     resumed = _cli(split)                               # a fresh process resumes
     assert "resuming from step 7" in resumed.stdout
-    assert _rows(split) == _rows(straight)
+    assert metric_rows(split) == metric_rows(straight)
     step_a, params_a = _final_params(straight)
     step_b, params_b = _final_params(split)
     assert step_a == step_b == 12
@@ -110,7 +103,8 @@ def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
     from jaxrlhf import checkpoint
     config, model_cfg, batch = _setup()
     save_mesh = parallel.make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
-    program = sft.build(config, model_cfg, save_mesh)
+    settings = RunSettings.from_config(config)
+    program = sft.build(settings, model_cfg, save_mesh)
     state = jax.jit(program.init_state, out_shardings=program.state_shardings)()
     state, _ = program.step(state, parallel.shard_batch(batch, save_mesh))
     ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
@@ -121,7 +115,7 @@ def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
                for x in jax.tree.leaves(state.params))
     for axes, devices in (({"data": 8}, jax.devices()), ({"data": 1}, jax.devices()[:1])):
         mesh = parallel.make_mesh(axes, devices)
-        target_program = sft.build(config, model_cfg, mesh)
+        target_program = sft.build(settings, model_cfg, mesh)
         target = checkpoint.abstract_like(jax.eval_shape(target_program.init_state),
                                           target_program.state_shardings)
         restored, extras = ckpt.restore(1, target, ("data",))

@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from jaxrlhf.baselines import bow, pairwise
-from jaxrlhf.data import preference, sft as sft_data
+from jaxrlhf.data import preference, records
 
 SOURCE = "hh-rlhf/harmless-base-test.jsonl.gz"
 NUM_TRAIN, NUM_EVAL = 2000, 312
@@ -32,7 +32,7 @@ FEATURES = {"unigram": dict(ngram=(1, 1), max_features=20000, min_count=2),
 
 def load_pairs() -> list[preference.PreferencePair]:
     """The pairs exactly as the reward trainer parses them, in file order."""
-    return preference.pairs_from_records(sft_data.load_records(SOURCE))
+    return preference.pairs_from_records(records.load_records(SOURCE))
 
 
 def longer_accuracy(chosen: list[str], rejected: list[str], length) -> float:

@@ -1,4 +1,5 @@
-"""A deterministic, checkpointable batch iterator over equal-length numpy arrays."""
+"""Batches of equal-length numpy arrays: a deterministic, checkpointable training iterator
+and the fixed batches of an evaluation set."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -54,3 +55,9 @@ class BatchIterator:
     def set_state(self, state: Mapping[str, int]) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._order = self._permutation(self.epoch)
+
+
+def fixed_batches(arrays: Mapping[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
+    """Consecutive full batches in order (the remainder, fewer than one batch, is left out)."""
+    n = len(next(iter(arrays.values()))) // batch_size * batch_size
+    return [{k: v[i:i + batch_size] for k, v in arrays.items()} for i in range(0, n, batch_size)]

@@ -2,7 +2,7 @@
 
 Every pair becomes right-padded ``[prompt][response][EOS][pad...]`` rows for the chosen and
 the rejected response, so a reward model scores both at their EOS, the last real token
-(PPO_DETAILS item 6).
+(docs/design.md, PPO detail 6).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 HH_ASSISTANT = "\n\nAssistant:"
+LABEL_MODES = ("bradley_terry", "max")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +138,7 @@ def gold_labelled_pairs(prompts: Sequence[str], responses_a: Sequence[str],
         p_a = 1.0 / (1.0 + np.exp(-(gold_a - gold_b) / temperature))
         a_wins = rng.random(len(prompts)) < p_a
     else:
-        raise ValueError(f"label mode {mode!r} is not one of 'bradley_terry', 'max'")
+        raise ValueError(f"label mode {mode!r} is not one of {LABEL_MODES}")
     pairs = []
     for i in np.flatnonzero(keep):
         a, b = responses_a[i], responses_b[i]

@@ -1,9 +1,12 @@
-"""Tokenizers: local HF tokenizer directories and byte-level BPE trained from text."""
+"""Tokenizers: local HF tokenizer directories, byte-level BPE trained from text, and the
+conversions between token lists and padded ``[batch, length]`` arrays."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
+import jax
+import numpy as np
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -39,7 +42,7 @@ def wrap(tokenizer: Tokenizer, **special: str) -> transformers.PreTrainedTokeniz
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, *,
                         min_frequency: int = 2) -> transformers.PreTrainedTokenizerFast:
     """Byte-level BPE trained on ``texts`` with ``<|pad|>`` (id 0) and ``<|endoftext|>``
-    (eos and bos, id 1); pad is distinct from EOS (PPO_DETAILS item 1)."""
+    (eos and bos, id 1); pad is distinct from EOS (docs/design.md, PPO detail 1)."""
     raw = Tokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     raw.decoder = decoders.ByteLevel()
@@ -48,3 +51,32 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, *,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     raw.train_from_iterator(texts, trainer=trainer)
     return wrap(raw, pad_token=PAD, eos_token=EOS, bos_token=EOS)
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int,
+             length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad token lists into ``(ids, mask)``, each [batch, length] int32; a longer list
+    keeps its last ``length`` tokens. ``length`` None: the longest list's."""
+    length = length or max(len(s) for s in sequences)
+    ids = np.full((len(sequences), length), pad_id, np.int32)
+    mask = np.zeros((len(sequences), length), np.int32)
+    for row, seq in enumerate(sequences):
+        seq = list(seq)[-length:]
+        if seq:
+            ids[row, length - len(seq):] = seq
+            mask[row, length - len(seq):] = 1
+    return ids, mask
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str],
+                   length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Text prompts as left-padded ``(ids, mask)`` [batch, length] (see :func:`left_pad`)."""
+    return left_pad([tokenizer(p)["input_ids"] for p in prompts], tokenizer.pad_token_id, length)
+
+
+def decode_rows(tokenizer, tokens, mask) -> list[str]:
+    """Decode each row of ``tokens`` [batch, length] where ``mask`` is 1, special tokens
+    dropped (arrays on any device are fetched first)."""
+    tokens, mask = jax.device_get((tokens, mask))
+    return [tokenizer.decode([t for t, m in zip(row, keep) if m], skip_special_tokens=True)
+            for row, keep in zip(tokens, mask)]

@@ -1,4 +1,7 @@
-"""Model configuration for the decoder-only transformer (GPT-2 / Llama / Qwen2 families)."""
+"""Model configuration for the decoder-only transformer (GPT-2 / Llama / Qwen2 families).
+
+The one place for the model families, compute/parameter dtypes and remat policies.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -44,15 +47,22 @@ class ModelConfig:
         """A validated copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes).validate()
 
-    def validate(self) -> "ModelConfig":
-        """Raise ValueError naming the offending field; return self."""
+    def validate(self, *, vocab_known: bool = True) -> "ModelConfig":
+        """Raise ValueError naming the offending ``model.<field>``; return self.
+
+        ``vocab_known=False`` accepts ``vocab_size=0``, which a run config uses for "the
+        tokenizer's size" until the tokenizer is known (``models.build.resolve_config``).
+        """
         def bad(msg: str) -> None:
             raise ValueError(msg)
         if self.family not in FAMILIES:
-            bad(f"model.family={self.family!r} must be one of {FAMILIES}")
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
+            bad(f"model.family={self.family!r} is not a known model family; choose from {FAMILIES}")
+        if self.vocab_size < 0 or (vocab_known and self.vocab_size == 0):
+            bad(f"model.vocab_size={self.vocab_size} must be positive"
+                + ("" if vocab_known else " (or 0: the tokenizer's size)"))
+        for name in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"):
             if int(getattr(self, name)) <= 0:
-                bad(f"model.{name}={getattr(self, name)} must be > 0")
+                bad(f"model.{name}={getattr(self, name)} must be positive")
         if self.d_model % self.n_heads:
             bad(f"model.n_heads={self.n_heads} must divide model.d_model={self.d_model}")
         if self.n_heads % self.n_kv_heads:
@@ -130,8 +140,3 @@ class ModelConfig:
         if self.family == "llama":
             d.update(attention_bias=self.qkv_bias, mlp_bias=False, head_dim=self.head_dim)
         return d
-
-
-def from_config_dict(cfg: Mapping[str, Any]) -> ModelConfig:
-    """Build from an ml_collections ConfigDict (or any mapping) and validate."""
-    return ModelConfig(**dict(cfg)).validate()

@@ -183,7 +183,7 @@ def _ignorable(cfg: ModelConfig, name: str, x: np.ndarray) -> bool:
 
 def causal_lm_to_hf(model: CausalLM) -> dict[str, np.ndarray]:
     """{HF tensor name: numpy array in the HF layout} for ``model`` (param dtype kept)."""
-    cfg = model.cfg
+    cfg = model.config
     a = lambda p: np.asarray(p.get_value())  # noqa: E731
     t = model.model
     out: dict[str, np.ndarray] = {}
@@ -211,7 +211,7 @@ def save_causal_lm(model: CausalLM, path: str) -> None:
     Tied embeddings write no ``lm_head.weight`` (``tie_word_embeddings`` says so in the config).
     Tensors keep the parameter dtype, which the config records as ``torch_dtype``/``dtype``.
     """
-    cfg = model.cfg
+    cfg = model.config
     os.makedirs(path, exist_ok=True)
     hf_cfg = cfg.to_hf_dict()
     hf_cfg.update(torch_dtype=cfg.param_dtype, dtype=cfg.param_dtype)

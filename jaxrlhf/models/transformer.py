@@ -1,6 +1,9 @@
 """Decoder-only transformer (GPT-2 / Llama / Qwen2) in Flax NNX, with a KV cache.
 
-Every parameter carries logical axis names ('embed','mlp','heads','kv','vocab').
+Every parameter carries logical axis names ('embed','mlp','heads','kv','vocab') and is
+created unsharded (``eager_sharding=False`` in its metadata): placement on a mesh is done by
+``jaxrlhf.parallel`` from those names, so building a model needs no mesh and changes no
+process-wide setting.
 
 Layer stack layouts:
 - ``scan_layers=False``: ``model.blocks`` is an ``nnx.List`` of ``Block``; ``model.blocks[i].q.kernel``
@@ -22,9 +25,6 @@ from flax import nnx
 
 from jaxrlhf.models.config import ModelConfig
 
-# Parameters carry logical names only; placement is done by parallel.py (no eager sharding).
-nnx.use_eager_sharding(False)
-
 NEG = -1e9  # finite mask value so fully padded rows do not NaN
 
 
@@ -39,17 +39,22 @@ def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> 
     return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
 
 
+def _named(init, names):
+    """``init`` whose parameter carries the logical axis ``names``, placed later by name."""
+    return nnx.with_partitioning(init, names, eager_sharding=False)
+
+
 def _dense(cfg, din, dout, names, rngs, bias):
     return nnx.Linear(din, dout, use_bias=bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                      kernel_init=nnx.with_partitioning(nnx.initializers.normal(0.02), names),
-                      bias_init=nnx.with_partitioning(nnx.initializers.zeros, (names[1],)), rngs=rngs)
+                      kernel_init=_named(nnx.initializers.normal(0.02), names),
+                      bias_init=_named(nnx.initializers.zeros, (names[1],)), rngs=rngs)
 
 
 def _norm(cfg, rngs):
     kw = dict(epsilon=cfg.norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs,
-              scale_init=nnx.with_partitioning(nnx.initializers.ones, ("embed",)))
+              scale_init=_named(nnx.initializers.ones, ("embed",)))
     if cfg.family == "gpt2":
-        return nnx.LayerNorm(cfg.d_model, bias_init=nnx.with_partitioning(nnx.initializers.zeros, ("embed",)), **kw)
+        return nnx.LayerNorm(cfg.d_model, bias_init=_named(nnx.initializers.zeros, ("embed",)), **kw)
     return nnx.RMSNorm(cfg.d_model, **kw)
 
 
@@ -66,7 +71,7 @@ def rope(x, positions, theta):
 
 class Block(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
+        self.config = cfg
         D, H, K, Dh = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         gb = cfg.family == "gpt2"
         self.ln1, self.ln2 = _norm(cfg, rngs), _norm(cfg, rngs)
@@ -81,7 +86,7 @@ class Block(nnx.Module):
 
     def __call__(self, x, positions, bias, ck, cv, index):
         """x [B,T,D]; bias [B,1,T,S]; ck/cv [B,S,K,Dh] or None."""
-        cfg = self.cfg
+        cfg = self.config
         B, T, _ = x.shape
         h = self.ln1(x)
         q = self.q(h).reshape(B, T, cfg.n_heads, cfg.head_dim)
@@ -120,13 +125,13 @@ class Transformer(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         cfg.validate()
-        self.cfg = cfg
+        self.config = cfg
         init = nnx.initializers.normal(0.02)
         self.embed = nnx.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                               embedding_init=nnx.with_partitioning(init, ("vocab", "embed")), rngs=rngs)
+                               embedding_init=_named(init, ("vocab", "embed")), rngs=rngs)
         if cfg.family == "gpt2":
             self.pos = nnx.Embed(cfg.max_seq_len, cfg.d_model, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                                 embedding_init=nnx.with_partitioning(init, (None, "embed")), rngs=rngs)
+                                 embedding_init=_named(init, (None, "embed")), rngs=rngs)
         if cfg.scan_layers:
             @nnx.split_rngs(splits=cfg.n_layers)
             @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
@@ -140,7 +145,7 @@ class Transformer(nnx.Module):
     def __call__(self, input_ids, positions, attention_mask, cache: KVCache | None = None):
         B, T = input_ids.shape
         x = self.embed(input_ids)
-        if self.cfg.family == "gpt2":
+        if self.config.family == "gpt2":
             x = x + self.pos(positions)
         mask = attention_mask.astype(bool)
         if cache is None:
@@ -154,12 +159,12 @@ class Transformer(nnx.Module):
         bias = jnp.where(ok, 0.0, NEG)[:, None].astype(jnp.float32)
         ck = None if cache is None else cache.k
         cv = None if cache is None else cache.v
-        if self.cfg.scan_layers:
+        if self.config.scan_layers:
             x, ck, cv = self._scan_blocks(x, positions, bias, ck, cv, idx)
         else:
             ks, vs = [], []
             for i, blk in enumerate(self.blocks):
-                x, k_i, v_i = _remat(self.cfg, lambda b, *a: b(*a), nnx.remat)(
+                x, k_i, v_i = _remat(self.config, lambda b, *a: b(*a), nnx.remat)(
                     blk, x, positions, bias, None if ck is None else ck[i], None if cv is None else cv[i], idx)
                 ks.append(k_i); vs.append(v_i)
             if cache is not None:
@@ -177,14 +182,15 @@ class Transformer(nnx.Module):
             h, k_l, v_l = nnx.merge(graphdef, layer_state)(h, positions, bias, k_l, v_l, idx)
             return h, (k_l, v_l)
 
-        body = _remat(self.cfg, body, functools.partial(jax.checkpoint, prevent_cse=False))
+        body = _remat(self.config, body, functools.partial(jax.checkpoint, prevent_cse=False))
         x, (ck, cv) = jax.lax.scan(body, x, (state, ck, cv))
         return x, ck, cv
 
 
 class CausalLM(nnx.Module):
+    """Transformer + LM head (tied to the embedding or a separate ``lm_head``); fp32 logits."""
+
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
         self.config = cfg
         self.model = Transformer(cfg, rngs=rngs)
         if not cfg.tie_embeddings:
@@ -192,7 +198,7 @@ class CausalLM(nnx.Module):
 
     def __call__(self, input_ids, positions, attention_mask, cache=None):
         h, cache = self.model(input_ids, positions, attention_mask, cache)
-        if self.cfg.tie_embeddings:
+        if self.config.tie_embeddings:
             logits = self.model.embed.attend(h)
         else:
             logits = self.lm_head(h)
@@ -204,21 +210,15 @@ class ScalarModel(nnx.Module):
     details of RLHF"; lm-human-preferences reward head); 'zeros': value head."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, head_init: str = "normal"):
-        self.cfg = cfg
         self.config = cfg
         self.model = Transformer(cfg, rngs=rngs)
         if head_init not in ("normal", "zeros"):
             raise ValueError(f"head_init={head_init!r} must be 'normal' or 'zeros'")
         kinit = nnx.initializers.normal(1.0 / (cfg.d_model + 1) ** 0.5) if head_init == "normal" else nnx.initializers.zeros
         self.head = nnx.Linear(cfg.d_model, 1, dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs,
-                               kernel_init=nnx.with_partitioning(kinit, ("embed", None)),
-                               bias_init=nnx.with_partitioning(nnx.initializers.zeros, (None,)))
+                               kernel_init=_named(kinit, ("embed", None)),
+                               bias_init=_named(nnx.initializers.zeros, (None,)))
 
     def __call__(self, input_ids, positions, attention_mask, cache=None):
         h, cache = self.model(input_ids, positions, attention_mask, cache)
         return self.head(h)[..., 0].astype(jnp.float32), cache
-
-
-def logical_partition_specs(model: nnx.Module):
-    """State of PartitionSpec of logical axis names for every parameter."""
-    return nnx.get_partition_spec(nnx.state(model, nnx.Param))

@@ -12,7 +12,7 @@ def gae(rewards: jax.Array, values: jax.Array, mask: jax.Array, gamma: float = 1
     """Generalised advantage estimation (Schulman et al. 2016, eq. 16) as a reverse ``lax.scan``.
 
     ``delta_t = r_t + gamma * V_{t+1} - V_t``; ``A_t = delta_t + gamma * lam * A_{t+1}``;
-    returns ``R_t = A_t + V_t``. Only real tokens count (PPO_DETAILS item 10): rewards and
+    returns ``R_t = A_t + V_t``. Only real tokens count (docs/design.md, PPO detail 10): rewards and
     values at padded positions are treated as 0, so the value after the last real token is 0,
     and padded positions get advantage 0 and return 0.
 
@@ -38,7 +38,7 @@ def gae(rewards: jax.Array, values: jax.Array, mask: jax.Array, gamma: float = 1
 def masked_whiten(x: jax.Array, mask: jax.Array, shift_mean: bool = True) -> jax.Array:
     """Whiten ``x`` with mean and unbiased variance over real tokens (as TRL ``masked_whiten``).
 
-    Huang et al. 2023 ("N implementation details of RLHF"), PPO_DETAILS item 11. With
+    Huang et al. 2023 ("N implementation details of RLHF"), docs/design.md, PPO detail 11. With
     ``shift_mean=False`` the mean is added back (used for reward whitening). Padded positions
     are returned as 0. x, mask: [...] -> [...].
     """

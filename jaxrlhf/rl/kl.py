@@ -1,4 +1,7 @@
-"""KL estimators and KL-penalty controllers (pure functions on a small state pytree)."""
+"""KL estimators and KL-penalty controllers (pure functions on a small state pytree).
+
+The fixed controller is the absence of an update: beta stays at ``ppo.kl_coef``.
+"""
 from __future__ import annotations
 
 import jax
@@ -32,14 +35,8 @@ def kl_estimate(logp: jax.Array, ref_logp: jax.Array, estimator: str = "k1") -> 
 
 
 def init_kl_state(beta: float) -> KLState:
-    """KL controller state ``{"beta": []}`` (checkpointed with the run, PPO_DETAILS item 8)."""
+    """KL controller state ``{"beta": []}`` (checkpointed with the run, PPO detail 8)."""
     return {"beta": jnp.asarray(beta, jnp.float32)}
-
-
-def update_fixed_kl(state: KLState, observed_kl: jax.Array, n_steps: int) -> KLState:
-    """Fixed KL controller (Ziegler et al. 2019, §2.2): beta is unchanged."""
-    del observed_kl, n_steps
-    return state
 
 
 def update_adaptive_kl(state: KLState, observed_kl: jax.Array, n_steps: int | jax.Array,

@@ -12,7 +12,7 @@ def shaped_rewards(scores: jax.Array, logp: jax.Array, ref_logp: jax.Array, mask
     """Per-token reward ``r_t = -beta * KL_t`` plus the sequence score at the last real token.
 
     Ziegler et al. 2019 eq. 2 / Stiennon et al. 2020 eq. 1; Huang et al. 2023 details
-    (PPO_DETAILS items 6–7). KL_t uses estimator k1/k2/k3 (Schulman 2020).
+    (docs/design.md, PPO details 6–7). KL_t uses estimator k1/k2/k3 (Schulman 2020).
 
     scores: [B]; logp, ref_logp, mask: [B, T] (mask contiguous from t=0).
     Returns (rewards [B, T], non_score_reward [B, T]); both are 0 on padding. A row with an
@@ -32,20 +32,10 @@ def apply_missing_eos_penalty(scores: jax.Array, has_eos: jax.Array,
                               penalty: float = -1.0) -> jax.Array:
     """Replace the score of responses without an EOS by a fixed ``penalty``.
 
-    Huang et al. 2023, "N implementation details of RLHF" (PPO_DETAILS item 5).
+    Huang et al. 2023, "N implementation details of RLHF" (PPO detail 5).
     scores: [B]; has_eos: [B] bool -> [B].
     """
     return jnp.where(has_eos, scores, jnp.asarray(penalty, scores.dtype))
-
-
-def first_eos_mask(tokens: jax.Array, eos_id: int) -> jax.Array:
-    """Mask that is 1 up to and including the first EOS and 0 after (PPO_DETAILS item 4).
-
-    Rows with no EOS are all ones. tokens: [B, T] -> int32 [B, T].
-    """
-    is_eos = (tokens == eos_id).astype(jnp.int32)
-    before = jnp.cumsum(is_eos, axis=-1) - is_eos  # EOSs strictly before t
-    return (before == 0).astype(jnp.int32)
 
 
 def truncate_after_token(tokens: jax.Array, mask: jax.Array, trunc_token_id: int,
@@ -53,7 +43,7 @@ def truncate_after_token(tokens: jax.Array, mask: jax.Array, trunc_token_id: int
     """New mask ending after the first ``trunc_token_id`` at position >= ``min_length``.
 
     The optional truncation token of OpenAI lm-human-preferences (e.g. "." after a minimum
-    length), Huang et al. 2023 (PPO_DETAILS item 4). Tokens before ``min_length`` are never a
+    length), Huang et al. 2023 (PPO detail 4). Tokens before ``min_length`` are never a
     truncation point; rows with no such token keep their mask. tokens, mask: [B, T] -> [B, T].
     """
     T = tokens.shape[-1]

@@ -2,71 +2,30 @@
 
 A stage supplies a pure jitted ``step(state, batch) -> (state, metrics)``, a function that
 builds its initial state, and an ``evaluate(state)``. This loop does only what cannot be
-pure (DESIGN.md): reading batches, fetching metrics once per log interval, writing
+pure (docs/design.md): reading batches, fetching metrics once per log interval, writing
 checkpoints, the progress bar. Killing it at any moment and re-running the same command
 resumes from the newest checkpoint with the data iterator where it was, bit for bit.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import flax.struct
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from jaxrlhf import checkpoint, parallel
+from jaxrlhf import checkpoint, parallel, workdir as workdir_lib
 from jaxrlhf.metrics import MetricWriter
+from jaxrlhf.settings import TrainSettings
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
-
-
-@flax.struct.dataclass
-class TrainState:
-    """What a supervised stage (SFT, reward model) carries from step to step."""
-    step: jax.Array        # int32 scalar
-    params: Any            # nnx.State of the model's Params
-    opt_state: optax.OptState
-
-
-def accumulate_gradients(loss_fn: Callable[[Any, Batch], tuple[jax.Array, Any]], params: Any,
-                         batch: Batch, num_micro: int) -> tuple[Any, Any]:
-    """Sum of gradients and auxiliary sums over ``num_micro`` micro-batches (a ``lax.scan``).
-
-    ``loss_fn(params, micro) -> (summed_loss, aux_sums)`` must return *sums* (not means) so
-    that the caller can normalise by the whole batch's count and get exactly the full-batch
-    gradient. Micro-batch ``i`` takes rows ``i, i + A, i + 2A, ...`` so each micro-batch
-    keeps the batch's data-parallel sharding.
-    """
-    grad_fn = jax.grad(loss_fn, has_aux=True)
-    if num_micro == 1:
-        grads, aux = grad_fn(params, batch)
-        return grads, aux
-
-    def split(x):  # [batch, ...] -> [num_micro, batch / num_micro, ...]
-        x = x.reshape(x.shape[0] // num_micro, num_micro, *x.shape[1:])
-        return jnp.swapaxes(x, 0, 1)
-
-    micro_batches = jax.tree.map(split, dict(batch))
-
-    def body(carry, micro):
-        grads, aux = grad_fn(params, micro)
-        return jax.tree.map(jnp.add, carry, (grads, aux)), None
-
-    zeros = jax.tree.map(jnp.zeros_like,
-                         jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro_batches)))
-    (grads, aux), _ = jax.lax.scan(body, zeros, micro_batches)
-    return grads, aux
 
 
 def _check_finite(step: int, metrics: Mapping[str, float], ckpt: checkpoint.Checkpointer):
@@ -82,31 +41,25 @@ def _host_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(np.asarray(v)) for k, v in jax.device_get(dict(metrics)).items()}
 
 
-def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(config.to_dict(), f, indent=2, default=str)
-
-
-def run(*, workdir: str, config: ml_collections.ConfigDict, mesh: Mesh,
+def run(*, workdir: str, train: TrainSettings, config: ml_collections.ConfigDict, mesh: Mesh,
         init_state: Callable[[], Any], state_shardings: Any,
         step_fn: Callable[[Any, Batch], tuple[Any, Metrics]], batches: Any,
         evaluate: Callable[[Any], Mapping[str, float]],
         count_tokens: Callable[[Mapping[str, np.ndarray]], int],
         desc: str) -> Any:
-    """Train ``config.train.steps`` steps from scratch or from the newest checkpoint.
+    """Train ``train.steps`` steps from scratch or from the newest checkpoint.
 
     ``batches`` is a checkpointable iterator (``get_state`` / ``set_state``) of host
-    batches; ``count_tokens`` counts the real tokens of one for the tokens/s figure.
-    Returns the final state.
+    batches; ``count_tokens`` counts the real tokens of one for the tokens/s figure;
+    ``config`` is recorded in ``config.json`` and every checkpoint. Returns the final state.
     """
-    t = config.train
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+    t = train
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINT_DIR),
                                    keep=t.keep_checkpoints)
     writer = MetricWriter(workdir, tensorboard=t.tensorboard)
     latest = ckpt.latest_step()
     if latest is None:
-        write_config(workdir, config)
+        workdir_lib.write_config(workdir, config)
         state = jax.jit(init_state, out_shardings=state_shardings)()
         start = 0
         writer.write(0, evaluate(state))

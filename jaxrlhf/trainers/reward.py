@@ -5,15 +5,14 @@
 The reward model is the transformer with a scalar head, scoring prompt + response at the
 last real token (the EOS). After training, a gain and bias are fitted so that a reference
 set of responses (the SFT demonstrations by default) scores mean 0 and std 1
-(PPO_DETAILS item 9; Ziegler et al. 2019, §2.2); they are saved with the model in
-``DIR/reward_normalization.json`` and applied by ``score`` whenever it scores.
+(docs/design.md, PPO detail 9; Ziegler et al. 2019, §2.2); they are saved with the model in
+``DIR/reward_normalization.json`` and applied by ``jaxrlhf.workdir.RewardModel`` whenever it
+scores. The step, its accumulation and compilation are ``jaxrlhf.trainers.supervised``.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -21,54 +20,36 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxrlhf import losses, optim, parallel, sampling
-from jaxrlhf.data import preference, sft as sft_data, tasks
-from jaxrlhf.data.iterator import BatchIterator
+from jaxrlhf import losses, parallel, sampling, scoring, workdir as workdir_lib
+from jaxrlhf.data import preference, records as records_lib, sft as sft_data
+from jaxrlhf.data.iterator import BatchIterator, fixed_batches
+from jaxrlhf.data.tokenizer import decode_rows, encode_prompts
+from jaxrlhf.models.build import random_params, resolve_config
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.transformer import CausalLM, ScalarModel
-from jaxrlhf.trainers import common, loop
-from jaxrlhf.trainers.loop import TrainState
-
-NORMALIZATION_FILE = "reward_normalization.json"
-CALIBRATION_FILE = "calibration.json"
-
-
-def last_token_index(mask: jax.Array) -> jax.Array:
-    """Index of the last real token of each row (left- or right-padded). mask: [batch, seq]."""
-    seq = mask.shape[-1]
-    return seq - 1 - jnp.argmax(jnp.flip(mask, axis=-1), axis=-1)
+from jaxrlhf.settings import RewardSettings, RunSettings
+from jaxrlhf.tasks import get_task
+from jaxrlhf.trainers import loop, supervised
+from jaxrlhf.workdir import TrainedModel
 
 
-def raw_scores(graphdef: nnx.GraphDef, params: nnx.State, ids: jax.Array,
-               mask: jax.Array) -> jax.Array:
-    """Scalar-head output at each row's last real token. ids, mask: [batch, seq] -> [batch]."""
-    model = nnx.merge(graphdef, params)
-    values, _ = model(ids, sampling.positions_from_mask(mask), mask)   # [batch, seq]
-    return jnp.take_along_axis(values, last_token_index(mask)[:, None], axis=-1)[:, 0]
-
-
-def score(graphdef: nnx.GraphDef, params: nnx.State, ids: jax.Array, mask: jax.Array,
-          gain: float | jax.Array = 1.0, bias: float | jax.Array = 0.0) -> jax.Array:
-    """The normalised reward ``gain * raw + bias`` of each sequence. [batch]."""
-    return gain * raw_scores(graphdef, params, ids, mask) + bias
-
-
-def pair_scores(graphdef, params, batch) -> tuple[jax.Array, jax.Array]:
-    """Scores of the chosen and rejected rows of a pair batch, in one forward pass."""
+def pair_scores(graphdef: nnx.GraphDef, params: nnx.State,
+                batch: supervised.Batch) -> tuple[jax.Array, jax.Array]:
+    """Raw scores of the chosen and rejected rows of a pair batch, in one forward pass."""
     ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]], axis=0)
     mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]], axis=0)
-    scores = raw_scores(graphdef, params, ids, mask)
+    scores = scoring.last_token_scores(graphdef, params, ids, mask)
     n = batch["chosen_ids"].shape[0]
     return scores[:n], scores[n:]
 
 
-def reward_loss(params: nnx.State, batch: loop.Batch, *, graphdef: nnx.GraphDef,
-                use_margin: bool, center_coef: float) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Bradley–Terry loss (+ optional margin and centering) and its metrics, as means."""
+def reward_loss(graphdef: nnx.GraphDef, params: nnx.State, batch: supervised.Batch, *,
+                use_margin: bool, center_coef: float) -> tuple[jax.Array, dict, jax.Array]:
+    """Bradley–Terry loss (+ optional margin and centering), its metrics, and the number of
+    pairs they average over."""
     r_chosen, r_rejected = pair_scores(graphdef, params, batch)
     loss, metrics = losses.bradley_terry(
         r_chosen, r_rejected, batch["margin"] if use_margin else None)
@@ -76,68 +57,32 @@ def reward_loss(params: nnx.State, batch: loop.Batch, *, graphdef: nnx.GraphDef,
         center, center_metrics = losses.reward_centering(r_chosen, r_rejected, center_coef)
         loss = loss + center
         metrics = {**metrics, **center_metrics}
-    return loss, {**metrics, "rm/total_loss": loss}
-
-
-def reward_loss_sums(params, batch, **kwargs):
-    """``reward_loss`` as sums over the pairs, for exact gradient accumulation."""
-    n = batch["chosen_ids"].shape[0]
-    loss, metrics = reward_loss(params, batch, **kwargs)
-    return loss * n, {**jax.tree.map(lambda m: m * n, metrics), "pairs": jnp.float32(n)}
-
-
-def train_step(state: TrainState, batch: loop.Batch, *, graphdef: nnx.GraphDef,
-               optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-               grad_accum: int, use_margin: bool,
-               center_coef: float) -> tuple[TrainState, dict[str, jax.Array]]:
-    loss_fn = functools.partial(reward_loss_sums, graphdef=graphdef, use_margin=use_margin,
-                                center_coef=center_coef)
-    grads, sums = loop.accumulate_gradients(loss_fn, state.params, batch, grad_accum)
-    pairs = sums.pop("pairs")
-    grads = jax.tree.map(lambda g: g / pairs, grads)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    metrics = {k: v / pairs for k, v in sums.items()}
-    metrics.update(loss=metrics["rm/total_loss"], grad_norm=optax.global_norm(grads),
-                   lr=schedule(state.step))
-    params = optax.apply_updates(state.params, updates)
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return loss, {**metrics, "rm/total_loss": loss}, jnp.float32(batch["chosen_ids"].shape[0])
 
 
 @dataclasses.dataclass(frozen=True)
 class Program:
-    graphdef: nnx.GraphDef
-    init_state: Callable[[], TrainState]
-    state_shardings: Any
-    step: Callable
+    """The supervised program plus the reward model's scoring functions on the same mesh."""
+    supervised: supervised.Program
     pair_scores: Callable     # (params, batch) -> (r_chosen, r_rejected)
     scores: Callable          # (params, ids, mask) -> raw scores
 
 
-def build(config: ml_collections.ConfigDict, model_cfg: ModelConfig, mesh: Mesh,
+def build(settings: RunSettings, model_config: ModelConfig, mesh: Mesh,
           init_params: Callable[[], nnx.State]) -> Program:
-    graphdef, _ = common.abstract_model(ScalarModel, model_cfg, head_init="normal")
-    schedule = optim.warmup_cosine(config.optim, config.train.steps)
-    optimizer = optim.adamw(config.optim, schedule)
-
-    def init_state() -> TrainState:
-        params = init_params()
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=optimizer.init(params))
-
-    state_shardings = common.full_state_shardings(init_state, mesh, config)
+    r = settings.reward
+    program = supervised.build(
+        loss=functools.partial(reward_loss, use_margin=r.use_margin, center_coef=r.center_coef),
+        model_cls=ScalarModel, model_config=model_config, init_params=init_params,
+        optim_settings=settings.optim, train=settings.train, mesh=mesh, rules=settings.rules,
+        head_init="normal")
+    params_sharding = program.state_shardings.params
     batch_sharding = parallel.batch_sharding(mesh)
-    r = config.reward
-    step = jax.jit(
-        functools.partial(train_step, graphdef=graphdef, optimizer=optimizer,
-                          schedule=schedule, grad_accum=config.train.grad_accum,
-                          use_margin=r.use_margin, center_coef=r.center_coef),
-        in_shardings=(state_shardings, batch_sharding),
-        out_shardings=(state_shardings, parallel.replicated(mesh)), donate_argnums=0)
-    pair_fn = jax.jit(functools.partial(pair_scores, graphdef),
-                      in_shardings=(state_shardings.params, batch_sharding))
-    score_fn = jax.jit(functools.partial(raw_scores, graphdef),
-                       in_shardings=(state_shardings.params, batch_sharding, batch_sharding))
-    return Program(graphdef, init_state, state_shardings, step, pair_fn, score_fn)
+    pair_fn = jax.jit(functools.partial(pair_scores, program.graphdef),
+                      in_shardings=(params_sharding, batch_sharding))
+    score_fn = jax.jit(functools.partial(scoring.last_token_scores, program.graphdef),
+                       in_shardings=(params_sharding, batch_sharding, batch_sharding))
+    return Program(program, pair_fn, score_fn)
 
 
 def calibration_table(margins: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
@@ -194,31 +139,6 @@ def fit_normalization(raw: np.ndarray) -> dict[str, float]:
             "reference_std": std, "reference_count": int(raw.size)}
 
 
-@dataclasses.dataclass(frozen=True)
-class RewardModel:
-    """A trained reward model with its normalisation, as PPO and evaluation use it."""
-    restored: common.Restored
-    gain: float
-    bias: float
-
-    def score(self, ids: jax.Array, mask: jax.Array, params: nnx.State | None = None) -> jax.Array:
-        """Normalised scores of sequences [batch, seq] -> [batch] (traceable)."""
-        params = self.restored.params if params is None else params
-        return score(self.restored.graphdef, params, ids, mask, self.gain, self.bias)
-
-
-def load_reward_model(workdir: str) -> RewardModel:
-    """The newest reward-model checkpoint in ``workdir`` and its fitted gain and bias."""
-    path = os.path.join(workdir, NORMALIZATION_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} is missing: the reward-model run in {workdir} did not "
-                                "finish; re-run it to completion")
-    with open(path) as f:
-        normalization = json.load(f)
-    restored = common.load_model(workdir, ScalarModel, head_init="normal")
-    return RewardModel(restored, normalization["gain"], normalization["bias"])
-
-
 @dataclasses.dataclass
 class RewardData:
     tokenizer: Any
@@ -228,28 +148,27 @@ class RewardData:
     stats: dict[str, str]
 
 
-def policy_pairs(config, policy: common.Restored, prompts: list[str], seed: int) -> tuple[list[str], list[str]]:
-    """Two sampled responses per prompt from the SFT policy (temperature ``reward.sample_temperature``)."""
+def policy_pairs(r: RewardSettings, policy: TrainedModel,
+                 prompts: list[str], seed: int) -> tuple[list[str], list[str]]:
+    """Two sampled responses per prompt from the SFT policy (temperature
+    ``reward.sample_temperature``), each one batch of all prompts."""
     tok = policy.tokenizer
-    ids, mask = common.left_pad([tok(p)["input_ids"] for p in prompts], tok.pad_token_id)
+    ids, mask = encode_prompts(tok, prompts)
     generate = jax.jit(functools.partial(
-        sampling.generate, policy.graphdef, max_new_tokens=config.reward.max_response_tokens,
-        eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
-        temperature=config.reward.sample_temperature))
+        sampling.generate, policy.graphdef, max_new_tokens=r.max_response_tokens,
+        eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, temperature=r.sample_temperature))
     key_a, key_b = jax.random.split(jax.random.key(seed))
     a, b = (generate(policy.params, ids, mask, key) for key in (key_a, key_b))
-    return (common.decode_rows(tok, a.tokens, a.mask),
-            common.decode_rows(tok, b.tokens, b.mask))
+    return decode_rows(tok, a.tokens, a.mask), decode_rows(tok, b.tokens, b.mask)
 
 
-def gold_pairs(config, task, n: int, seed: int,
-               policy: common.Restored | None) -> list[preference.PreferencePair]:
+def gold_pairs(r: RewardSettings, task, n: int, seed: int,
+               policy: TrainedModel | None) -> list[preference.PreferencePair]:
     """Pairs on the task's prompts, labelled by its gold reward: two SFT-policy samples per
     prompt when a policy is given, else two of the task's demonstrations."""
-    r = config.reward
     if policy is not None:
         prompts = task.prompts(n, seed=seed)
-        responses_a, responses_b = policy_pairs(config, policy, prompts, seed)
+        responses_a, responses_b = policy_pairs(r, policy, prompts, seed)
     else:
         demos = task.demonstrations(2 * n, seed=seed)
         prompts = [d["prompt"] for d in demos[:n]]
@@ -260,49 +179,50 @@ def gold_pairs(config, task, n: int, seed: int,
         mode=r.label_mode, temperature=r.label_temperature)
 
 
-def file_pairs(config) -> tuple[list, list]:
-    r = config.reward
-    train = preference.pairs_from_records(sft_data.load_records(r.source, r.split))
+def file_pairs(r: RewardSettings) -> tuple[list, list]:
+    train = preference.pairs_from_records(records_lib.load_records(r.source, r.split))
     if r.eval_source:
-        evals = preference.pairs_from_records(sft_data.load_records(r.eval_source, r.eval_split))
+        evals = preference.pairs_from_records(records_lib.load_records(r.eval_source,
+                                                                       r.eval_split))
     else:
         train, evals = train[: r.num_train_pairs], train[r.num_train_pairs:]
     return train[: r.num_train_pairs], evals[: r.num_eval_pairs]
 
 
-def prepare_data(config, workdir: str, policy: common.Restored | None) -> RewardData:
-    r = config.reward
-    task = None if r.source else tasks.get_task(config.data.task)
+def prepare_data(settings: RunSettings, workdir: str, policy: TrainedModel | None) -> RewardData:
+    r, seed = settings.reward, settings.seed
+    task = None if r.source else get_task(settings.data.task)
     if task is not None:
-        train = gold_pairs(config, task, r.num_train_pairs, config.seed, policy)
-        evals = gold_pairs(config, task, r.num_eval_pairs, config.seed + 1, policy)
-        reference = task.demonstrations(r.num_reference, seed=config.seed + 2)
+        train = gold_pairs(r, task, r.num_train_pairs, seed, policy)
+        evals = gold_pairs(r, task, r.num_eval_pairs, seed + 1, policy)
+        reference = task.demonstrations(r.num_reference, seed=seed + 2)
     else:
-        train, evals = file_pairs(config)
+        train, evals = file_pairs(r)
         reference = [{"prompt": p.prompt, "completion": p.chosen} for p in train[: r.num_reference]]
-    texts = [t for p in train for t in (p.prompt, p.chosen, p.rejected)]
-    tokenizer = common.run_tokenizer(config, workdir, task=task, texts=texts,
-                                     inherited=policy.tokenizer if policy else None)
+    tokenizer = workdir_lib.run_tokenizer(
+        workdir, inherited=policy.tokenizer if policy else None,
+        directory=settings.data.tokenizer, task=task,
+        texts=[t for p in train for t in (p.prompt, p.chosen, p.rejected)],
+        bpe_vocab_size=settings.data.bpe_vocab_size)
     limits = dict(max_prompt_tokens=r.max_prompt_tokens,
                   max_response_tokens=r.max_response_tokens)
     train_arrays, train_stats = preference.tokenize_pairs(train, tokenizer, **limits)
-    if len(train_arrays["margin"]) < config.train.batch_size:
+    if len(train_arrays["margin"]) < settings.train.batch_size:
         raise ValueError(f"only {len(train_arrays['margin'])} usable training pairs, fewer "
-                         f"than config.train.batch_size={config.train.batch_size}")
+                         f"than config.train.batch_size={settings.train.batch_size}")
     eval_arrays, eval_stats = preference.tokenize_pairs(evals, tokenizer, **limits)
-    reference_arrays = sft_data.tokenize_sft(
-        reference, tokenizer, r.max_prompt_tokens + r.max_response_tokens + 1)
+    reference_arrays = sft_data.tokenize_sft(reference, tokenizer, r.pair_length)
     stats = {"train": train_stats.report(), "eval": eval_stats.report()}
     print(f"[reward] train {stats['train']}; eval {stats['eval']}")
     return RewardData(tokenizer, train_arrays, eval_arrays,
                       {k: reference_arrays[k] for k in ("input_ids", "attention_mask")}, stats)
 
 
-def initial_params_fn(config, model_cfg: ModelConfig,
-                      policy: common.Restored | None) -> Callable[[], nnx.State]:
+def initial_params_fn(seed: int, model_config: ModelConfig,
+                      policy: TrainedModel | None) -> Callable[[], nnx.State]:
     """Random scalar model, its trunk taken from the SFT policy when one is given."""
     def init() -> nnx.State:
-        params = common.random_params(ScalarModel, model_cfg, config.seed, head_init="normal")
+        params = random_params(ScalarModel, model_config, seed, head_init="normal")
         if policy is not None:
             params["model"] = policy.params["model"]
         return params
@@ -311,38 +231,40 @@ def initial_params_fn(config, model_cfg: ModelConfig,
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Run (or resume) reward-model training, then fit and save the score normalisation."""
-    mesh = parallel.make_mesh(config.mesh)
-    policy = (common.load_model(config.policy_init, CausalLM) if config.policy_init else None)
-    data = prepare_data(config, workdir, policy)
-    model_cfg = policy.model_cfg if policy is not None else common.model_config(config, data.tokenizer)
-    common.write_model_card(workdir, model_cfg, "params")
-    program = build(config, model_cfg, mesh, initial_params_fn(config, model_cfg, policy))
-    eval_batches = common.fixed_batches(data.eval, config.train.batch_size)
-    gold_labelled = not config.reward.source
+    settings = RunSettings.from_config(config)
+    mesh = parallel.make_mesh(settings.mesh)
+    policy = (workdir_lib.load_model(settings.policy_init, CausalLM) if settings.policy_init
+              else None)
+    data = prepare_data(settings, workdir, policy)
+    model_config = (policy.model_config if policy is not None else resolve_config(
+        settings.model, model_init=settings.model_init, vocab_size=len(data.tokenizer)))
+    workdir_lib.write_model_card(workdir, model_config, "params")
+    program = build(settings, model_config, mesh,
+                    initial_params_fn(settings.seed, model_config, policy))
+    eval_batches = fixed_batches(data.eval, settings.train.batch_size)
+    gold_labelled = not settings.reward.source
 
-    def evaluate_state(state: TrainState) -> dict[str, float]:
+    def evaluate_state(state: supervised.TrainState) -> dict[str, float]:
         return evaluate_pairs(state.params, program, eval_batches, mesh, gold_labelled)[0]
 
-    batches = BatchIterator(data.train, config.train.batch_size, seed=config.seed)
+    batches = BatchIterator(data.train, settings.train.batch_size, seed=settings.seed)
     state = loop.run(
-        workdir=workdir, config=config, mesh=mesh, init_state=program.init_state,
-        state_shardings=program.state_shardings, step_fn=program.step, batches=batches,
-        evaluate=evaluate_state,
+        workdir=workdir, train=settings.train, config=config, mesh=mesh,
+        init_state=program.supervised.init_state,
+        state_shardings=program.supervised.state_shardings, step_fn=program.supervised.step,
+        batches=batches, evaluate=evaluate_state,
         count_tokens=lambda b: int(b["chosen_mask"].sum() + b["rejected_mask"].sum()),
         desc="reward")
 
     metrics, margins = evaluate_pairs(state.params, program, eval_batches, mesh, gold_labelled)
-    with open(os.path.join(workdir, CALIBRATION_FILE), "w") as f:
-        json.dump(calibration_table(margins), f, indent=2)
+    workdir_lib.write_json(workdir, workdir_lib.CALIBRATION_FILE, calibration_table(margins))
     raw = np.concatenate([
         np.asarray(jax.device_get(program.scores(state.params, *(
             parallel.shard_batch(b, mesh)[k] for k in ("input_ids", "attention_mask")))))
-        for b in common.fixed_batches(data.reference, config.train.batch_size)])
+        for b in fixed_batches(data.reference, settings.train.batch_size)])
     normalization = fit_normalization(raw)
-    with open(os.path.join(workdir, NORMALIZATION_FILE), "w") as f:
-        json.dump(normalization, f, indent=2)
+    workdir_lib.write_json(workdir, workdir_lib.NORMALIZATION_FILE, normalization)
     summary = {"eval_accuracy": metrics["eval/rm/accuracy"], **metrics,
                "data": data.stats, "normalization": normalization, "step": int(state.step)}
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    workdir_lib.write_json(workdir, workdir_lib.SUMMARY_FILE, summary)
     return summary

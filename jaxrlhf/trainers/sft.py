@@ -1,117 +1,91 @@
 """Supervised fine-tuning: maximum likelihood on demonstration responses.
 
 ``python -m jaxrlhf sft --config=configs/sft/quickstart.py --workdir=DIR``
+
+The loss is ``jaxrlhf.losses.lm_nll`` (response tokens and their EOS only); the step, its
+accumulation and compilation are ``jaxrlhf.trainers.supervised``.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxrlhf import losses, optim, parallel, sampling
-from jaxrlhf.data import sft as sft_data, tasks
-from jaxrlhf.data.iterator import BatchIterator
+from jaxrlhf import losses, parallel, sampling, workdir as workdir_lib
+from jaxrlhf.data import records as records_lib, sft as sft_data
+from jaxrlhf.data.iterator import BatchIterator, fixed_batches
+from jaxrlhf.data.tokenizer import decode_rows, encode_prompts
+from jaxrlhf.metrics import read_metrics
+from jaxrlhf.models.build import initial_lm_params, resolve_config
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.transformer import CausalLM
-from jaxrlhf.trainers import common, loop
-from jaxrlhf.metrics import read_metrics
-from jaxrlhf.trainers.loop import TrainState
+from jaxrlhf.settings import RunSettings
+from jaxrlhf.tasks import get_task
+from jaxrlhf.trainers import loop, supervised
 
 
-def sft_loss_sums(params: nnx.State, batch: loop.Batch, *,
-                  graphdef: nnx.GraphDef) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Summed response-token NLL of one (micro-)batch, and the number of tokens counted.
-
-    Each position predicts the next token: ``logits[:, :-1]`` against ``input_ids[:, 1:]``
-    with ``loss_mask[:, 1:]`` (true where the predicted token belongs to the response).
-    """
-    model = nnx.merge(graphdef, params)
-    mask = batch["attention_mask"]                                 # [batch, seq]
-    logits, _ = model(batch["input_ids"], sampling.positions_from_mask(mask), mask)
-    loss, metrics = losses.sft_nll(logits[:, :-1], batch["input_ids"][:, 1:],
-                                   batch["loss_mask"][:, 1:])
-    tokens = metrics["tokens"]
-    return loss * tokens, {"nll_sum": loss * tokens, "tokens": tokens}
+def sft_loss(graphdef: nnx.GraphDef, params: nnx.State,
+             batch: supervised.Batch) -> tuple[jax.Array, dict, jax.Array]:
+    """Mean response-token NLL of a batch, no extra metrics, and its token count."""
+    loss, metrics = losses.lm_nll(graphdef, params, batch)
+    return loss, {}, metrics["tokens"]
 
 
-def train_step(state: TrainState, batch: loop.Batch, *, graphdef: nnx.GraphDef,
-               optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-               grad_accum: int) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer update on a batch, accumulated over ``grad_accum`` micro-batches.
-
-    The gradient is that of the batch's mean NLL per response token, whatever the split.
-    """
-    loss_fn = functools.partial(sft_loss_sums, graphdef=graphdef)
-    grads, sums = loop.accumulate_gradients(loss_fn, state.params, batch, grad_accum)
-    tokens = jnp.maximum(sums["tokens"], 1.0)
-    grads = jax.tree.map(lambda g: g / tokens, grads)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": sums["nll_sum"] / tokens, "grad_norm": optax.global_norm(grads),
-               "lr": schedule(state.step), "tokens": sums["tokens"]}
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+def build(settings: RunSettings, model_config: ModelConfig, mesh: Mesh) -> supervised.Program:
+    """The SFT program: a causal LM from ``model_init`` or random, trained on ``sft_loss``."""
+    return supervised.build(
+        loss=sft_loss, model_cls=CausalLM, model_config=model_config,
+        init_params=lambda: initial_lm_params(model_config, model_init=settings.model_init,
+                                              seed=settings.seed),
+        optim_settings=settings.optim, train=settings.train, mesh=mesh, rules=settings.rules,
+        count_metric="tokens")
 
 
-def eval_sums(params: nnx.State, batch: loop.Batch, *, graphdef: nnx.GraphDef):
-    """Summed NLL and token count of one evaluation batch (no gradients)."""
-    return sft_loss_sums(params, batch, graphdef=graphdef)[1]
-
-
-def evaluate(params: nnx.State, eval_fn, eval_batches: list[dict[str, np.ndarray]],
-             mesh) -> dict[str, float]:
+def evaluate(params: nnx.State, program: supervised.Program,
+             eval_batches: list[dict[str, np.ndarray]], mesh: Mesh) -> dict[str, float]:
     """Token-weighted mean NLL over the held-out set, and its perplexity."""
     nll, tokens = 0.0, 0.0
     for batch in eval_batches:
-        sums = jax.device_get(eval_fn(params, parallel.shard_batch(batch, mesh)))
-        nll += float(sums["nll_sum"])
-        tokens += float(sums["tokens"])
+        sums, count = jax.device_get(program.eval_sums(params, parallel.shard_batch(batch, mesh)))
+        nll += float(sums["loss"])
+        tokens += float(count)
     loss = nll / max(tokens, 1.0)
     return {"eval/loss": loss, "eval/perplexity": float(np.exp(loss))}
 
 
-@dataclasses.dataclass(frozen=True)
-class Program:
-    """The compiled pieces of an SFT run on one mesh."""
-    graphdef: nnx.GraphDef
-    init_state: Callable[[], TrainState]
-    state_shardings: Any
-    step: Callable[[TrainState, loop.Batch], tuple[TrainState, dict[str, jax.Array]]]
-    eval_sums: Callable[[nnx.State, loop.Batch], dict[str, jax.Array]]
+def sample_writer(graphdef: nnx.GraphDef, tokenizer, prompts: Sequence[str], num_samples: int,
+                  sample_tokens: int, workdir: str) -> Callable[[Any, int], None]:
+    """A callback that greedily completes the first ``num_samples`` ``prompts`` and appends
+    them to samples.jsonl."""
+    if not prompts or num_samples <= 0:
+        return lambda params, step: None
+    prompts = list(prompts[:num_samples])
+    ids, mask = encode_prompts(tokenizer, prompts)
+    generate = jax.jit(lambda params: sampling.generate(
+        graphdef, params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0),
+        max_new_tokens=sample_tokens, eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id, greedy=True))
+    path = os.path.join(workdir, workdir_lib.SAMPLES_FILE)
 
+    def write(params, step: int) -> None:
+        completion = generate(params)
+        responses = decode_rows(tokenizer, completion.tokens, completion.mask)
+        with open(path, "a") as f:
+            for prompt, response in zip(prompts, responses):
+                f.write(json.dumps({"step": step, "prompt": prompt, "response": response}) + "\n")
+        print(f"\n[step {step}] " + " | ".join(f"{p!r} -> {r!r}" for p, r in
+                                                zip(prompts, responses)))
 
-def build(config: ml_collections.ConfigDict, model_cfg: ModelConfig, mesh: Mesh) -> Program:
-    """Jit the SFT step (donated state, explicit shardings) and eval for ``mesh``."""
-    graphdef, _ = common.abstract_model(CausalLM, model_cfg)
-    schedule = optim.warmup_cosine(config.optim, config.train.steps)
-    optimizer = optim.adamw(config.optim, schedule)
-
-    def init_state() -> TrainState:
-        params = common.initial_lm_params(model_cfg, config)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=optimizer.init(params))
-
-    state_shardings = common.full_state_shardings(init_state, mesh, config)
-    batch_sharding = parallel.batch_sharding(mesh)
-    step = jax.jit(
-        functools.partial(train_step, graphdef=graphdef, optimizer=optimizer,
-                          schedule=schedule, grad_accum=config.train.grad_accum),
-        in_shardings=(state_shardings, batch_sharding),
-        out_shardings=(state_shardings, parallel.replicated(mesh)),
-        donate_argnums=0)
-    eval_fn = jax.jit(functools.partial(eval_sums, graphdef=graphdef),
-                      in_shardings=(state_shardings.params, batch_sharding))
-    return Program(graphdef, init_state, state_shardings, step, eval_fn)
+    return write
 
 
 @dataclasses.dataclass
@@ -124,33 +98,24 @@ class SFTData:
     unigram_entropy: float | None  # of the task's responses, when the task can say
 
 
-def record_texts(records: list[sft_data.Record]) -> list[str]:
-    """The raw text of SFT rows of either layout (for training a tokenizer on them)."""
-    texts = []
-    for _, row in records:
-        if "messages" in row:
-            texts.extend(str(m.get("content", "")) for m in row["messages"])
-        else:
-            texts.append(str(row.get("prompt", "")) + str(row.get("completion", "")))
-    return texts
-
-
-def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> SFTData:
+def prepare_data(settings: RunSettings, workdir: str) -> SFTData:
     """Examples from the built-in task or a file / ``datasets`` source, tokenized with the
     run's tokenizer (chat rows need it for their template, so it comes first)."""
-    d = config.data
-    task = None if d.source else tasks.get_task(d.task)
+    d = settings.data
+    tokenizer_kw = dict(directory=d.tokenizer, bpe_vocab_size=d.bpe_vocab_size)
+    task = None if d.source else get_task(d.task)
     if task is not None:
-        tokenizer = common.run_tokenizer(config, workdir, task=task)
-        train = task.demonstrations(d.num_train, seed=config.seed)
-        evals = task.demonstrations(d.num_eval, seed=config.seed + 1)
+        tokenizer = workdir_lib.run_tokenizer(workdir, task=task, **tokenizer_kw)
+        train = task.demonstrations(d.num_train, seed=settings.seed)
+        evals = task.demonstrations(d.num_eval, seed=settings.seed + 1)
     else:
-        records = sft_data.load_records(d.source, d.split)
-        eval_records = (sft_data.load_records(d.eval_source, d.eval_split) if d.eval_source
+        records = records_lib.load_records(d.source, d.split)
+        eval_records = (records_lib.load_records(d.eval_source, d.eval_split) if d.eval_source
                         else records[-d.num_eval:])
         if not d.eval_source:
             records = records[:-d.num_eval]
-        tokenizer = common.run_tokenizer(config, workdir, texts=record_texts(records))
+        tokenizer = workdir_lib.run_tokenizer(workdir, texts=sft_data.record_texts(records),
+                                              **tokenizer_kw)
         train = sft_data.sft_examples(records[: d.num_train], tokenizer)
         evals = sft_data.sft_examples(eval_records[: d.num_eval], tokenizer)
     train_arrays = sft_data.tokenize_sft(train, tokenizer, d.max_len)
@@ -164,29 +129,30 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> SFTData:
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Run (or resume) SFT; the policy checkpoints and tokenizer land in ``workdir``."""
-    mesh = parallel.make_mesh(config.mesh)
-    data = prepare_data(config, workdir)
-    model_cfg = common.model_config(config, data.tokenizer)
-    common.write_model_card(workdir, model_cfg, "params")
-    program = build(config, model_cfg, mesh)
-    eval_fn = program.eval_sums
-    eval_batches = common.fixed_batches(data.eval, config.train.batch_size)
-    show_samples = common.sample_printer(program.graphdef, data.tokenizer, data.eval_prompts,
-                                         config, workdir)
+    settings = RunSettings.from_config(config)
+    mesh = parallel.make_mesh(settings.mesh)
+    data = prepare_data(settings, workdir)
+    model_config = resolve_config(settings.model, model_init=settings.model_init,
+                                  vocab_size=len(data.tokenizer))
+    workdir_lib.write_model_card(workdir, model_config, "params")
+    program = build(settings, model_config, mesh)
+    eval_batches = fixed_batches(data.eval, settings.train.batch_size)
+    t = settings.train
+    show_samples = sample_writer(program.graphdef, data.tokenizer, data.eval_prompts,
+                                 t.num_samples, t.sample_tokens, workdir)
 
-    def evaluate_state(state: TrainState) -> dict[str, float]:
+    def evaluate_state(state: supervised.TrainState) -> dict[str, float]:
         show_samples(state.params, int(state.step))
-        return evaluate(state.params, eval_fn, eval_batches, mesh)
+        return evaluate(state.params, program, eval_batches, mesh)
 
-    batches = BatchIterator(data.train, config.train.batch_size, seed=config.seed)
+    batches = BatchIterator(data.train, t.batch_size, seed=settings.seed)
     state = loop.run(
-        workdir=workdir, config=config, mesh=mesh, init_state=program.init_state,
+        workdir=workdir, train=t, config=config, mesh=mesh, init_state=program.init_state,
         state_shardings=program.state_shardings, step_fn=program.step, batches=batches,
         evaluate=evaluate_state, count_tokens=lambda b: int(b["attention_mask"].sum()),
         desc="sft")
     evals = [row for row in read_metrics(workdir) if "eval/loss" in row]
     summary = {"eval_loss": evals[-1]["eval/loss"], "first_eval_loss": evals[0]["eval/loss"],
                "unigram_entropy": data.unigram_entropy, "step": int(state.step)}
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    workdir_lib.write_json(workdir, workdir_lib.SUMMARY_FILE, summary)
     return summary

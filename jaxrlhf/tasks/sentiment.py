@@ -1,17 +1,12 @@
-"""Built-in tasks with a programmatic gold reward, registered by name.
+"""``sentiment``: controlled sentiment on a tiny synthetic language.
 
-``sentiment`` is a small-scale form of the controlled-sentiment task of Ziegler et al.
-(2019, "Fine-Tuning Language Models from Human Preferences", Sec. 3): continue a short
-prefix; the gold reward is the mean sentiment of the adjectives in the continuation.
-The language is a tiny synthetic grammar with its own word-level tokenizer, so the gold
-reward is also a per-token lookup table usable inside jitted code.
+A small-scale form of the controlled-sentiment task of Ziegler et al. (2019, "Fine-Tuning
+Language Models from Human Preferences", Sec. 3): continue a short prefix; the gold reward
+is the mean sentiment of the adjectives in the continuation. The language is a synthetic
+grammar with its own word-level tokenizer, so the gold reward is also a per-token lookup
+table usable inside jitted code.
 """
 from __future__ import annotations
-
-import collections
-import functools
-import math
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +15,7 @@ import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from jaxrlhf.data.tokenizer import EOS, PAD, wrap
+from jaxrlhf.tasks.base import completion_unigram_entropy
 
 UNK = "<|unk|>"
 SENTIMENT: dict[str, float] = {
@@ -42,35 +38,6 @@ PUNCT = [".", ","]
 WORDS = sorted(set(NOUNS + OWNERS + PEOPLE + LINKING + REPORTING + INTENSIFIERS
                    + CONNECTIVES + FILLERS + PUNCT + ADJECTIVES))
 
-_TASKS: dict[str, Callable[..., object]] = {}
-
-
-def register(name: str):
-    def deco(cls):
-        _TASKS[name] = cls
-        return cls
-    return deco
-
-
-def get_task(name: str, **kwargs):
-    """A task instance by registered name."""
-    from jaxrlhf.data import imdb  # noqa: F401  (registers "imdb_sentiment")
-    if name not in _TASKS:
-        raise KeyError(f"unknown task {name!r}; registered: {sorted(_TASKS)}")
-    return _TASKS[name](**kwargs)
-
-
-def completion_unigram_entropy(task, n: int = 2000, seed: int = 0) -> float:
-    """Entropy (nats) of the unigram distribution of a task's demonstration completion
-    tokens incl. EOS: the loss of a model that ignores context, which SFT must beat."""
-    counts: collections.Counter[int] = collections.Counter()
-    for ex in task.demonstrations(n, seed):
-        ids = task.tokenizer(ex["completion"], add_special_tokens=False)["input_ids"]
-        counts.update(ids + [task.tokenizer.eos_token_id])
-    total = sum(counts.values())
-    return float(-sum(c / total * math.log(c / total) for c in counts.values()))
-
-
 def _word_tokenizer() -> transformers.PreTrainedTokenizerFast:
     """WordLevel tokenizer: ``<|pad|>``=0, ``<|endoftext|>``=1, ``<|unk|>``=2, then words."""
     vocab = {tok: i for i, tok in enumerate([PAD, EOS, UNK] + WORDS)}
@@ -83,7 +50,6 @@ def _choice(rng: np.random.Generator, words: list[str]) -> str:
     return words[int(rng.integers(len(words)))]
 
 
-@register("sentiment")
 class SentimentTask:
     """Controlled sentiment on a synthetic English-like language (see module docstring)."""
 
@@ -91,20 +57,13 @@ class SentimentTask:
 
     def __init__(self, max_clauses: int = 3):
         self.max_clauses = max_clauses
-
-    @functools.cached_property
-    def tokenizer(self) -> transformers.PreTrainedTokenizerFast:
-        return _word_tokenizer()
-
-    @functools.cached_property
-    def _tables(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-token sentiment score and is-adjective indicator, both [vocab]."""
+        self.tokenizer = _word_tokenizer()
         vocab = self.tokenizer.get_vocab()
-        score = np.zeros(len(vocab), np.float32)
-        is_adj = np.zeros(len(vocab), np.float32)
+        # Per-token sentiment score and is-adjective indicator, both [vocab].
+        self._score = np.zeros(len(vocab), np.float32)
+        self._is_adjective = np.zeros(len(vocab), np.float32)
         for word, s in SENTIMENT.items():
-            score[vocab[word]], is_adj[vocab[word]] = s, 1.0
-        return score, is_adj
+            self._score[vocab[word]], self._is_adjective[vocab[word]] = s, 1.0
 
     # -- sampling ---------------------------------------------------------------------
     def _prompt(self, rng: np.random.Generator) -> str:
@@ -156,7 +115,7 @@ class SentimentTask:
     def gold_reward_from_tokens(self, response_ids: jax.Array,
                                 response_mask: jax.Array) -> jax.Array:
         """The same reward from token ids [B, T] and mask [B, T]; pure jnp, jittable."""
-        score, is_adj = (jnp.asarray(t) for t in self._tables)
+        score, is_adj = jnp.asarray(self._score), jnp.asarray(self._is_adjective)
         mask = response_mask.astype(jnp.float32)
         ids = jnp.clip(response_ids, 0, score.shape[0] - 1)
         total = jnp.sum(score[ids] * mask, axis=-1)

@@ -1,0 +1,56 @@
+"""Building models: resolve a run's model config, then abstract, random or imported parameters.
+
+Models are NNX modules split once into ``(graphdef, params)``; jitted code merges them back
+inside the trace. Parameters are created unsharded and carry logical axis names, so these
+functions need no mesh: ``jaxrlhf.parallel`` places the result.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flax import nnx
+
+from jaxrlhf.models import hf
+from jaxrlhf.models.config import ModelConfig
+from jaxrlhf.models.transformer import CausalLM
+
+
+def resolve_config(model: ModelConfig, *, model_init: str, vocab_size: int) -> ModelConfig:
+    """The config of the model a run trains.
+
+    With ``model_init`` (a local HF directory) the architecture is that checkpoint's and only
+    the dtypes, layer layout and remat policy come from ``model``. Otherwise ``model`` as
+    given, with ``vocab_size`` 0 meaning ``vocab_size`` (the tokenizer's size).
+    """
+    if model_init:
+        return hf.load_hf_config(model_init).replace(
+            dtype=model.dtype, param_dtype=model.param_dtype, scan_layers=model.scan_layers,
+            remat=model.remat)
+    if model.vocab_size == 0:
+        return model.replace(vocab_size=vocab_size)
+    if model.vocab_size < vocab_size:
+        raise ValueError(f"config.model.vocab_size={model.vocab_size} is smaller than the "
+                         f"tokenizer's {vocab_size} tokens; set it to 0 to follow the tokenizer")
+    return model.validate()
+
+
+def abstract_model(model_cls: Callable[..., nnx.Module], cfg: ModelConfig,
+                   **kwargs) -> tuple[nnx.GraphDef, nnx.State]:
+    """The graph definition and the abstract (shape-only) state of ``model_cls(cfg)``."""
+    return nnx.split(nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0), **kwargs)))
+
+
+def random_params(model_cls: Callable[..., nnx.Module], cfg: ModelConfig, seed: int,
+                  **kwargs) -> nnx.State:
+    """Freshly initialised parameters (traceable: call it under ``jit``)."""
+    return nnx.split(model_cls(cfg, rngs=nnx.Rngs(seed), **kwargs))[1]
+
+
+def initial_lm_params(cfg: ModelConfig, *, model_init: str, seed: int) -> nnx.State:
+    """A causal LM's starting parameters: imported from the HF directory ``model_init``, or
+    random from ``seed`` when it is empty."""
+    if model_init:
+        model = hf.load_causal_lm(model_init, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                                  scan_layers=cfg.scan_layers, remat=cfg.remat)
+        return nnx.split(model)[1]
+    return random_params(CausalLM, cfg, seed)

@@ -1,0 +1,291 @@
+"""PPO for RLHF as pure functions: rollout, update, KL control, and the iteration they form.
+
+One iteration = sample responses -> score them -> per-token rewards -> GAE -> ``ppo_epochs``
+passes of shuffled minibatches with gradient accumulation (Ouyang et al. 2022; Ziegler et
+al. 2019; the implementation details of Huang et al. 2023/2024, numbered as the PPO details
+in docs/design.md). The iteration is a list of phases (:func:`iteration_phases`) that
+:func:`run_phases` applies in order: jitted whole it is one compiled program; jitted phase
+by phase it is the memory-light mode with the same numbers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxrlhf import losses, optim, sampling, scoring
+from jaxrlhf.rl import advantages as adv_lib, kl as kl_lib, rewards as rewards_lib
+from jaxrlhf.rl.objectives import TermInputs, combine, objective_terms
+from jaxrlhf.settings import PPOSettings
+
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+PTX_FIELDS = ("input_ids", "attention_mask", "loss_mask")
+
+
+@flax.struct.dataclass
+class PPOState:
+    step: jax.Array            # int32: iterations done
+    policy: Any                # nnx.State
+    value: Any                 # nnx.State (only the head with a shared trunk)
+    policy_opt: optax.OptState
+    value_opt: optax.OptState
+    kl: Any                    # KL-controller state (PPO detail 8)
+    rng: jax.Array             # uint32 key data
+
+
+@flax.struct.dataclass
+class Frozen:
+    """What an iteration reads but never changes: the reference policy and reward model."""
+    ref: Any                   # nnx.State of the SFT policy
+    reward: Any                # nnx.State of the reward model (None with the gold reward)
+
+
+class Rollout(NamedTuple):
+    query: jax.Array           # [batch, prompt_len], left-padded
+    query_mask: jax.Array      # [batch, prompt_len]
+    response: jax.Array        # [batch, resp_len], pad after the first EOS
+    mask: jax.Array            # [batch, resp_len], 1 up to and including the first EOS
+    logprobs: jax.Array        # [batch, resp_len] old log-probs (the sampling distribution)
+    ref_logprobs: jax.Array    # [batch, resp_len]
+    values: jax.Array          # [batch, resp_len] V(s_t) before each response token
+    scores: jax.Array          # [batch] sequence scores after the missing-EOS penalty
+    gold: jax.Array            # [batch] the task's gold reward (0 when there is none)
+    rewards: jax.Array         # [batch, resp_len] shaped per-token rewards
+    non_score: jax.Array       # [batch, resp_len] the KL part of the reward
+    advantages: jax.Array      # [batch, resp_len]
+    returns: jax.Array         # [batch, resp_len]
+
+
+@dataclasses.dataclass(frozen=True)
+class Models:
+    """The static half of the models (graph definitions) and how sequences are scored."""
+    policy: nnx.GraphDef
+    value: nnx.GraphDef
+    reward: nnx.GraphDef | None
+    gain: float               # reward normalisation (PPO detail 9)
+    bias: float
+    gold: Callable | None     # (query, query_mask, response, mask) -> [batch] gold reward
+    eos_id: int
+    pad_id: int
+
+
+class Optimizers(NamedTuple):
+    policy: optax.GradientTransformation
+    value: optax.GradientTransformation
+    schedule: optax.Schedule   # the policy learning rate by update count (for logging)
+
+
+def value_params(policy: nnx.State, value: nnx.State, shared_trunk: bool) -> nnx.State:
+    """The value model's parameters: its own, or — with a shared trunk — the policy's trunk
+    under the value head, so the value loss also trains the policy trunk (PPO detail 15)."""
+    if not shared_trunk:
+        return value
+    return nnx.State({"model": policy["model"], "head": value["head"]})
+
+
+def rollout(state: PPOState, frozen: Frozen, prompts: Batch, *, models: Models,
+            settings: PPOSettings) -> tuple[PPOState, Rollout]:
+    """Sample responses, score them and compute per-token rewards, values and advantages.
+
+    The old log-probs are recomputed with one full forward pass rather than taken from the
+    sampler (which agrees to ~1e-5): then the first minibatch's ratio is exactly 1 and the
+    clip fraction starts at 0, as in TRL and lm-human-preferences.
+    """
+    s = settings
+    rng, sample_key = jax.random.split(jax.random.wrap_key_data(state.rng))
+    query, query_mask = prompts["prompt_ids"], prompts["prompt_mask"]
+    completion = sampling.generate(
+        models.policy, state.policy, query, query_mask, sample_key,
+        max_new_tokens=s.response_length, eos_id=models.eos_id, pad_id=models.pad_id,
+        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+    response, mask = completion.tokens, completion.mask
+    if s.truncate_token_id >= 0:                                        # PPO detail 4
+        mask = rewards_lib.truncate_after_token(response, mask, s.truncate_token_id,
+                                                s.truncate_min_length)
+        response = jnp.where(mask == 1, response, models.pad_id)
+    seq, seq_mask = scoring.join(query, query_mask, response, mask)
+    prompt_len = query.shape[1]
+    logprobs, _ = scoring.response_log_probs(models.policy, state.policy, seq, seq_mask,
+                                             prompt_len, s.temperature)
+    ref_logprobs, _ = scoring.response_log_probs(models.policy, frozen.ref, seq, seq_mask,
+                                                 prompt_len, s.temperature)
+    values = scoring.response_outputs(
+        models.value, value_params(state.policy, state.value, s.shared_trunk), seq, seq_mask,
+        prompt_len)
+    gold = (models.gold(query, query_mask, response, mask) if models.gold is not None
+            else jnp.zeros(query.shape[0]))
+    scores = gold if s.reward_source == "gold" else scoring.reward_scores(
+        models.reward, frozen.reward, seq, seq_mask, models.gain, models.bias)
+    has_eos = jnp.any((response == models.eos_id) & (mask == 1), axis=-1)
+    if s.penalize_missing_eos:                                          # PPO detail 5
+        scores = rewards_lib.apply_missing_eos_penalty(scores, has_eos, s.missing_eos_penalty)
+    beta = state.kl["beta"] if s.kl_in_reward else 0.0
+    rewards, non_score = rewards_lib.shaped_rewards(scores, logprobs, ref_logprobs, mask, beta,
+                                                    estimator=s.kl_estimator)
+    if s.whiten_rewards:                                                # PPO detail 9
+        rewards = adv_lib.masked_whiten(rewards, mask, shift_mean=False)
+    advantages, returns = adv_lib.gae(rewards, values * mask, mask, gamma=s.gamma, lam=s.lam)
+    out = Rollout(query, query_mask, response, mask, logprobs, ref_logprobs, values, scores,
+                  gold, rewards, non_score, advantages, returns)
+    return state.replace(rng=jax.random.key_data(rng)), out
+
+
+def rollout_metrics(r: Rollout, state: PPOState, eos_id: int) -> Metrics:
+    """Per-iteration statistics named as in TRL / lm-human-preferences."""
+    mask = r.mask.astype(jnp.float32)
+    non_score = r.non_score.sum(-1)
+    return {
+        "objective/kl": scoring.sequence_kl(r.logprobs, r.ref_logprobs, mask).mean(),
+        "objective/entropy": (-r.logprobs * mask).sum(-1).mean(),
+        "objective/scores": r.scores.mean(),
+        "objective/non_score_reward": non_score.mean(),
+        "objective/rlhf_reward": (r.scores + non_score).mean(),
+        "objective/gold": r.gold.mean(),
+        "objective/kl_coef": state.kl["beta"],
+        "val/num_eos_tokens": ((r.response == eos_id) & (mask > 0)).sum(),
+        "val/response_length": mask.sum(-1).mean(),
+        "episode": (state.step + 1) * r.query.shape[0],
+    }
+
+
+def ppo_loss(params: dict[str, Any], batch: Batch, *, models: Models, settings: PPOSettings,
+             kl_coef: jax.Array) -> tuple[jax.Array, Metrics, jax.Array]:
+    """The PPO objective of one micro-batch (:mod:`jaxrlhf.rl.objectives`): its value, its
+    terms' metrics (means over real response tokens) and the token count."""
+    s, mask = settings, batch["mask"]
+    seq, seq_mask = scoring.join(batch["query"], batch["query_mask"], batch["response"], mask)
+    prompt_len = batch["query"].shape[1]
+    logprobs, logits = scoring.response_log_probs(models.policy, params["policy"], seq,
+                                                  seq_mask, prompt_len, s.temperature)
+    values = scoring.response_outputs(
+        models.value, value_params(params["policy"], params["value"], s.shared_trunk), seq,
+        seq_mask, prompt_len)
+    inputs = TermInputs(logprobs, logits, values, batch, mask)
+    total, metrics = combine(objective_terms(s, kl_coef), inputs, s)
+    return total, metrics, mask.sum().astype(jnp.float32)
+
+
+def add_ptx_gradient(grads: dict[str, Any], policy: nnx.State, ptx: Batch, graphdef: nnx.GraphDef,
+                     coef: float) -> dict[str, Any]:
+    """Add ``coef`` x the gradient of the LM loss on demonstration rows to the policy
+    gradient: the PPO-ptx objective of Ouyang et al. (2022, eq. 2)."""
+    ptx_grads = jax.grad(lambda p: losses.lm_nll(graphdef, p, ptx)[0])(policy)
+    return {**grads, "policy": jax.tree.map(lambda g, h: g + coef * h, grads["policy"], ptx_grads)}
+
+
+def update(state: PPOState, r: Rollout, ptx: Batch | None, *, models: Models,
+           settings: PPOSettings, optimizers: Optimizers) -> tuple[PPOState, Metrics]:
+    """``ppo_epochs`` passes over the rollout in shuffled minibatches (PPO detail 13),
+    advantages whitened per minibatch over real tokens (detail 11), gradients accumulated
+    over ``grad_accum`` micro-batches. Returns the new state and minibatch-mean metrics."""
+    s = settings
+    batch_size = r.query.shape[0]
+    rng, epoch_key = jax.random.split(jax.random.wrap_key_data(state.rng))
+    data = r._asdict()
+    loss_fn = functools.partial(ppo_loss, models=models, settings=s, kl_coef=state.kl["beta"])
+
+    def minibatch_update(carry, indices):
+        params, (pol_opt, val_opt) = carry
+        mb = jax.tree.map(lambda x: x[indices], data)
+        mb["advantages"] = adv_lib.masked_whiten(mb["advantages"], mb["mask"])
+        grads, metrics, _ = optim.accumulated_gradients(loss_fn, params, mb, s.grad_accum)
+        if ptx is not None:
+            grads = add_ptx_gradient(grads, params["policy"], ptx, models.policy, s.ptx_coef)
+        pol_updates, pol_opt = optimizers.policy.update(grads["policy"], pol_opt, params["policy"])
+        val_updates, val_opt = optimizers.value.update(grads["value"], val_opt, params["value"])
+        params = {"policy": optax.apply_updates(params["policy"], pol_updates),
+                  "value": optax.apply_updates(params["value"], val_updates)}
+        return (params, (pol_opt, val_opt)), metrics
+
+    def epoch(carry, key):
+        order = jax.random.permutation(key, batch_size).reshape(s.num_minibatches,
+                                                                s.minibatch_size)
+        return jax.lax.scan(minibatch_update, carry, order)
+
+    carry = ({"policy": state.policy, "value": state.value}, (state.policy_opt, state.value_opt))
+    (params, (pol_opt, val_opt)), metrics = jax.lax.scan(
+        epoch, carry, jax.random.split(epoch_key, s.ppo_epochs))
+    metrics = jax.tree.map(jnp.mean, metrics)            # over epochs x minibatches
+    metrics["lr"] = optimizers.schedule(optim.updates_applied(pol_opt))
+    state = state.replace(policy=params["policy"], value=params["value"], policy_opt=pol_opt,
+                          value_opt=val_opt, rng=jax.random.key_data(rng))
+    return state, metrics
+
+
+def adapt_kl(state: PPOState, r: Rollout, settings: PPOSettings) -> PPOState:
+    """Adaptive-KL update once per batch (Ziegler et al. 2019; PPO detail 8); a fixed
+    controller keeps beta."""
+    if not settings.adaptive_kl:
+        return state
+    kl = scoring.sequence_kl(r.logprobs, r.ref_logprobs, r.mask.astype(jnp.float32)).mean()
+    new = kl_lib.update_adaptive_kl(state.kl, kl, r.query.shape[0], target=settings.kl_target,
+                                    horizon=settings.kl_horizon)
+    return state.replace(kl=new)
+
+
+# (state, frozen, batch, carry) -> (state, carry): one step of an iteration.
+Phase = Callable[[PPOState, Frozen, Batch, dict], tuple[PPOState, dict]]
+
+
+def iteration_phases(*, models: Models, settings: PPOSettings,
+                     optimizers: Optimizers) -> tuple[Phase, ...]:
+    """The phases of one iteration, in order: sample and score (rollout and its statistics),
+    optimise (the PPO epochs), then adapt the KL coefficient and count the iteration."""
+    def sample_and_score(state, frozen, batch, carry):
+        del carry
+        state, r = rollout(state, frozen, batch, models=models, settings=settings)
+        return state, {"rollout": r, "metrics": rollout_metrics(r, state, models.eos_id)}
+
+    def optimise(state, frozen, batch, carry):
+        del frozen
+        ptx = {k: batch[k] for k in PTX_FIELDS} if settings.ptx_coef > 0 else None
+        state, metrics = update(state, carry["rollout"], ptx, models=models,
+                                settings=settings, optimizers=optimizers)
+        return state, {**carry, "metrics": {**carry["metrics"], **metrics}}
+
+    def adapt(state, frozen, batch, carry):
+        del frozen, batch
+        state = adapt_kl(state, carry["rollout"], settings)
+        return state.replace(step=state.step + 1), carry
+
+    return sample_and_score, optimise, adapt
+
+
+def run_phases(phases: Sequence[Phase], state: PPOState, frozen: Frozen,
+               batch: Batch) -> tuple[PPOState, Metrics]:
+    """Apply the phases in order; the iteration's new state and metrics."""
+    carry: dict = {}
+    for phase in phases:
+        state, carry = phase(state, frozen, batch, carry)
+    return state, carry["metrics"]
+
+
+def evaluate_policy(policy_params: nnx.State, frozen: Frozen, batch: Batch, key: jax.Array, *,
+                    models: Models, settings: PPOSettings) -> dict[str, jax.Array]:
+    """Sample once per evaluation prompt; per-sample gold, proxy score and KL to the SFT."""
+    s = settings
+    completion = sampling.generate(
+        models.policy, policy_params, batch["prompt_ids"], batch["prompt_mask"], key,
+        max_new_tokens=s.response_length, eos_id=models.eos_id, pad_id=models.pad_id,
+        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+    seq, seq_mask = scoring.join(batch["prompt_ids"], batch["prompt_mask"], completion.tokens,
+                                 completion.mask)
+    prompt_len = batch["prompt_ids"].shape[1]
+    logprobs, _ = scoring.response_log_probs(models.policy, policy_params, seq, seq_mask,
+                                             prompt_len, s.temperature)
+    ref_logprobs, _ = scoring.response_log_probs(models.policy, frozen.ref, seq, seq_mask,
+                                                 prompt_len, s.temperature)
+    gold = (models.gold(batch["prompt_ids"], batch["prompt_mask"], completion.tokens,
+                        completion.mask) if models.gold is not None else jnp.zeros(seq.shape[0]))
+    proxy = (scoring.reward_scores(models.reward, frozen.reward, seq, seq_mask, models.gain,
+                                   models.bias) if models.reward is not None else gold)
+    return {"tokens": completion.tokens, "mask": completion.mask, "gold": gold,
+            "score": proxy, "kl": scoring.sequence_kl(logprobs, ref_logprobs, completion.mask)}

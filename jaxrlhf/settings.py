@@ -1,0 +1,289 @@
+"""Typed, frozen settings made from a run's ``ConfigDict`` at the boundary, validated once.
+
+The command line and experiment files speak ``ml_collections.ConfigDict`` (locked, so a
+misspelt field is an error); everything below the stage shells receives these dataclasses
+instead. They are immutable and hashable, so jitted code can close over them (or take them
+as static arguments) without reading a mutable dict. Every check names the offending config
+field (``config.ppo.clip=-1 must be >= 0``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ml_collections
+
+from jaxrlhf import parallel
+from jaxrlhf.data.preference import LABEL_MODES
+from jaxrlhf.models.config import ModelConfig
+from jaxrlhf.rl.kl import ESTIMATORS
+
+REWARD_SOURCES = ("model", "gold")
+VALUE_INITS = ("reward", "policy", "shared")
+
+
+def _fail(field: str, value: Any, why: str):
+    raise ValueError(f"config.{field}={value!r} {why}")
+
+
+def _positive(section: Any, prefix: str, fields: Sequence[str], *,
+              allow_zero: bool = False) -> None:
+    for name in fields:
+        value = getattr(section, name)
+        if value < 0 or (value == 0 and not allow_zero):
+            _fail(f"{prefix}.{name}", value, "must be >= 0" if allow_zero else "must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSettings:
+    """AdamW with linear warm-up then cosine decay, and global-norm clipping (0: off)."""
+    learning_rate: float
+    warmup_steps: int
+    end_lr_ratio: float
+    weight_decay: float
+    b1: float
+    b2: float
+    eps: float
+    grad_clip: float
+
+    def __post_init__(self):
+        _positive(self, "optim", ("learning_rate",))
+        _positive(self, "optim", ("warmup_steps", "grad_clip"), allow_zero=True)
+        if not 0.0 <= self.end_lr_ratio <= 1.0:
+            _fail("optim.end_lr_ratio", self.end_lr_ratio, "must lie in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """The shell's cadence. ``steps`` counts optimizer steps for SFT and reward modelling and
+    PPO *iterations* for PPO (each is ``ppo_epochs x num_minibatches`` optimizer steps);
+    ``run_steps`` > 0 stops an invocation after that many and checkpoints (re-run resumes)."""
+    steps: int
+    batch_size: int
+    grad_accum: int
+    log_every: int
+    eval_every: int
+    checkpoint_every: int
+    keep_checkpoints: int
+    num_samples: int
+    sample_tokens: int
+    tensorboard: bool
+    run_steps: int
+
+    def __post_init__(self):
+        _positive(self, "train", ("steps", "batch_size", "grad_accum", "log_every",
+                                  "eval_every", "checkpoint_every", "keep_checkpoints"))
+        _positive(self, "train", ("run_steps",), allow_zero=True)
+        if self.batch_size % self.grad_accum:
+            _fail("train.batch_size", self.batch_size,
+                  f"must be divisible by train.grad_accum={self.grad_accum}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+    """SFT data: a built-in ``task`` or a local file / ``datasets`` ``source``."""
+    task: str
+    source: str
+    eval_source: str
+    split: str
+    eval_split: str
+    tokenizer: str
+    bpe_vocab_size: int
+    max_len: int
+    num_train: int
+    num_eval: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardSettings:
+    """Bradley–Terry reward modelling: data source, truncation and loss options."""
+    source: str
+    split: str
+    eval_source: str
+    eval_split: str
+    num_train_pairs: int
+    num_eval_pairs: int
+    num_reference: int
+    max_prompt_tokens: int
+    max_response_tokens: int
+    label_mode: str
+    label_temperature: float
+    sample_temperature: float
+    use_margin: bool
+    center_coef: float
+
+    def __post_init__(self):
+        if self.label_mode not in LABEL_MODES:
+            _fail("reward.label_mode", self.label_mode, f"must be one of {LABEL_MODES}")
+        _positive(self, "reward", ("num_train_pairs", "num_eval_pairs", "num_reference",
+                                   "max_prompt_tokens", "max_response_tokens",
+                                   "label_temperature", "sample_temperature"))
+        _positive(self, "reward", ("center_coef",), allow_zero=True)
+
+    @property
+    def pair_length(self) -> int:
+        """Tokens of one scored row: prompt, response and the EOS."""
+        return self.max_prompt_tokens + self.max_response_tokens + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOSettings:
+    """PPO with the options of docs/design.md's PPO details (item numbers in the docs)."""
+    reward_source: str
+    reward_init: str
+    value_init: str
+    num_prompts: int
+    num_eval_prompts: int
+    prompt_length: int
+    response_length: int
+    batch_size: int
+    num_minibatches: int
+    ppo_epochs: int
+    grad_accum: int
+    temperature: float
+    top_k: int
+    top_p: float
+    kl_coef: float
+    kl_estimator: str
+    kl_in_reward: bool
+    adaptive_kl: bool
+    kl_target: float
+    kl_horizon: float
+    penalize_missing_eos: bool
+    missing_eos_penalty: float
+    truncate_token_id: int
+    truncate_min_length: int
+    whiten_rewards: bool
+    gamma: float
+    lam: float
+    clip: float
+    value_clip: float
+    vf_coef: float
+    ent_coef: float
+    ptx_coef: float
+    learning_rate: float
+    adam_eps: float
+    tf_adam: bool
+    single_program: bool
+
+    def __post_init__(self):
+        choices = {"reward_source": REWARD_SOURCES, "value_init": VALUE_INITS,
+                   "kl_estimator": ESTIMATORS}
+        for field, allowed in choices.items():
+            if getattr(self, field) not in allowed:
+                _fail(f"ppo.{field}", getattr(self, field), f"must be one of {allowed}")
+        _positive(self, "ppo", ("num_prompts", "num_eval_prompts", "prompt_length",
+                                "response_length", "batch_size", "num_minibatches",
+                                "ppo_epochs", "grad_accum", "temperature", "learning_rate",
+                                "adam_eps", "kl_target", "kl_horizon"))
+        _positive(self, "ppo", ("kl_coef", "clip", "value_clip", "vf_coef", "ent_coef",
+                                "ptx_coef"), allow_zero=True)
+        if self.reward_source == "gold" and self.value_init == "reward":
+            _fail("ppo.value_init", self.value_init,
+                  "needs a reward model, but ppo.reward_source='gold' trains without one; "
+                  "set --config.ppo.value_init=policy")
+        if self.batch_size % self.num_minibatches:
+            _fail("ppo.batch_size", self.batch_size,
+                  f"must be divisible by ppo.num_minibatches={self.num_minibatches}")
+        if not 0.0 < self.top_p <= 1.0:
+            _fail("ppo.top_p", self.top_p, "must lie in (0, 1]")
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.num_minibatches
+
+    @property
+    def updates_per_iteration(self) -> int:
+        """Optimizer steps in one PPO iteration: every minibatch of every epoch."""
+        return self.ppo_epochs * self.num_minibatches
+
+    @property
+    def shared_trunk(self) -> bool:
+        """The value head reads the policy's own trunk (``value_init='shared'``)."""
+        return self.value_init == "shared"
+
+
+def _section(cls, config: ml_collections.ConfigDict, name: str):
+    values = config[name].to_dict()
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ValueError(f"config.{name} has fields {unknown} that no stage reads; remove them")
+    return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """Everything one stage reads, typed. Build with :meth:`from_config`."""
+    seed: int
+    model: ModelConfig          # vocab_size 0: the tokenizer's size (models.build.resolve_config)
+    model_init: str             # a local HF directory to start from ("" = random init)
+    policy_init: str            # workdir of a finished SFT run ("" = none)
+    mesh: Mapping[str, int]
+    axis_rules: tuple[tuple[str, tuple[str, ...]], ...]
+    optim: OptimSettings
+    train: TrainSettings
+    data: DataSettings
+    reward: RewardSettings
+    ppo: PPOSettings
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> RunSettings:
+        """Typed settings of a single-stage config; raises ValueError naming the first bad
+        field. Checks that depend on the device count are in :meth:`check_mesh`."""
+        try:
+            model = ModelConfig(**config.model.to_dict()).validate(vocab_known=False)
+        except ValueError as e:
+            raise ValueError(f"config.{e}") from None
+        rules = parallel.rules_table(config.axis_rules)
+        return cls(seed=config.seed, model=model, model_init=config.model_init,
+                   policy_init=config.policy_init, mesh=dict(config.mesh.to_dict()),
+                   axis_rules=tuple(rules.items()),
+                   optim=_section(OptimSettings, config, "optim"),
+                   train=_section(TrainSettings, config, "train"),
+                   data=_section(DataSettings, config, "data"),
+                   reward=_section(RewardSettings, config, "reward"),
+                   ppo=_section(PPOSettings, config, "ppo"))
+
+    def __post_init__(self):
+        m = self.model
+        if self.data.max_len > m.max_seq_len:
+            _fail("data.max_len", self.data.max_len,
+                  f"exceeds model.max_seq_len={m.max_seq_len}")
+        r = self.reward
+        if r.pair_length > m.max_seq_len:
+            _fail("reward.max_response_tokens", r.max_response_tokens,
+                  f"with reward.max_prompt_tokens={r.max_prompt_tokens} and the EOS makes "
+                  f"{r.pair_length} tokens, more than model.max_seq_len={m.max_seq_len}")
+        p = self.ppo
+        if p.prompt_length + p.response_length > m.max_seq_len:
+            _fail("ppo.response_length", p.response_length,
+                  f"plus ppo.prompt_length={p.prompt_length} exceeds "
+                  f"model.max_seq_len={m.max_seq_len}")
+
+    @property
+    def rules(self) -> dict[str, tuple[str, ...]]:
+        """The logical-axis -> mesh-axes table (``parallel.rules_table`` form)."""
+        return dict(self.axis_rules)
+
+    def check_mesh(self, num_devices: int) -> None:
+        """The mesh tiles ``num_devices`` and every batch splits over its data axes."""
+        try:
+            dp = parallel.data_parallel_size(self.mesh, num_devices)
+        except ValueError as e:
+            raise ValueError(f"config.mesh: {e}") from None
+        t = self.train
+        micro = t.batch_size // t.grad_accum
+        if micro % dp:
+            _fail("train.batch_size", t.batch_size,
+                  f"gives micro-batches of {micro}, not divisible by the data-parallel size "
+                  f"{dp} (mesh.data x mesh.fsdp on {num_devices} devices)")
+        p = self.ppo
+        if p.minibatch_size % p.grad_accum or (p.minibatch_size // p.grad_accum) % dp:
+            _fail("ppo.grad_accum", p.grad_accum,
+                  f"must split minibatches of {p.minibatch_size} into micro-batches "
+                  f"divisible by the data-parallel size {dp}")
+        if p.batch_size % dp:
+            _fail("ppo.batch_size", p.batch_size,
+                  f"must be divisible by the data-parallel size {dp}")

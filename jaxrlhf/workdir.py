@@ -1,0 +1,139 @@
+"""A stage's workdir: the files a stage writes, and how later stages and commands read them.
+
+::
+
+    WORKDIR/config.json     the run's config          WORKDIR/metrics.jsonl  one row per logged step
+    WORKDIR/model.json      the model card            WORKDIR/samples.jsonl  decoded samples
+    WORKDIR/tokenizer/      the run's tokenizer       WORKDIR/summary.json   the stage's headline numbers
+    WORKDIR/checkpoints/    Orbax checkpoints         (reward) reward_normalization.json, calibration.json
+
+The model card records the model's config and where the checkpoint keeps its parameters, so
+:func:`load_model` reads any stage's workdir (SFT, reward, PPO) the same way.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+from flax import nnx
+
+from jaxrlhf import checkpoint, scoring
+from jaxrlhf.data import tokenizer as tokenizer_lib
+from jaxrlhf.models.build import abstract_model
+from jaxrlhf.models.config import ModelConfig
+from jaxrlhf.models.transformer import ScalarModel
+
+CONFIG_FILE = "config.json"
+MODEL_CARD = "model.json"
+TOKENIZER_DIR = "tokenizer"
+CHECKPOINT_DIR = "checkpoints"
+SAMPLES_FILE = "samples.jsonl"
+SUMMARY_FILE = "summary.json"
+NORMALIZATION_FILE = "reward_normalization.json"
+CALIBRATION_FILE = "calibration.json"
+
+
+def write_json(workdir: str, name: str, value: Any) -> None:
+    """``value`` as indented JSON in ``workdir/name``."""
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, name), "w") as f:
+        json.dump(value, f, indent=2, default=str)
+
+
+def read_json(workdir: str, name: str) -> Any:
+    with open(os.path.join(workdir, name)) as f:
+        return json.load(f)
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    write_json(workdir, CONFIG_FILE, config.to_dict())
+
+
+def run_tokenizer(workdir: str, *, inherited=None, directory: str = "", task=None,
+                  texts: Sequence[str] = (), bpe_vocab_size: int = 1024):
+    """The run's tokenizer, saved in ``workdir/tokenizer`` so later stages and resumes use
+    exactly the same one. The first of: the one already saved there, the one a previous
+    stage used (``inherited``), a local tokenizer ``directory``, the ``task``'s own, or a
+    byte-level BPE of ``bpe_vocab_size`` trained on ``texts``."""
+    saved = os.path.join(workdir, TOKENIZER_DIR)
+    if os.path.isdir(saved):
+        return tokenizer_lib.load_tokenizer(saved)
+    if inherited is not None:
+        tokenizer = inherited
+    elif directory:
+        tokenizer = tokenizer_lib.load_tokenizer(directory)
+    elif task is not None:
+        tokenizer = task.tokenizer
+    else:
+        tokenizer = tokenizer_lib.train_bpe_tokenizer(texts, bpe_vocab_size)
+    tokenizer.save_pretrained(saved)
+    return tokenizer
+
+
+def write_model_card(workdir: str, model_config: ModelConfig, params_key: str) -> None:
+    """Record which model a run trains and under which key of its train state the
+    checkpoint keeps the parameters (``params`` for SFT and reward, ``policy`` for PPO)."""
+    write_json(workdir, MODEL_CARD, {"model": dataclasses.asdict(model_config),
+                                     "params_key": params_key})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+    """A trained model read back from a stage's workdir (parameters on one device)."""
+    tokenizer: Any
+    model_config: ModelConfig
+    graphdef: nnx.GraphDef
+    params: nnx.State
+    workdir: str
+
+
+def load_model(workdir: str, model_cls: Callable[..., nnx.Module], **kwargs) -> TrainedModel:
+    """The newest checkpoint of the run in ``workdir`` as ``model_cls`` (``CausalLM`` for an
+    SFT or PPO run, ``ScalarModel`` for a reward run), with its tokenizer and model config.
+    A missing or incompatible checkpoint is a clear error."""
+    if not os.path.exists(os.path.join(workdir, MODEL_CARD)):
+        raise FileNotFoundError(f"{workdir} holds no trained model (no {MODEL_CARD}); pass the "
+                                "workdir of a finished run of the right stage")
+    card = read_json(workdir, MODEL_CARD)
+    model_config = ModelConfig(**card["model"])
+    tokenizer = tokenizer_lib.load_tokenizer(os.path.join(workdir, TOKENIZER_DIR))
+    graphdef, abstract = abstract_model(model_cls, model_config, **kwargs)
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    _, tree = checkpoint.restore_subtree(os.path.join(workdir, CHECKPOINT_DIR),
+                                         card["params_key"], sharding)
+    try:
+        params = checkpoint.nnx_state_from_tree(abstract, tree)
+    except ValueError as e:
+        raise ValueError(f"{workdir}: {e} (expected a {model_cls.__name__})") from None
+    return TrainedModel(tokenizer, model_config, graphdef, params, workdir)
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardModel:
+    """A trained reward model with the gain and bias that normalise its scores (mean 0,
+    std 1 on the reference responses; docs/design.md, PPO detail 9)."""
+    model: TrainedModel
+    gain: float
+    bias: float
+
+    def score(self, ids: jax.Array, mask: jax.Array, params: nnx.State | None = None) -> jax.Array:
+        """Normalised scores ``gain * raw + bias`` of sequences [batch, seq] -> [batch]
+        (traceable)."""
+        params = self.model.params if params is None else params
+        return scoring.reward_scores(self.model.graphdef, params, ids, mask, self.gain, self.bias)
+
+
+def load_reward_model(workdir: str) -> RewardModel:
+    """The newest reward-model checkpoint in ``workdir`` and its fitted gain and bias."""
+    path = os.path.join(workdir, NORMALIZATION_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing: the reward-model run in {workdir} did not "
+                                "finish; re-run it to completion")
+    normalization = read_json(workdir, NORMALIZATION_FILE)
+    model = load_model(workdir, ScalarModel, head_init="normal")
+    return RewardModel(model, normalization["gain"], normalization["bias"])
