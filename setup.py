@@ -24,6 +24,7 @@ setup(
         "tqdm>=4.66",
         "tensorboardX>=2.6",
         "matplotlib>=3.8",
+        "pandas>=2.0",
         "jinja2>=3.1",
     ],
     extras_require={

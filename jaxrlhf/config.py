@@ -6,7 +6,9 @@ rule 6) by building the typed settings of ``jaxrlhf.settings``, which the stages
 """
 from __future__ import annotations
 
+import difflib
 import os
+from typing import Any
 
 import ml_collections
 
@@ -103,6 +105,45 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
+
+
+def field_names(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Every leaf field of ``config`` as a dotted name (``ppo.kl_coef``)."""
+    names = []
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict):
+            names += field_names(value, name + ".")
+        else:
+            names.append(name)
+    return names
+
+
+def unknown_field_message(config: ml_collections.ConfigDict, name: str) -> str:
+    """``unknown config field 'x'; did you mean 'ppo.x'?`` with the closest known names."""
+    known = field_names(config)
+    leaf = name.rsplit(".", 1)[-1]
+    same_leaf = [k for k in known if k.rsplit(".", 1)[-1] == leaf]
+    close = same_leaf or difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return f"unknown config field {name!r}{hint}"
+
+
+def override(config: ml_collections.ConfigDict, name: str, value: Any) -> None:
+    """Set the dotted field ``name`` of ``config`` to ``value``, as ``--config.NAME=VALUE``
+    does: the field must exist and the value must fit its type."""
+    *parents, leaf = name.split(".")
+    node = config
+    for part in parents:
+        if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+            raise ValueError(unknown_field_message(config, name))
+        node = node[part]
+    if leaf not in node or isinstance(node[leaf], ml_collections.ConfigDict):
+        raise ValueError(unknown_field_message(config, name))
+    try:
+        node[leaf] = value
+    except TypeError as e:
+        raise TypeError(f"config.{name}={value!r}: {e}") from None
 
 
 def is_pipeline(config: ml_collections.ConfigDict) -> bool:
