@@ -166,6 +166,7 @@ class PPOSettings:
     adam_eps: float
     tf_adam: bool
     single_program: bool
+    whiten_advantages: bool
 
     def __post_init__(self):
         choices = {"reward_source": REWARD_SOURCES, "value_init": VALUE_INITS,

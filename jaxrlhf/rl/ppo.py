@@ -184,8 +184,8 @@ def add_ptx_gradient(grads: dict[str, Any], policy: nnx.State, ptx: Batch, graph
 def update(state: PPOState, r: Rollout, ptx: Batch | None, *, models: Models,
            settings: PPOSettings, optimizers: Optimizers) -> tuple[PPOState, Metrics]:
     """``ppo_epochs`` passes over the rollout in shuffled minibatches (PPO detail 13),
-    advantages whitened per minibatch over real tokens (detail 11), gradients accumulated
-    over ``grad_accum`` micro-batches. Returns the new state and minibatch-mean metrics."""
+    advantages whitened per minibatch over real tokens (detail 11, ``whiten_advantages``),
+    gradients accumulated over ``grad_accum`` micro-batches. Returns the new state and minibatch-mean metrics."""
     s = settings
     batch_size = r.query.shape[0]
     rng, epoch_key = jax.random.split(jax.random.wrap_key_data(state.rng))
@@ -195,7 +195,8 @@ def update(state: PPOState, r: Rollout, ptx: Batch | None, *, models: Models,
     def minibatch_update(carry, indices):
         params, (pol_opt, val_opt) = carry
         mb = jax.tree.map(lambda x: x[indices], data)
-        mb["advantages"] = adv_lib.masked_whiten(mb["advantages"], mb["mask"])
+        if s.whiten_advantages:                                        # PPO detail 11
+            mb["advantages"] = adv_lib.masked_whiten(mb["advantages"], mb["mask"])
         grads, metrics, _ = optim.accumulated_gradients(loss_fn, params, mb, s.grad_accum)
         if ptx is not None:
             grads = add_ptx_gradient(grads, params["policy"], ptx, models.policy, s.ptx_coef)
