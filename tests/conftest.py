@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAXRLHF_NO_PROGRESS", "1")
@@ -48,3 +50,16 @@ def read_summary(workdir):
         summary = json.load(f)
     summary.pop("wall_seconds", None)
     return summary
+
+
+@pytest.fixture(scope="session")
+def smoke_root(tmp_path_factory):
+    """One directory for every SMOKE-sized notebook and experiment run of the session, so
+    they share the smoke SFT policy (``jaxrlhf.run_once``) and one XLA compilation cache."""
+    return tmp_path_factory.mktemp("smoke")
+
+
+@pytest.fixture(scope="session")
+def smoke_env(smoke_root):
+    """Extra environment for SMOKE subprocesses and kernels: a shared compilation cache."""
+    return {"JAX_COMPILATION_CACHE_DIR": str(smoke_root / "xla_cache")}

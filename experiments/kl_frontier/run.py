@@ -102,7 +102,8 @@ def plot(results: Mapping[str, Any]) -> Figure:
                          fmt="o-", color=color, label=label, capsize=2, ms=4, lw=1)
         for _, p in group.iterrows():
             gold_ax.annotate(f"\u03b2={p['kl_coef']:g}", (p["kl"], p["gold"]), fontsize=7,
-                             xytext=(3, -9), textcoords="offset points", color=color)
+                             xytext=(-22, 5) if source == "gold" else (3, -10),
+                             textcoords="offset points", color=color)
         if source == "model":
             score_ax.errorbar(group["kl"], group["score"], xerr=group["kl_se"],
                               yerr=group["score_se"], fmt="o-", color=color, capsize=2, ms=4,
