@@ -7,7 +7,6 @@ into PPO should keep that loss down at similar reward (Ouyang et al. 2022, eq. 2
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Mapping
 from typing import Any
 
