@@ -13,14 +13,6 @@ from jaxrlhf.settings import RunSettings
 from jaxrlhf.trainers import ppo
 
 
-@pytest.fixture(scope="module")
-def sft_workdir(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("sft")
-    run_cli("sft", "configs/sft/quickstart.py", workdir, "--config.train.steps=200",
-         "--config.train.eval_every=100", "--config.train.checkpoint_every=100")
-    return str(workdir)
-
-
 GOLD = ("--config.ppo.reward_source=gold", "--config.ppo.value_init=policy")
 SMALL = ("--config.ppo.batch_size=32", "--config.ppo.num_minibatches=2",
          "--config.ppo.ppo_epochs=2", "--config.train.log_every=1")
