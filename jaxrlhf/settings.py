@@ -221,7 +221,7 @@ class PPOSettings:
 
     @property
     def uses_value_model(self) -> bool:
-        """Whether the advantage estimator needs a learned value (GAE); critic-free ones
+        """Whether the advantage estimator needs a value model (GAE); critic-free ones
         (GRPO, RLOO, REINFORCE) build and store none."""
         return ADVANTAGE_ESTIMATORS[self.advantage].needs_values
 
@@ -236,32 +236,24 @@ class DPOSettings:
     """A loss of the DPO family (``jaxrlhf.losses.PREFERENCE_LOSSES``) and its options."""
     loss: str
     beta: float
-    label_smoothing: float
-    simpo_gamma: float
+    label_smoothing: float      # cDPO only: the assumed label-flip rate
+    simpo_gamma: float          # SimPO only: the target margin
 
     def __post_init__(self):
         if self.loss not in PREFERENCE_LOSSES:
             _fail("dpo.loss", self.loss, f"must be one of {tuple(PREFERENCE_LOSSES)}")
         _positive(self, "dpo", ("beta",))
         _positive(self, "dpo", ("simpo_gamma",), allow_zero=True)
-        if self.loss == "cdpo" and not 0.0 < self.label_smoothing < 0.5:
+        if not (0.0 < self.label_smoothing < 0.5 if self.loss == "cdpo"
+                else self.label_smoothing == 0.0):
             _fail("dpo.label_smoothing", self.label_smoothing,
-                  "must lie in (0, 0.5) for dpo.loss='cdpo' (the assumed label-flip rate)")
-        if self.loss != "cdpo" and self.label_smoothing != 0.0:
-            _fail("dpo.label_smoothing", self.label_smoothing,
-                  f"only applies to dpo.loss='cdpo', not {self.loss!r}; leave it 0")
-
-    def objective(self):
-        """The configured loss: ``(PreferenceLogProbs) -> (loss, metrics)``."""
-        loss = PREFERENCE_LOSSES[self.loss]
-        return lambda x: loss(x, self)
+                  "must lie in (0, 0.5) for dpo.loss='cdpo' and be 0 for the other losses")
 
 
 @dataclasses.dataclass(frozen=True)
 class BestOfNSettings:
-    """Best-of-n sampling: ``n`` responses to each of ``num_prompts`` prompts of the task
-    (the held-out ``eval`` prompts or the ``train`` prompts), sampled in batches of
-    ``batch_size`` responses."""
+    """``n`` samples for each of ``num_prompts`` task prompts (``split``: the held-out
+    ``eval`` prompts or PPO's ``train`` prompts), ``batch_size`` samples at a time."""
     n: int
     num_prompts: int
     split: str
@@ -275,10 +267,9 @@ class BestOfNSettings:
 
 @dataclasses.dataclass(frozen=True)
 class LoRASettings:
-    """Low-rank adapters (Hu et al. 2021): ``rank`` 0 trains every parameter; otherwise
-    only adapters on the linear layers whose names fully match the regular expression
-    ``targets`` (and a scalar model's head) train, over a frozen base kept in
-    ``base_dtype``."""
+    """Adapters (``jaxrlhf.models.lora``) of ``rank`` (0: off, every parameter trains) on
+    the linear layers whose names fully match the regular expression ``targets``, over a
+    frozen base kept in ``base_dtype``."""
     rank: int
     alpha: float
     targets: str
@@ -287,12 +278,12 @@ class LoRASettings:
     def __post_init__(self):
         _positive(self, "lora", ("rank",), allow_zero=True)
         _positive(self, "lora", ("alpha",))
+        if self.base_dtype not in DTYPES:
+            _fail("lora.base_dtype", self.base_dtype, f"must be one of {DTYPES}")
         try:
             re.compile(self.targets)
         except re.error as e:
             _fail("lora.targets", self.targets, f"is not a regular expression: {e}")
-        if self.base_dtype not in DTYPES:
-            _fail("lora.base_dtype", self.base_dtype, f"must be one of {DTYPES}")
 
     @property
     def config(self) -> LoRAConfig | None:

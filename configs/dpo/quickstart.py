@@ -11,7 +11,7 @@ from jaxrlhf.config import base_config
 
 def get_config():
     c = base_config()
-    c.optim.learning_rate = 1e-4
+    c.optim.learning_rate = 3e-4
     c.optim.warmup_steps = 10
     c.train.steps = 120
     c.train.log_every = 10

@@ -96,7 +96,8 @@ def build(settings: RunSettings, policy: TrainedModel, mesh: Mesh) -> supervised
         init, frozen = lora_init(CausalLM, policy.model_config, policy.params, lora=lora,
                                  seed=settings.seed, base_dtype=settings.lora.base_dtype)
     return supervised.build(
-        loss=functools.partial(dpo_loss, objective=settings.dpo.objective()),
+        loss=functools.partial(dpo_loss, objective=functools.partial(
+            losses.PREFERENCE_LOSSES[settings.dpo.loss], s=settings.dpo)),
         model_cls=CausalLM, model_config=policy.model_config, init_params=init,
         optim_settings=settings.optim, train=settings.train, mesh=mesh, rules=settings.rules,
         frozen=frozen, lora=lora)
