@@ -84,17 +84,22 @@ def sample_main() -> None:
             print(f"{row['prompt']!r} -> {row['completion']!r}")
 
 
-def export_main() -> None:
-    """Write a run's policy as a HF checkpoint directory (LoRA adapters merged)."""
+def export(run_dir: str, output: str) -> None:
+    """Write the policy of the run in ``run_dir`` (LoRA adapters merged) and its tokenizer
+    as a HF checkpoint directory ``output``."""
     from flax import nnx
     from jaxrlhf import workdir
     from jaxrlhf.models import hf
     from jaxrlhf.models.transformer import CausalLM
+    policy = workdir.load_model(run_dir, CausalLM)
+    hf.save_causal_lm(nnx.merge(policy.graphdef, policy.params), output)
+    policy.tokenizer.save_pretrained(output)
+
+
+def export_main() -> None:
     if not _CHECKPOINT.value or not _OUTPUT.value:
         raise app.UsageError("export needs --checkpoint=RUN_DIR and --output=HF_DIR")
-    policy = workdir.load_model(_CHECKPOINT.value, CausalLM)
-    hf.save_causal_lm(nnx.merge(policy.graphdef, policy.params), _OUTPUT.value)
-    policy.tokenizer.save_pretrained(_OUTPUT.value)
+    export(_CHECKPOINT.value, _OUTPUT.value)
     print(f"wrote {_OUTPUT.value}")
 
 

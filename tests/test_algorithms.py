@@ -92,7 +92,8 @@ def test_api_sweeps_best_of_n_and_runs_reference_free_dpo(sft_workdir, reward_wo
     """What the algorithms comparison needs: each method from a config at a chosen strength
     and seed, with PPO's summary keys."""
     base = jaxrlhf.load_config("configs/bon/quickstart.py", policy_init=sft_workdir,
-                               **{"ppo.reward_init": reward_workdir, "bon.num_prompts": 64})
+                               **{"ppo.reward_init": reward_workdir, "bon.num_prompts": 32,
+                                  "bon.batch_size": 128})
     table = jaxrlhf.sweep("bon", base, {"bon.n": [1, 4]}, str(tmp_path / "bon"), progress=False)
     keys = ("gold_before", "gold_before_stderr", "gold_after", "gold_after_stderr", "kl")
     assert all(k in table for k in keys)
@@ -103,8 +104,8 @@ def test_api_sweeps_best_of_n_and_runs_reference_free_dpo(sft_workdir, reward_wo
     config = jaxrlhf.load_config(
         "configs/dpo/quickstart.py", policy_init=sft_workdir,
         **{"dpo.loss": "simpo", "dpo.beta": 2.0, "train.steps": 4, "train.eval_every": 4,
-           "train.checkpoint_every": 4, "reward.num_train_pairs": 128,
-           "reward.num_eval_pairs": 64, "ppo.num_eval_prompts": 32, "train.tensorboard": False})
+           "train.checkpoint_every": 4, "reward.num_train_pairs": 64,
+           "reward.num_eval_pairs": 32, "ppo.num_eval_prompts": 16, "train.tensorboard": False})
     result = jaxrlhf.run("dpo", config, str(tmp_path / "simpo"))
     assert all(np.isfinite(result.summary[k]) for k in keys)
     assert result.summary["loss"] == "simpo"

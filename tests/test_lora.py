@@ -145,14 +145,14 @@ def test_reward_model_trains_adapters_and_its_head():
 def test_lora_sft_resumes_exactly_checkpoints_adapters_and_exports_merged(sft_workdir,
                                                                             tmp_path):
     common = (f"--config.policy_init={sft_workdir}", "--config.lora.rank=4",
-              "--config.train.steps=6", "--config.train.log_every=1",
-              "--config.train.eval_every=3", "--config.train.checkpoint_every=2",
-              "--config.ppo.num_eval_prompts=16", "--config.train.num_samples=0")
+              "--config.train.steps=4", "--config.train.log_every=1",
+              "--config.train.eval_every=4", "--config.train.checkpoint_every=2",
+              "--config.ppo.num_eval_prompts=8", "--config.train.num_samples=0")
     straight, split = tmp_path / "straight", tmp_path / "split"
     run_cli("sft", "configs/sft/quickstart.py", straight, *common)
-    run_cli("sft", "configs/sft/quickstart.py", split, *common, "--config.train.run_steps=3")
+    run_cli("sft", "configs/sft/quickstart.py", split, *common, "--config.train.run_steps=2")
     resumed = run_cli("sft", "configs/sft/quickstart.py", split, *common)
-    assert "resuming from step 3" in resumed.stdout
+    assert "resuming from step 2" in resumed.stdout
     assert metric_rows(split) == metric_rows(straight)
 
     # the checkpoint holds the adapters only; the card points to the base
@@ -182,7 +182,8 @@ def test_lora_sft_resumes_exactly_checkpoints_adapters_and_exports_merged(sft_wo
     pytest.importorskip("torch")
     import torch
     import transformers
-    run_cli("export", f"--checkpoint={straight}", f"--output={tmp_path / 'hf'}")
+    from jaxrlhf.cli import export
+    export(str(straight), str(tmp_path / "hf"))
     tm = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
     pos = scoring.positions_from_mask(mask)
     with torch.no_grad():

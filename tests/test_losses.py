@@ -212,8 +212,8 @@ def test_identical_chosen_and_rejected_give_zero_gradient(name):
         batch = {"chosen_ids": ids, "chosen_mask": mask, "rejected_ids": rejected_ids,
                  "rejected_mask": mask, "prompt_length": prompt_length,
                  "ref_chosen_logps": ref, "ref_rejected_logps": ref}
-        grads = jax.grad(lambda p: dpo.dpo_loss(graphdef, p, batch, objective=objective)[0])(
-            params)
+        grads = jax.jit(jax.grad(lambda p: dpo.dpo_loss(graphdef, p, batch,
+                                                        objective=objective)[0]))(params)
         return max(float(np.abs(g).max()) for g in jax.tree.leaves(grads))
 
     different = ids.copy()
