@@ -1,12 +1,12 @@
 """jaxrlhf: the three stages of RLHF as pure jitted steps over a sharded device mesh.
 
-The notebook API — ``jaxrlhf.load_config``, ``jaxrlhf.run``, ``jaxrlhf.sweep``,
-``jaxrlhf.load_result`` — lives in :mod:`jaxrlhf.api` and is imported on first use, so
-importing a submodule (``jaxrlhf.models``) does not load the trainers.
+The notebook API — ``jaxrlhf.load_config``, ``jaxrlhf.run``, ``jaxrlhf.run_once``,
+``jaxrlhf.sweep``, ``jaxrlhf.load_result`` — lives in :mod:`jaxrlhf.api` and is imported
+on first use, so importing a submodule (``jaxrlhf.models``) does not load the trainers.
 """
 
 __version__ = "0.1.0"
-_API = ("load_config", "run", "sweep", "load_result", "Result")
+_API = ("load_config", "run", "sweep", "load_result", "Result", "run_once")
 
 
 def __getattr__(name: str):

@@ -7,6 +7,7 @@
     result = jaxrlhf.run("ppo", config, "runs/ppo")            # summary, metrics, paths
     table = jaxrlhf.sweep("ppo", config, {"ppo.kl_coef": [0.02, 0.1], "seed": [0, 1, 2]},
                           "runs/kl_sweep")                    # one row per point
+    sft = jaxrlhf.run_once("sft", config, "runs/shared_sft")  # reused while the config matches
 
 Everything runs in this process through the same stage shells as ``python -m jaxrlhf``;
 nothing shells out. A run resumes from its workdir, so re-running a notebook cell finishes
@@ -144,15 +145,22 @@ def sweep(stage: str, config: ml_collections.ConfigDict, grid: Mapping[str, Sequ
     rows = []
     for overrides in tqdm(points, desc=f"sweep {stage}", disable=not progress
                           or os.environ.get("JAXRLHF_NO_PROGRESS") == "1"):
-        point_config = with_overrides(config, overrides)
         point_dir = os.path.join(workdir, point_name(overrides))
-        _claim(point_dir, point_config, overrides)
-        if finished(stage, point_config, point_dir):
-            result = load_result(stage, point_dir)
-        else:
-            result = run(stage, point_config, point_dir)
+        result = run_once(stage, with_overrides(config, overrides), point_dir, overrides)
         rows.append({**overrides, **_flat(result.summary), "workdir": point_dir})
     return pd.DataFrame(rows)
+
+
+def run_once(stage: str, config: ml_collections.ConfigDict, workdir: str,
+             overrides: Mapping[str, Any] | None = None) -> Result:
+    """:func:`run`, unless ``workdir`` already holds the finished run of this config: then
+    its result is read back without compiling anything. A ``workdir`` that holds a run of a
+    different config is an error, so shared runs (one SFT policy for many experiments) are
+    reused only when they are what was asked for. ``overrides`` are recorded with it."""
+    _claim(workdir, config, overrides or {})
+    if finished(stage, config, workdir):
+        return load_result(stage, workdir)
+    return run(stage, config, workdir)
 
 
 def finished(stage: str, config: ml_collections.ConfigDict, workdir: str) -> bool:

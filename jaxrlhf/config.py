@@ -91,6 +91,10 @@ def base_config() -> ml_collections.ConfigDict:
         clip=0.2, value_clip=0.2, vf_coef=0.1, ent_coef=0.0, ptx_coef=0.0,               # [12]
         learning_rate=1e-5, adam_eps=1e-5, tf_adam=False,                               # [16, 17]
         single_program=True))
+    # Whiten advantages per minibatch over real tokens [11] where the estimator calls for it
+    # (GAE, REINFORCE; GRPO and RLOO normalise their own); False uses them as they are.
+    c.ppo.whiten_advantages = True
+
     # Advantage estimator (jaxrlhf.rl.advantages): "gae" (PPO, with a value model), or the
     # critic-free "grpo", "rloo", "reinforce" (no value model is built). num_generations
     # responses per prompt, so batch_size / num_generations prompts per iteration;
@@ -127,13 +131,17 @@ STAGES = (*PIPELINE_STAGES, "dpo", "bon")
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
-    """``get_config()`` of a config file, so one experiment file can reuse another's."""
+    """``get_config()`` of a config file, so one experiment file can reuse another's.
+    ``FILE.py:ARG`` calls ``get_config(ARG)``, as ``--config=FILE.py:ARG`` does on the
+    command line (ml_collections' convention; e.g. ``configs/experiments/stages.py:smoke``)."""
     import importlib.util
+    stem, colon, arg = path.partition(".py:")
+    path = stem + ".py" if colon else path
     spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0],
                                                   path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    return module.get_config(arg) if arg else module.get_config()
 
 
 def field_names(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:

@@ -171,6 +171,7 @@ class PPOSettings:
     adam_eps: float
     tf_adam: bool
     single_program: bool
+    whiten_advantages: bool
     advantage: str
     num_generations: int
     scale_rewards: bool

@@ -70,3 +70,16 @@ def reward_workdir(sft_workdir, tmp_path_factory):
             f"--config.policy_init={sft_workdir}", "--config.train.steps=150",
             "--config.train.eval_every=150", "--config.train.checkpoint_every=150")
     return str(workdir)
+
+
+@pytest.fixture(scope="session")
+def smoke_root(tmp_path_factory):
+    """One directory for every SMOKE-sized notebook and experiment run of the session, so
+    they share the smoke SFT policy (``jaxrlhf.run_once``) and one XLA compilation cache."""
+    return tmp_path_factory.mktemp("smoke")
+
+
+@pytest.fixture(scope="session")
+def smoke_env(smoke_root):
+    """Extra environment for SMOKE subprocesses and kernels: a shared compilation cache."""
+    return {"JAX_COMPILATION_CACHE_DIR": str(smoke_root / "xla_cache")}

@@ -56,3 +56,27 @@ def test_run_returns_summary_and_metrics(tmp_path):
     assert result.metrics["eval/loss"].notna().sum() == 3  # steps 0, 2 and 4
     with pytest.raises(ValueError, match="single-stage"):
         jaxrlhf.run("sft", jaxrlhf.load_config("configs/pipeline/quickstart.py"), str(tmp_path))
+
+
+def test_run_once_reuses_a_finished_run_and_refuses_another_config(tmp_path, monkeypatch):
+    config = jaxrlhf.load_config(SFT, **TINY)
+    first = jaxrlhf.run_once("sft", config, str(tmp_path))
+    monkeypatch.setitem(pipeline.TRAINERS, "sft", lambda *a: pytest.fail("ran again"))
+    again = jaxrlhf.run_once("sft", config, str(tmp_path))
+    assert again.summary == first.summary and again.metrics.equals(first.metrics)
+    with pytest.raises(ValueError, match=r"different config .*'seed'"):
+        jaxrlhf.run_once("sft", api.with_overrides(config, {"seed": 1}), str(tmp_path))
+
+
+def test_load_config_passes_its_argument_to_get_config():
+    full = jaxrlhf.load_config("configs/experiments/stages.py")
+    assert full == jaxrlhf.load_config("configs/experiments/stages.py:full")
+    for stage in ("sft", "reward", "ppo"):  # the quickstart stages, without TensorBoard
+        quickstart = jaxrlhf.load_config(f"configs/{stage}/quickstart.py",
+                                         **{"train.tensorboard": False})
+        assert full[stage] == quickstart, stage
+    smoke = jaxrlhf.load_config("configs/experiments/stages.py:smoke", **{"ppo.seed": 4})
+    assert smoke.ppo.seed == 4 and smoke.ppo.train.steps < full.ppo.train.steps
+    assert smoke.sft.model.d_model < full.sft.model.d_model
+    with pytest.raises(ValueError, match="size 'huge' is not one of"):
+        jaxrlhf.load_config("configs/experiments/stages.py:huge")

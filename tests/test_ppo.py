@@ -1,5 +1,6 @@
 """PPO end to end on the built-in task: gold reward rises with finite KL, exact resume,
 and the single-program iteration equals the phased fallback."""
+import functools
 import json
 
 import jax
@@ -10,6 +11,7 @@ from flax import nnx
 from configs.ppo import quickstart
 from conftest import metric_rows, read_summary, run_cli
 from jaxrlhf import parallel
+from jaxrlhf.rl import ppo as ppo_lib
 from jaxrlhf.settings import RunSettings
 from jaxrlhf.trainers import ppo
 
@@ -47,6 +49,7 @@ def test_ppo_resumes_exactly_across_processes(sft_workdir, tmp_path):
     # on the policy's trunk
     dict(kl_in_reward=False, kl_estimator="k3", adaptive_kl=True, ent_coef=0.01,
          ptx_coef=0.1, whiten_rewards=True, tf_adam=True, grad_accum=2, value_init="shared"),
+    dict(whiten_advantages=False),
     # critic-free GRPO on LoRA adapters (merged for sampling), 4 responses per prompt
     dict(advantage="grpo", num_generations=4, kl_in_reward=False, kl_estimator="k3",
          lora_rank=4),
@@ -88,6 +91,32 @@ def test_single_program_equals_phased(sft_workdir, options):
         assert any(np.abs(b).max() > 0 for b in p1)
     for a, b in zip(p1, p2):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("whiten", [True, False])
+def test_whiten_advantages_switches_per_minibatch_whitening(sft_workdir, whiten):
+    """Equal advantages on every real token whiten to zero: with whitening (detail 11) the
+    policy gradient vanishes and the policy stays put; without it the policy moves."""
+    config = quickstart.get_config()
+    config.policy_init = sft_workdir
+    config.ppo.update(reward_source="gold", value_init="policy", batch_size=16,
+                      num_minibatches=2, ppo_epochs=1, whiten_advantages=whiten)
+    settings = RunSettings.from_config(config)
+    mesh = parallel.make_mesh({"data": 1}, jax.devices()[:1])
+    policy, reward, task = ppo.load_inputs(settings)
+    program = ppo.build(settings, mesh, policy, reward, task)
+    state = program.init_state()
+    batch = ppo.prompt_arrays(policy.tokenizer, task.demonstrations(16, seed=0), settings)
+    state, rollout = jax.jit(functools.partial(ppo_lib.rollout, models=program.models,
+                                               settings=settings.ppo))(state, program.frozen, batch)
+    rollout = rollout._replace(advantages=0.5 * rollout.mask.astype(np.float32))  # exact mean
+    new, _ = jax.jit(functools.partial(ppo_lib.update, ptx=None, models=program.models,
+                                       settings=settings.ppo,
+                                       optimizers=ppo.make_optimizers(settings)))(
+        state, program.frozen, rollout)
+    moved = max(float(np.max(np.abs(a - b))) for a, b in
+                zip(jax.tree.leaves(new.policy), jax.tree.leaves(state.policy)))
+    assert (moved == 0.0) if whiten else (moved > 1e-4), moved
 
 
 def test_sample_cli_writes_completions(sft_workdir, tmp_path):

@@ -216,16 +216,16 @@ def add_ptx_gradient(grads: dict[str, Any], policy: nnx.State, ptx: Batch, model
 def update(state: PPOState, frozen: Frozen, r: Rollout, ptx: Batch | None, *, models: Models,
            settings: PPOSettings, optimizers: Optimizers) -> tuple[PPOState, Metrics]:
     """``ppo_epochs`` passes over the rollout in shuffled minibatches (PPO detail 13),
-    advantages whitened per minibatch over real tokens (detail 11) when the estimator asks
-    for it, gradients accumulated over ``grad_accum`` micro-batches. Returns the new state
-    and minibatch-mean metrics."""
+    advantages whitened per minibatch over real tokens (detail 11, ``whiten_advantages``)
+    when the estimator asks for it, gradients accumulated over ``grad_accum`` micro-batches.
+    Returns the new state and minibatch-mean metrics."""
     s = settings
     batch_size = r.query.shape[0]
     rng, epoch_key = jax.random.split(jax.random.wrap_key_data(state.rng))
     data = r._asdict()
     loss_fn = functools.partial(ppo_loss, models=models, settings=s, kl_coef=state.kl["beta"],
                                 frozen=frozen)
-    whiten = adv_lib.ESTIMATORS[s.advantage].whiten
+    whiten = s.whiten_advantages and adv_lib.ESTIMATORS[s.advantage].whiten
 
     def step(optimizer, grads, opt_state, params):
         if params is None:                        # no value model: nothing to update
@@ -236,7 +236,7 @@ def update(state: PPOState, frozen: Frozen, r: Rollout, ptx: Batch | None, *, mo
     def minibatch_update(carry, indices):
         params, (pol_opt, val_opt) = carry
         mb = jax.tree.map(lambda x: x[indices], data)
-        if whiten:
+        if whiten:                                                     # PPO detail 11
             mb["advantages"] = adv_lib.masked_whiten(mb["advantages"], mb["mask"])
         grads, metrics, _ = optim.accumulated_gradients(loss_fn, params, mb, s.grad_accum)
         if ptx is not None:

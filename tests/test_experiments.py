@@ -1,0 +1,134 @@
+"""The paper-figure experiments: each committed verdict is recomputed from its raw series,
+each runner runs end to end at smoke size, and each criterion passes and fails where it
+should on synthetic series."""
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from experiments import common
+from notebooks.run import kernel_environment
+
+EXPERIMENTS = ["rl_overoptimization", "kl_frontier", "rm_margin", "ptx_alignment_tax"]
+
+
+def module(name):
+    return importlib.import_module(f"experiments.{name}.run")
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_committed_verdict_follows_from_its_series(name):
+    experiment, result = module(name), common.load(name)
+    verdict = experiment.criterion(result["series"])
+    assert verdict["passed"] == result["passed"]
+    assert json.dumps(verdict["measured"], default=float) == json.dumps(result["measured"],
+                                                                        default=float)
+    assert result["criterion"] == experiment.CRITERION and result["claim"] == experiment.CLAIM
+    folder = os.path.join(REPO, "experiments", name)
+    assert os.path.exists(os.path.join(folder, common.FIGURE_FILE))
+    with open(os.path.join(folder, "README.md")) as f:
+        readme = f.read()
+    assert experiment.CRITERION in " ".join(readme.split()), "the README states the criterion"
+    assert ("**PASS**" if result["passed"] else "**FAIL**") in readme
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_runner_at_smoke_size(name, smoke_root, smoke_env, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", f"experiments.{name}.run",
+         f"--config=configs/experiments/{name}.py:smoke", f"--workdir={smoke_root / 'runs'}",
+         f"--out={out}"],
+        cwd=REPO, env=kernel_environment(True, smoke_env), capture_output=True, text=True,
+        timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out / common.RESULTS_FILE) as f:
+        result = json.load(f)
+    assert result["passed"] == module(name).criterion(result["series"])["passed"]
+    assert result["wall_seconds"] > 0 and result["config"]["seeds"] == [0]
+    assert (out / common.FIGURE_FILE).stat().st_size > 10_000
+
+
+# -- each criterion on synthetic series: one that passes, and ways it fails ---------------
+def _rl_series(gold_shape):
+    steps = list(range(0, 50, 5))
+    kl = np.linspace(0.0, 9.0, len(steps))
+    def run(seed):
+        return {"seed": seed, "step": steps, "kl": kl.tolist(),
+                "gold": gold_shape(np.sqrt(kl)).tolist(),
+                "proxy": (0.3 * np.sqrt(kl) + 0.01 * seed).tolist()}
+    return {"proxies": [{"pairs": pairs, "rm_accuracy": 0.8, "rm_gold_accuracy": 0.8,
+                         "runs": [run(0), run(1)]} for pairs in (64, 256)]}
+
+
+def test_rl_overoptimization_criterion():
+    criterion = module("rl_overoptimization").criterion
+    def peaked(d):
+        return d * (1.0 - 0.8 * np.log(np.maximum(d, 1e-9)))   # peaks at d = exp(0.25)
+    result = criterion(_rl_series(peaked))
+    assert result["passed"], result["measured"]["checks"]
+    assert result["measured"]["proxies"][0]["fit"]["r2"] == pytest.approx(1.0)
+    assert result["measured"]["proxies"][0]["fit"]["beta"] == pytest.approx(0.8)
+    assert not criterion(_rl_series(lambda d: 0.2 * d))["passed"]          # gold never falls
+    series = _rl_series(peaked)
+    for run in series["proxies"][0]["runs"]:                                 # proxy falls too
+        run["proxy"] = run["gold"]
+    assert not criterion(series)["measured"]["checks"]["proxy_keeps_rising"]
+
+
+def _frontier_points(gold_offset, kl_of):
+    points = []
+    for source, offset in (("gold", gold_offset), ("model", 0.0)):
+        for beta in (0.01, 0.1, 1.0):
+            for seed in (0, 1):
+                kl = kl_of(beta) * (1 + 0.01 * seed)
+                points.append({"source": source, "kl_coef": beta, "seed": seed, "kl": kl,
+                               "gold": 0.3 * np.sqrt(kl) + offset + 0.001 * seed,
+                               "gold_stderr": 0.01, "score": 1.0, "gold_before": 0.0})
+    return {"proxy": {}, "points": points}
+
+
+def test_kl_frontier_criterion():
+    criterion = module("kl_frontier").criterion
+    assert criterion(_frontier_points(0.1, lambda b: 1.0 / b))["passed"]
+    worse = criterion(_frontier_points(-0.1, lambda b: 1.0 / b))
+    assert not worse["passed"] and worse["measured"]["matched_points"]
+    assert not criterion(_frontier_points(0.1, lambda b: b))["passed"]      # KL rises with beta
+
+
+def _margin_series(with_gap, without_gap):
+    rng = np.random.default_rng(0)
+    margin = rng.choice([0.1, 0.4, 0.75, 1.5], size=400)
+    models = [{"use_margin": use, "seed": seed, "eval_gold_accuracy": 0.9,
+               "gap": (gap(margin) + 0.01 * rng.normal(size=400)).tolist()}
+              for use, gap in ((False, without_gap), (True, with_gap)) for seed in (0, 1)]
+    return {"bins": [0.0, 0.25, 0.5, 1.0, 2.0], "gold_margin": margin.tolist(),
+            "models": models}
+
+
+def test_rm_margin_criterion():
+    criterion = module("rm_margin").criterion
+    steep, flat = (lambda m: 1.0 + 3.0 * m), (lambda m: 5.0 + 0.5 * m)
+    assert criterion(_margin_series(steep, flat))["passed"]
+    assert not criterion(_margin_series(flat, steep))["passed"]             # steeper without
+    assert not criterion(_margin_series(lambda m: 3.0 - m, flat))["passed"]  # not increasing
+
+
+def _ptx_series(rise, gain):
+    runs = [{"ptx_coef": coef, "seed": seed, "gold_before": 0.0, "gold": gain[coef],
+             "kl": 2.0, "score": 1.0, "loss": 1.5 + rise[coef] + 0.001 * seed}
+            for coef in (0.0, 0.1) for seed in (0, 1)]
+    return {"sft_loss": 1.5, "runs": runs}
+
+
+def test_ptx_alignment_tax_criterion():
+    criterion = module("ptx_alignment_tax").criterion
+    assert criterion(_ptx_series({0.0: 0.4, 0.1: 0.1}, {0.0: 0.9, 0.1: 0.85}))["passed"]
+    assert not criterion(_ptx_series({0.0: 0.4, 0.1: 0.3}, {0.0: 0.9, 0.1: 0.85}))["passed"]
+    assert not criterion(_ptx_series({0.0: 0.4, 0.1: 0.1}, {0.0: 0.9, 0.1: 0.5}))["passed"]
+    assert not criterion(_ptx_series({0.0: -0.1, 0.1: -0.2}, {0.0: 0.9, 0.1: 0.9}))["passed"]
