@@ -13,7 +13,6 @@ import pytest
 import jaxrlhf
 from conftest import metric_rows, read_summary, run_cli
 from jaxrlhf import checkpoint, config as config_lib, pipeline
-from jaxrlhf.rl import best_of_n
 
 TRL_DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies",
                    "rewards/margins", "logps/chosen", "logps/rejected")
@@ -110,3 +109,24 @@ def test_api_sweeps_best_of_n_and_runs_reference_free_dpo(sft_workdir, reward_wo
     assert all(np.isfinite(result.summary[k]) for k in keys)
     assert result.summary["loss"] == "simpo"
     assert result.metrics["rewards/margins"].notna().any()
+
+
+def test_dpo_learns_from_trl_rows(sft_workdir, tmp_path):
+    """File pairs (TRL ``{prompt, chosen, rejected}`` rows, as the reward stage reads them):
+    DPO trains and reports its pair metrics; with no task labels there is no gold."""
+    rows = [{"prompt": "the movie was", "chosen": f" {good} .", "rejected": f" {bad} ."}
+            for good, bad in [("amazing", "awful"), ("good", "dull"), ("nice", "poor"),
+                              ("excellent", "terrible")] * 24]
+    source = tmp_path / "pairs.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = jaxrlhf.load_config(
+        "configs/dpo/quickstart.py", policy_init=sft_workdir,
+        **{"reward.source": str(source), "reward.num_train_pairs": 64,
+           "reward.num_eval_pairs": 32, "train.batch_size": 16, "train.steps": 8,
+           "train.eval_every": 8, "train.checkpoint_every": 8, "dpo.loss": "ipo",
+           "train.tensorboard": False})
+    result = jaxrlhf.run("dpo", config, str(tmp_path / "dpo"))
+    assert "gold_after" not in result.summary
+    evals = result.metrics.dropna(subset=["eval/loss"])
+    assert evals["eval/rewards/margins"].iloc[-1] > evals["eval/rewards/margins"].iloc[0]
+    assert result.summary["eval_accuracy"] > 0.9

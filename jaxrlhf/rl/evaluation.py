@@ -59,16 +59,15 @@ class Evaluator:
                                            self.gain, self.bias)
 
     def kl(self, params: nnx.State, ref_params: nnx.State, ids: jax.Array, mask: jax.Array,
-           response: jax.Array, response_mask: jax.Array,
-           ref_graphdef: nnx.GraphDef | None = None) -> jax.Array:
-        """The sequence KL estimate of each response to the reference policy. [batch]"""
+           response: jax.Array, response_mask: jax.Array) -> jax.Array:
+        """The sequence KL estimate of each response to the reference policy (the same
+        plain graph with ``ref_params``). [batch]"""
         seq, seq_mask = scoring.join(ids, mask, response, response_mask)
         prompt_len = ids.shape[1]
         logprobs, _ = scoring.response_log_probs(self.policy, params, seq, seq_mask,
                                                  prompt_len, self.temperature)
-        ref_logprobs, _ = scoring.response_log_probs(ref_graphdef or self.policy, ref_params,
-                                                     seq, seq_mask, prompt_len,
-                                                     self.temperature)
+        ref_logprobs, _ = scoring.response_log_probs(self.policy, ref_params, seq, seq_mask,
+                                                     prompt_len, self.temperature)
         return scoring.sequence_kl(logprobs, ref_logprobs, response_mask)
 
 

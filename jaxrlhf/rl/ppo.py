@@ -7,9 +7,9 @@ learned value, or critic-free: GRPO, RLOO, REINFORCE; ``jaxrlhf.rl.advantages``)
 the PPO details in docs/design.md). With ``ppo.num_generations`` G > 1 each prompt of the
 batch is answered G times, in consecutive rows. Under LoRA the state holds only the
 adapters (and the value head); the frozen SFT policy is both their base and the reference,
-and sampling uses the merged weights. The iteration is a list of phases (:func:`iteration_phases`) that
-:func:`run_phases` applies in order: jitted whole it is one compiled program; jitted phase
-by phase it is the memory-light mode with the same numbers.
+and sampling uses the merged weights. The iteration is a list of phases
+(:func:`iteration_phases`) that :func:`run_phases` applies in order: jitted whole it is one
+compiled program; jitted phase by phase it is the memory-light mode with the same numbers.
 """
 from __future__ import annotations
 
