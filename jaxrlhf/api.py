@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from jaxrlhf import checkpoint, config as config_lib, pipeline, workdir as workdir_lib
 from jaxrlhf.metrics import METRICS_FILE, read_metrics
 
-STAGES = (*config_lib.PIPELINE_STAGES, "pipeline")
+STAGES = (*config_lib.STAGES, "pipeline")
 POINT_FILE = "sweep_point.json"
 # Fields that say how an invocation runs, not what it computes: a sweep point may be
 # resumed with other values.
@@ -95,7 +95,7 @@ def load_result(stage: str, workdir: str) -> Result:
     summary = workdir_lib.read_json(workdir, workdir_lib.SUMMARY_FILE)
     if stage == "pipeline":
         frames = [_metrics_frame(os.path.join(workdir, name)).assign(stage=name)
-                  for name in config_lib.PIPELINE_STAGES]
+                  for name in summary.get("stages", config_lib.PIPELINE_STAGES)]
         metrics = pd.concat(frames, ignore_index=True)
     else:
         metrics = _metrics_frame(workdir)
@@ -103,8 +103,8 @@ def load_result(stage: str, workdir: str) -> Result:
 
 
 def run(stage: str, config: ml_collections.ConfigDict, workdir: str) -> Result:
-    """Run (or resume) ``stage`` ("sft", "reward", "ppo" or "pipeline") with ``config`` in
-    ``workdir``, in this process; validates the config first."""
+    """Run (or resume) ``stage`` ("sft", "reward", "ppo", "dpo", "bon" or "pipeline") with
+    ``config`` in ``workdir``, in this process; validates the config first."""
     if stage not in STAGES:
         raise ValueError(f"stage {stage!r} is not one of {STAGES}")
     if (stage == "pipeline") != config_lib.is_pipeline(config):
@@ -164,12 +164,19 @@ def run_once(stage: str, config: ml_collections.ConfigDict, workdir: str,
 
 
 def finished(stage: str, config: ml_collections.ConfigDict, workdir: str) -> bool:
-    """Whether the run in ``workdir`` has written its summary after its last step."""
-    last = (stage, config) if stage != "pipeline" else ("ppo", config.ppo)
-    stage_dir = workdir if stage != "pipeline" else os.path.join(workdir, "ppo")
+    """Whether the run in ``workdir`` has written its summary after its last step (a
+    pipeline: after its last stage's; best-of-n, which has no steps: at all)."""
+    command, last = stage, config
+    stage_dir = workdir
+    if stage == "pipeline":
+        name, command = config_lib.pipeline_stages(config)[-1]
+        last, stage_dir = config[name], os.path.join(workdir, name)
+    if not os.path.exists(os.path.join(workdir, workdir_lib.SUMMARY_FILE)):
+        return False
+    if command == "bon":
+        return os.path.exists(os.path.join(stage_dir, workdir_lib.SUMMARY_FILE))
     step = checkpoint.latest_step(os.path.join(stage_dir, workdir_lib.CHECKPOINT_DIR))
-    return (step == last[1].train.steps
-            and os.path.exists(os.path.join(workdir, workdir_lib.SUMMARY_FILE)))
+    return step == last.train.steps
 
 
 def _claim(point_dir: str, config: ml_collections.ConfigDict, overrides: Mapping[str, Any]):

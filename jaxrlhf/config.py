@@ -91,12 +91,43 @@ def base_config() -> ml_collections.ConfigDict:
         clip=0.2, value_clip=0.2, vf_coef=0.1, ent_coef=0.0, ptx_coef=0.0,               # [12]
         learning_rate=1e-5, adam_eps=1e-5, tf_adam=False,                               # [16, 17]
         single_program=True))
-    # Whiten advantages per minibatch over real tokens [11]; False uses GAE's as they are.
+    # Whiten advantages per minibatch over real tokens [11] where the estimator calls for it
+    # (GAE, REINFORCE; GRPO and RLOO normalise their own); False uses them as they are.
     c.ppo.whiten_advantages = True
+
+    # Advantage estimator (jaxrlhf.rl.advantages): "gae" (PPO, with a value model), or the
+    # critic-free "grpo", "rloo", "reinforce" (no value model is built). num_generations
+    # responses per prompt, so batch_size / num_generations prompts per iteration;
+    # scale_rewards: GRPO divides by the group's std (False: Dr. GRPO).
+    c.ppo.advantage = "gae"
+    c.ppo.num_generations = 1
+    c.ppo.scale_rewards = True
+
+    # Direct preference optimisation on the preference pairs of config.reward.* (the same
+    # data as the reward model), from the SFT policy in policy_init. loss: "dpo"
+    # (Rafailov et al. 2023), "cdpo" (label-smoothed, label_smoothing = assumed flip rate),
+    # "ipo" (Azar et al. 2023; beta is its tau), "simpo" (Meng et al. 2024, reference-free,
+    # target margin simpo_gamma). Held-out samples are drawn as PPO draws them (ppo.*).
+    c.dpo = ml_collections.ConfigDict(dict(
+        loss="dpo", beta=0.1, label_smoothing=0.0, simpo_gamma=0.5))
+
+    # Best-of-n: n samples (at ppo.temperature) for each of num_prompts prompts of the task
+    # ("eval": the held-out prompts every stage evaluates on; "train": PPO's training
+    # prompts), scored by the reward model in ppo.reward_init; batch_size responses at once.
+    c.bon = ml_collections.ConfigDict(dict(n=16, num_prompts=128, split="eval", batch_size=512))
+
+    # LoRA (Hu et al. 2021): rank 0 = off (every parameter trains). Otherwise only adapters
+    # on the linear layers whose names fully match the regular expression `targets` (q, k,
+    # v, o, gate, up, down, lm_head) train, scaled by alpha / rank, over a frozen base kept
+    # in base_dtype; a scalar model's head trains too.
+    c.lora = ml_collections.ConfigDict(dict(
+        rank=0, alpha=16.0, targets="q|k|v|o|gate|up|down", base_dtype="float32"))
     return c
 
 
 PIPELINE_STAGES = ("sft", "reward", "ppo")
+# Every stage command: the pipeline's, direct preference optimisation and best-of-n.
+STAGES = (*PIPELINE_STAGES, "dpo", "bon")
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
@@ -153,18 +184,34 @@ def override(config: ml_collections.ConfigDict, name: str, value: Any) -> None:
 
 
 def is_pipeline(config: ml_collections.ConfigDict) -> bool:
-    """A pipeline config holds one stage config per pipeline stage."""
-    return all(name in config for name in PIPELINE_STAGES)
+    """A pipeline config holds one stage config per pipeline stage (and, for another
+    sequence than SFT -> reward -> PPO, their order in ``stages``)."""
+    return "stages" in config or all(name in config for name in PIPELINE_STAGES)
+
+
+def pipeline_stages(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
+    """``(name, command)`` of each stage of a pipeline config, in order: its ``stages``
+    field — a sequence of ``(name, command)`` pairs, each name a stage config of the
+    pipeline — or SFT -> reward -> PPO."""
+    if "stages" not in config:
+        return [(name, name) for name in PIPELINE_STAGES]
+    order = [tuple(stage) for stage in config.stages]
+    for entry in order:
+        if len(entry) != 2 or entry[1] not in STAGES or entry[0] not in config:
+            raise ValueError(f"config.stages entry {entry!r} must be (name, command) with a "
+                             f"stage config config.<name> and a command in {STAGES}")
+    return order
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """Raise ValueError naming the first invalid field; runs before any compilation.
 
-    A pipeline config (with ``sft``, ``reward`` and ``ppo`` stage configs) is validated
-    stage by stage, and the field names carry the stage (``config.ppo.ppo.clip``).
+    A pipeline config (with ``sft``, ``reward`` and ``ppo`` stage configs, or those its
+    ``stages`` names) is validated stage by stage, and the field names carry the stage
+    (``config.ppo.ppo.clip``).
     """
     if is_pipeline(config):
-        for name in PIPELINE_STAGES:
+        for name, _ in pipeline_stages(config):
             try:
                 validate(config[name], num_devices)
             except ValueError as e:

@@ -7,6 +7,9 @@ gradients over micro-batches weights each micro-batch's means by its count
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -87,6 +90,89 @@ def reward_centering(r_chosen: jax.Array, r_rejected: jax.Array,
     s = r_chosen.astype(jnp.float32) + r_rejected.astype(jnp.float32)  # [B]
     loss = coef * jnp.mean(s ** 2)
     return loss, {"rm/center_loss": loss}
+
+
+# --------------------------------------------------------------------------------------
+# Direct preference optimisation (the DPO family)
+# --------------------------------------------------------------------------------------
+
+
+class PreferenceLogProbs(NamedTuple):
+    """Sequence log-probabilities of a batch of pairs, each [pairs]: log pi(y | x) summed
+    over the response tokens (EOS included) under the policy and the frozen reference, and
+    the response lengths in tokens."""
+    chosen: jax.Array
+    rejected: jax.Array
+    ref_chosen: jax.Array
+    ref_rejected: jax.Array
+    chosen_tokens: jax.Array
+    rejected_tokens: jax.Array
+
+
+def _implicit_reward_metrics(reward_chosen: jax.Array, reward_rejected: jax.Array,
+                             x: PreferenceLogProbs) -> Metrics:
+    """TRL's DPO metrics: mean implicit rewards, how often the chosen one is larger, their
+    mean margin, and the mean policy log-probs."""
+    return {"rewards/chosen": reward_chosen.mean(), "rewards/rejected": reward_rejected.mean(),
+            "rewards/accuracies": (reward_chosen > reward_rejected).astype(jnp.float32).mean(),
+            "rewards/margins": (reward_chosen - reward_rejected).mean(),
+            "logps/chosen": x.chosen.mean(), "logps/rejected": x.rejected.mean()}
+
+
+def _log_ratios(x: PreferenceLogProbs) -> tuple[jax.Array, jax.Array]:
+    """``log pi / pi_ref`` of the chosen and of the rejected responses, each [pairs]."""
+    ref_c, ref_r = jax.lax.stop_gradient(x.ref_chosen), jax.lax.stop_gradient(x.ref_rejected)
+    return x.chosen - ref_c, x.rejected - ref_r
+
+
+def dpo_loss(x: PreferenceLogProbs, beta: float,
+             label_smoothing: float = 0.0) -> tuple[jax.Array, Metrics]:
+    """Direct preference optimisation (Rafailov et al. 2023, eq. 7), or its conservative
+    form when ``label_smoothing`` eps > 0 (Mitchell 2023, "A note on DPO with noisy
+    preferences"; TRL's ``label_smoothing``).
+
+    With ``h = log pi(y_w)/pi_ref(y_w) - log pi(y_l)/pi_ref(y_l)``:
+    ``L = mean(-(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h))``; eps = 0 is
+    DPO. The implicit reward of a response is ``beta log pi(y)/pi_ref(y)`` (eq. 5).
+    """
+    ratio_c, ratio_r = _log_ratios(x)
+    logits = beta * (ratio_c - ratio_r)                                   # [pairs]
+    losses = (-(1.0 - label_smoothing) * jax.nn.log_sigmoid(logits)
+              - label_smoothing * jax.nn.log_sigmoid(-logits))
+    return losses.mean(), _implicit_reward_metrics(
+        beta * jax.lax.stop_gradient(ratio_c), beta * jax.lax.stop_gradient(ratio_r), x)
+
+
+def ipo_loss(x: PreferenceLogProbs, beta: float) -> tuple[jax.Array, Metrics]:
+    """Identity preference optimisation (Azar et al. 2023, "A General Theoretical Paradigm
+    to Understand Learning from Human Preferences", eq. 17) with tau = ``beta``:
+    ``L = mean((h - 1 / (2 tau))^2)``, ``h`` the difference of log-ratios as in DPO, over
+    sequence log-probs summed over tokens as in the paper."""
+    ratio_c, ratio_r = _log_ratios(x)
+    loss = jnp.mean((ratio_c - ratio_r - 1.0 / (2.0 * beta)) ** 2)
+    return loss, _implicit_reward_metrics(
+        beta * jax.lax.stop_gradient(ratio_c), beta * jax.lax.stop_gradient(ratio_r), x)
+
+
+def simpo_loss(x: PreferenceLogProbs, beta: float, gamma: float) -> tuple[jax.Array, Metrics]:
+    """SimPO (Meng, Xia & Chen 2024, eq. 6): reference-free and length-normalised,
+    ``L = mean(-log sigmoid(beta/|y_w| log pi(y_w) - beta/|y_l| log pi(y_l) - gamma))``.
+    The implicit reward of a response is ``beta/|y| log pi(y)`` (eq. 4)."""
+    reward_c = beta * x.chosen / jnp.maximum(x.chosen_tokens, 1.0)
+    reward_r = beta * x.rejected / jnp.maximum(x.rejected_tokens, 1.0)
+    loss = -jax.nn.log_sigmoid(reward_c - reward_r - gamma).mean()
+    return loss, _implicit_reward_metrics(jax.lax.stop_gradient(reward_c),
+                                          jax.lax.stop_gradient(reward_r), x)
+
+
+# ``dpo.loss`` name -> the loss with its hyper-parameters read from the DPO settings
+# (``beta``, ``label_smoothing``, ``simpo_gamma``).
+PREFERENCE_LOSSES: dict[str, Callable[[PreferenceLogProbs, Any], tuple[jax.Array, Metrics]]] = {
+    "dpo": lambda x, s: dpo_loss(x, s.beta),
+    "cdpo": lambda x, s: dpo_loss(x, s.beta, s.label_smoothing),
+    "ipo": lambda x, s: ipo_loss(x, s.beta),
+    "simpo": lambda x, s: simpo_loss(x, s.beta, s.simpo_gamma),
+}
 
 
 # --------------------------------------------------------------------------------------

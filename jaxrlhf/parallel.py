@@ -148,6 +148,12 @@ def state_shardings(abstract_state: Any, mesh: Mesh, rules: Mapping[str, tuple[s
     return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+def place(state: Any, mesh: Mesh, rules: Mapping[str, tuple[str, ...]]) -> Any:
+    """``state`` (an NNX state whose Variables carry logical names) on ``mesh``, each
+    parameter sharded by the rules."""
+    return jax.device_put(state, state_shardings(state, mesh, rules))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

@@ -97,3 +97,24 @@ def sequence_kl(logprobs: jax.Array, ref_logprobs: jax.Array, mask: jax.Array) -
     """KL(policy || reference) of each sampled response: the sum over its real tokens of the
     k1 estimate ``logprobs - ref_logprobs``. [batch, resp] -> [batch]."""
     return ((logprobs - ref_logprobs) * mask).sum(-1)
+
+
+def response_token_mask(mask: jax.Array, prompt_length: jax.Array) -> jax.Array:
+    """1 on the response tokens (and their EOS) of right-padded ``[prompt][response][EOS]``
+    rows whose prompts are ``prompt_length`` [batch] tokens long. mask: [batch, seq]."""
+    positions = jnp.arange(mask.shape[-1])[None, :]
+    return mask * (positions >= prompt_length[:, None]).astype(mask.dtype)
+
+
+def sequence_log_probs(graphdef: nnx.GraphDef, params: nnx.State, ids: jax.Array,
+                       mask: jax.Array, prompt_length: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """log pi(response | prompt) of right-padded rows — the sum of the response tokens'
+    log-probs, EOS included — and the number of those tokens, each [batch].
+
+    ids, mask: [batch, seq]; prompt_length: [batch]. ``logits[:, :-1]`` predict
+    ``ids[:, 1:]``, counted where the target is a response token.
+    """
+    logits = forward(graphdef, params, ids, mask)                        # [batch, seq, vocab]
+    logp = token_log_probs(logits[:, :-1], ids[:, 1:])                   # [batch, seq - 1]
+    targets = response_token_mask(mask, prompt_length)[:, 1:].astype(jnp.float32)
+    return (logp * targets).sum(-1), targets.sum(-1)

@@ -9,6 +9,7 @@ field (``config.ppo.clip=-1 must be >= 0``).
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,11 +17,15 @@ import ml_collections
 
 from jaxrlhf import parallel
 from jaxrlhf.data.preference import LABEL_MODES
-from jaxrlhf.models.config import ModelConfig
+from jaxrlhf.losses import PREFERENCE_LOSSES
+from jaxrlhf.models.config import DTYPES, ModelConfig
+from jaxrlhf.models.lora import LoRAConfig
+from jaxrlhf.rl.advantages import ESTIMATORS as ADVANTAGE_ESTIMATORS
 from jaxrlhf.rl.kl import ESTIMATORS
 
 REWARD_SOURCES = ("model", "gold")
 VALUE_INITS = ("reward", "policy", "shared")
+BON_SPLITS = ("eval", "train")
 
 
 def _fail(field: str, value: Any, why: str):
@@ -167,20 +172,31 @@ class PPOSettings:
     tf_adam: bool
     single_program: bool
     whiten_advantages: bool
+    advantage: str
+    num_generations: int
+    scale_rewards: bool
 
     def __post_init__(self):
         choices = {"reward_source": REWARD_SOURCES, "value_init": VALUE_INITS,
-                   "kl_estimator": ESTIMATORS}
+                   "kl_estimator": ESTIMATORS, "advantage": tuple(ADVANTAGE_ESTIMATORS)}
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
                 _fail(f"ppo.{field}", getattr(self, field), f"must be one of {allowed}")
         _positive(self, "ppo", ("num_prompts", "num_eval_prompts", "prompt_length",
                                 "response_length", "batch_size", "num_minibatches",
                                 "ppo_epochs", "grad_accum", "temperature", "learning_rate",
-                                "adam_eps", "kl_target", "kl_horizon"))
+                                "adam_eps", "kl_target", "kl_horizon", "num_generations"))
         _positive(self, "ppo", ("kl_coef", "clip", "value_clip", "vf_coef", "ent_coef",
                                 "ptx_coef"), allow_zero=True)
-        if self.reward_source == "gold" and self.value_init == "reward":
+        if self.batch_size % self.num_generations:
+            _fail("ppo.batch_size", self.batch_size,
+                  f"must be divisible by ppo.num_generations={self.num_generations} (it counts "
+                  "responses: batch_size / num_generations prompts per iteration)")
+        if ADVANTAGE_ESTIMATORS[self.advantage].needs_group and self.num_generations < 2:
+            _fail("ppo.num_generations", self.num_generations,
+                  f"must be >= 2 for ppo.advantage={self.advantage!r}, whose baseline is the "
+                  "other responses to the same prompt")
+        if self.uses_value_model and self.reward_source == "gold" and self.value_init == "reward":
             _fail("ppo.value_init", self.value_init,
                   "needs a reward model, but ppo.reward_source='gold' trains without one; "
                   "set --config.ppo.value_init=policy")
@@ -202,7 +218,78 @@ class PPOSettings:
     @property
     def shared_trunk(self) -> bool:
         """The value head reads the policy's own trunk (``value_init='shared'``)."""
-        return self.value_init == "shared"
+        return self.uses_value_model and self.value_init == "shared"
+
+    @property
+    def uses_value_model(self) -> bool:
+        """Whether the advantage estimator needs a value model (GAE); critic-free ones
+        (GRPO, RLOO, REINFORCE) build and store none."""
+        return ADVANTAGE_ESTIMATORS[self.advantage].needs_values
+
+    @property
+    def prompts_per_iteration(self) -> int:
+        """``batch_size`` responses are ``num_generations`` samples of this many prompts."""
+        return self.batch_size // self.num_generations
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOSettings:
+    """A loss of the DPO family (``jaxrlhf.losses.PREFERENCE_LOSSES``) and its options."""
+    loss: str
+    beta: float
+    label_smoothing: float      # cDPO only: the assumed label-flip rate
+    simpo_gamma: float          # SimPO only: the target margin
+
+    def __post_init__(self):
+        if self.loss not in PREFERENCE_LOSSES:
+            _fail("dpo.loss", self.loss, f"must be one of {tuple(PREFERENCE_LOSSES)}")
+        _positive(self, "dpo", ("beta",))
+        _positive(self, "dpo", ("simpo_gamma",), allow_zero=True)
+        if not (0.0 < self.label_smoothing < 0.5 if self.loss == "cdpo"
+                else self.label_smoothing == 0.0):
+            _fail("dpo.label_smoothing", self.label_smoothing,
+                  "must lie in (0, 0.5) for dpo.loss='cdpo' and be 0 for the other losses")
+
+
+@dataclasses.dataclass(frozen=True)
+class BestOfNSettings:
+    """``n`` samples for each of ``num_prompts`` task prompts (``split``: the held-out
+    ``eval`` prompts or PPO's ``train`` prompts), ``batch_size`` samples at a time."""
+    n: int
+    num_prompts: int
+    split: str
+    batch_size: int
+
+    def __post_init__(self):
+        _positive(self, "bon", ("n", "num_prompts", "batch_size"))
+        if self.split not in BON_SPLITS:
+            _fail("bon.split", self.split, f"must be one of {BON_SPLITS}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRASettings:
+    """Adapters (``jaxrlhf.models.lora``) of ``rank`` (0: off, every parameter trains) on
+    the linear layers whose names fully match the regular expression ``targets``, over a
+    frozen base kept in ``base_dtype``."""
+    rank: int
+    alpha: float
+    targets: str
+    base_dtype: str
+
+    def __post_init__(self):
+        _positive(self, "lora", ("rank",), allow_zero=True)
+        _positive(self, "lora", ("alpha",))
+        if self.base_dtype not in DTYPES:
+            _fail("lora.base_dtype", self.base_dtype, f"must be one of {DTYPES}")
+        try:
+            re.compile(self.targets)
+        except re.error as e:
+            _fail("lora.targets", self.targets, f"is not a regular expression: {e}")
+
+    @property
+    def config(self) -> LoRAConfig | None:
+        """The model-side adapter spec, or None when LoRA is off."""
+        return LoRAConfig(self.rank, self.alpha, self.targets) if self.rank else None
 
 
 def _section(cls, config: ml_collections.ConfigDict, name: str):
@@ -228,6 +315,9 @@ class RunSettings:
     data: DataSettings
     reward: RewardSettings
     ppo: PPOSettings
+    dpo: DPOSettings
+    bon: BestOfNSettings
+    lora: LoRASettings
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> RunSettings:
@@ -245,7 +335,10 @@ class RunSettings:
                    train=_section(TrainSettings, config, "train"),
                    data=_section(DataSettings, config, "data"),
                    reward=_section(RewardSettings, config, "reward"),
-                   ppo=_section(PPOSettings, config, "ppo"))
+                   ppo=_section(PPOSettings, config, "ppo"),
+                   dpo=_section(DPOSettings, config, "dpo"),
+                   bon=_section(BestOfNSettings, config, "bon"),
+                   lora=_section(LoRASettings, config, "lora"))
 
     def __post_init__(self):
         m = self.model
@@ -285,6 +378,8 @@ class RunSettings:
             _fail("ppo.grad_accum", p.grad_accum,
                   f"must split minibatches of {p.minibatch_size} into micro-batches "
                   f"divisible by the data-parallel size {dp}")
-        if p.batch_size % dp:
+        if p.prompts_per_iteration % dp:
             _fail("ppo.batch_size", p.batch_size,
-                  f"must be divisible by the data-parallel size {dp}")
+                  f"over ppo.num_generations={p.num_generations} gives "
+                  f"{p.prompts_per_iteration} prompts per iteration, not divisible by the "
+                  f"data-parallel size {dp}")

@@ -8,7 +8,9 @@
     WORKDIR/checkpoints/    Orbax checkpoints         (reward) reward_normalization.json, calibration.json
 
 The model card records the model's config and where the checkpoint keeps its parameters, so
-:func:`load_model` reads any stage's workdir (SFT, reward, PPO) the same way.
+:func:`load_model` reads any stage's workdir (SFT, reward, PPO, DPO) the same way. A LoRA
+run's checkpoint holds only what trained (adapters, a scalar head); its card points to the
+base (a workdir or a local HF directory), and :func:`load_model` returns the merged model.
 """
 from __future__ import annotations
 
@@ -24,9 +26,11 @@ from flax import nnx
 
 from jaxrlhf import checkpoint, scoring
 from jaxrlhf.data import tokenizer as tokenizer_lib
+from jaxrlhf.models import hf, lora as lora_lib
 from jaxrlhf.models.build import abstract_model
 from jaxrlhf.models.config import ModelConfig
-from jaxrlhf.models.transformer import ScalarModel
+from jaxrlhf.models.lora import LoRAConfig
+from jaxrlhf.models.transformer import CausalLM, ScalarModel
 
 CONFIG_FILE = "config.json"
 MODEL_CARD = "model.json"
@@ -75,11 +79,29 @@ def run_tokenizer(workdir: str, *, inherited=None, directory: str = "", task=Non
     return tokenizer
 
 
-def write_model_card(workdir: str, model_config: ModelConfig, params_key: str) -> None:
+def write_model_card(workdir: str, model_config: ModelConfig, params_key: str, *,
+                     lora: LoRAConfig | None = None, base: str = "",
+                     base_dtype: str = "float32") -> None:
     """Record which model a run trains and under which key of its train state the
-    checkpoint keeps the parameters (``params`` for SFT and reward, ``policy`` for PPO)."""
-    write_json(workdir, MODEL_CARD, {"model": dataclasses.asdict(model_config),
-                                     "params_key": params_key})
+    checkpoint keeps the parameters (``params`` for SFT, reward and DPO, ``policy`` for
+    PPO); under LoRA also the adapters' config and the ``base`` they adapt (a workdir or a
+    local HF directory) and the dtype it was frozen in."""
+    card = {"model": dataclasses.asdict(model_config), "params_key": params_key}
+    if lora is not None:
+        card.update(lora=dataclasses.asdict(lora), base=os.path.abspath(base),
+                    base_dtype=base_dtype)
+    write_json(workdir, MODEL_CARD, card)
+
+
+def load_base_params(path: str, model_config: ModelConfig) -> nnx.State:
+    """A causal LM's parameters from a run's workdir or a local HF directory (the base of
+    LoRA adapters, or the starting point of a stage)."""
+    if os.path.exists(os.path.join(path, MODEL_CARD)):
+        return load_model(path, CausalLM).params
+    model = hf.load_causal_lm(path, dtype=model_config.dtype,
+                              param_dtype=model_config.param_dtype,
+                              scan_layers=model_config.scan_layers, remat=model_config.remat)
+    return nnx.split(model)[1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +125,10 @@ def load_model(workdir: str, model_cls: Callable[..., nnx.Module], **kwargs) -> 
     model_config = ModelConfig(**card["model"])
     tokenizer = tokenizer_lib.load_tokenizer(os.path.join(workdir, TOKENIZER_DIR))
     graphdef, abstract = abstract_model(model_cls, model_config, **kwargs)
+    lora = LoRAConfig(**card["lora"]) if "lora" in card else None
+    if lora is not None:   # the checkpoint holds only what trained
+        abstract, abstract_frozen = lora_lib.split_trainable(
+            abstract_model(model_cls, model_config, lora=lora, **kwargs)[1])
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     _, tree = checkpoint.restore_subtree(os.path.join(workdir, CHECKPOINT_DIR),
                                          card["params_key"], sharding)
@@ -110,6 +136,11 @@ def load_model(workdir: str, model_cls: Callable[..., nnx.Module], **kwargs) -> 
         params = checkpoint.nnx_state_from_tree(abstract, tree)
     except ValueError as e:
         raise ValueError(f"{workdir}: {e} (expected a {model_cls.__name__})") from None
+    if lora is not None:
+        base = lora_lib.cast(load_base_params(card["base"], model_config), card["base_dtype"])
+        merged = lora_lib.merge(lora_lib.join(lora_lib.frozen_part(abstract_frozen, base), params),
+                                lora.scale)
+        params = lora_lib.cast(merged, model_config.param_dtype)
     return TrainedModel(tokenizer, model_config, graphdef, params, workdir)
 
 

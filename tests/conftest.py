@@ -20,12 +20,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run_cli(command, *args, timeout=600, check=True):
     """``python -m jaxrlhf COMMAND ARGS`` in a fresh process on one device, as a user runs it.
 
-    ``command`` is a stage (``sft``, ``reward``, ``ppo``, ``pipeline``) or ``sample``; for a
-    stage, ``args`` are ``config, workdir, *overrides`` and TensorBoard is switched off.
+    ``command`` is a stage (``sft``, ``reward``, ``ppo``, ``dpo``, ``pipeline``) or
+    ``sample``, ``bon``, ``export``; for a stage, ``args`` are ``config, workdir,
+    *overrides`` and TensorBoard is switched off.
     """
     env = dict(os.environ, JAXRLHF_NO_PROGRESS="1")
     env.pop("XLA_FLAGS", None)
-    if command in ("sft", "reward", "ppo", "pipeline"):
+    if command in ("sft", "reward", "ppo", "dpo", "pipeline"):
         config, workdir, *overrides = args
         args = [f"--config={config}", f"--workdir={workdir}", *overrides]
         if command != "pipeline":
@@ -50,6 +51,25 @@ def read_summary(workdir):
         summary = json.load(f)
     summary.pop("wall_seconds", None)
     return summary
+
+
+@pytest.fixture(scope="session")
+def sft_workdir(tmp_path_factory):
+    """A short SFT quickstart run that later stages start from (shared by the session)."""
+    workdir = tmp_path_factory.mktemp("sft")
+    run_cli("sft", "configs/sft/quickstart.py", workdir, "--config.train.steps=200",
+            "--config.train.eval_every=100", "--config.train.checkpoint_every=100")
+    return str(workdir)
+
+
+@pytest.fixture(scope="session")
+def reward_workdir(sft_workdir, tmp_path_factory):
+    """A short reward-model quickstart run on pairs sampled from ``sft_workdir``."""
+    workdir = tmp_path_factory.mktemp("reward")
+    run_cli("reward", "configs/reward/quickstart.py", workdir,
+            f"--config.policy_init={sft_workdir}", "--config.train.steps=150",
+            "--config.train.eval_every=150", "--config.train.checkpoint_every=150")
+    return str(workdir)
 
 
 @pytest.fixture(scope="session")

@@ -16,8 +16,9 @@ PACKAGE = ROOT / "jaxrlhf"
 LAYERS = (
     ("jaxrlhf.metrics", "jaxrlhf.parallel", "jaxrlhf.data", "jaxrlhf.models", "jaxrlhf.analysis"),
     ("jaxrlhf.baselines", "jaxrlhf.checkpoint", "jaxrlhf.scoring", "jaxrlhf.rl.kl"),
-    ("jaxrlhf.losses", "jaxrlhf.sampling", "jaxrlhf.tasks", "jaxrlhf.settings"),
-    ("jaxrlhf.optim", "jaxrlhf.rl", "jaxrlhf.config", "jaxrlhf.workdir"),
+    ("jaxrlhf.losses", "jaxrlhf.sampling", "jaxrlhf.tasks", "jaxrlhf.settings",
+     "jaxrlhf.rl.advantages"),
+    ("jaxrlhf.optim", "jaxrlhf.rl", "jaxrlhf.config", "jaxrlhf.workdir", "jaxrlhf.pairs"),
     ("jaxrlhf.trainers",),
     ("jaxrlhf.pipeline", "jaxrlhf.report"),
     ("jaxrlhf.cli", "jaxrlhf.__main__", "jaxrlhf.api"),

@@ -171,3 +171,101 @@ def test_objective_is_the_weighted_sum_of_its_terms(changes, names):
         assert metrics["policy/entropy"] > 0 and metrics["loss/kl"] != 0
     np.testing.assert_allclose(total, expected, rtol=1e-6)
     assert metrics["loss/total"] == total
+
+
+# ---- critic-free advantage estimators against numpy loops -----------------------------
+
+def _grouped_rollout(seed, prompts=3, group=4, T=7):
+    rng = np.random.default_rng(seed)
+    lengths, mask = _padded(rng, B=prompts * group, T=T)
+    rewards = (rng.normal(size=mask.shape) * mask).astype(np.float32)  # 0 on padding
+    rewards[:, :] += np.where(mask == 0, rng.normal(size=mask.shape), 0)  # garbage on padding
+    return rewards.astype(np.float32), mask, lengths
+
+
+def _np_sequence_rewards(rewards, lengths):
+    return np.array([rewards[b, :lengths[b]].sum() for b in range(len(lengths))], np.float64)
+
+
+def _options(group, scale=True, gamma=1.0):
+    return adv_lib.AdvantageOptions(gamma=gamma, lam=0.95, group_size=group, scale_rewards=scale)
+
+
+@pytest.mark.parametrize("scale", [True, False])
+def test_grpo_advantages_match_loop(scale):
+    group = 4
+    rewards, mask, lengths = _grouped_rollout(20, group=group)
+    adv, _ = jax.jit(adv_lib.ESTIMATORS["grpo"].advantages, static_argnums=3)(
+        rewards, np.zeros_like(rewards), mask, _options(group, scale))
+    seq = _np_sequence_rewards(rewards, lengths)
+    expected = np.zeros(rewards.shape)
+    for start in range(0, len(seq), group):
+        g = seq[start:start + group]
+        for i in range(group):
+            a = g[i] - g.mean()
+            if scale:   # Shao et al. 2024: (r - mean) / std, std unbiased as in TRL
+                a /= np.sqrt(((g - g.mean()) ** 2).sum() / (group - 1)) + 1e-4
+            expected[start + i, :lengths[start + i]] = a
+    np.testing.assert_allclose(adv, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_rloo_advantages_match_loop():
+    group = 3
+    rewards, mask, lengths = _grouped_rollout(21, prompts=4, group=group)
+    adv, _ = adv_lib.ESTIMATORS["rloo"].advantages(rewards, np.zeros_like(rewards), mask,
+                                                   _options(group))
+    seq = _np_sequence_rewards(rewards, lengths)
+    expected = np.zeros(rewards.shape)
+    for b in range(len(seq)):
+        start = b // group * group
+        others = [seq[j] for j in range(start, start + group) if j != b]
+        expected[b, :lengths[b]] = seq[b] - np.mean(others)   # Ahmadian et al. 2024
+    np.testing.assert_allclose(adv, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.9])
+def test_reinforce_is_the_return_to_go(gamma):
+    rewards, mask, lengths = _grouped_rollout(22, prompts=5, group=1)
+    adv, _ = adv_lib.ESTIMATORS["reinforce"].advantages(rewards, np.ones_like(rewards), mask,
+                                                        _options(1, gamma=gamma))
+    expected = np.zeros(rewards.shape)
+    for b, n in enumerate(lengths):
+        for t in range(n):
+            expected[b, t] = sum(gamma ** (k - t) * rewards[b, k] for k in range(t, n))
+    np.testing.assert_allclose(adv, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["grpo", "rloo"])
+def test_a_group_with_equal_rewards_gets_zero_advantage(name):
+    group = 4
+    rewards, mask, lengths = _grouped_rollout(23, prompts=2, group=group)
+    # the first prompt's responses all earn 0.7 in total, however long they are
+    for b in range(group):
+        rewards[b, :lengths[b]] = 0.7 / lengths[b]
+    adv, _ = adv_lib.ESTIMATORS[name].advantages(rewards, np.zeros_like(rewards), mask,
+                                                 _options(group))
+    np.testing.assert_allclose(np.asarray(adv)[:group], 0.0, atol=1e-5)
+    assert np.abs(np.asarray(adv)[group:]).max() > 0.1
+
+
+def test_gae_estimator_is_gae():
+    rng = np.random.default_rng(24)
+    lengths, mask = _padded(rng)
+    r = rng.normal(size=mask.shape).astype(np.float32)
+    v = rng.normal(size=mask.shape).astype(np.float32)
+    adv, ret = adv_lib.ESTIMATORS["gae"].advantages(r, v, mask, _options(1))
+    adv_np, ret_np = _np_gae(r, v, lengths, 1.0, 0.95)
+    np.testing.assert_allclose(adv, adv_np, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ret, ret_np, rtol=1e-5, atol=1e-5)
+    assert [n for n, e in adv_lib.ESTIMATORS.items() if e.needs_values] == ["gae"]
+
+
+def test_critic_free_objective_has_no_value_term():
+    from jaxrlhf.rl.objectives import objective_terms
+    s = _ppo_settings(advantage="grpo", num_generations=4, kl_in_reward=False)
+    assert [name for _, name in objective_terms(s, kl_coef=0.1)] == ["policy", "kl"]
+    assert not s.uses_value_model and not s.shared_trunk
+    with pytest.raises(ValueError, match="num_generations=1 must be >= 2"):
+        _ppo_settings(advantage="rloo")
+    with pytest.raises(ValueError, match="divisible by ppo.num_generations=5"):
+        _ppo_settings(advantage="rloo", num_generations=5)

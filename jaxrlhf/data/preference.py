@@ -84,12 +84,13 @@ def tokenize_pairs(pairs: Sequence[PreferencePair], tokenizer, *, max_prompt_tok
     ``max_response_tokens``; EOS follows every response. A pair whose two rows are identical
     after truncation carries no preference and is dropped (and counted).
     Returns ``chosen_ids, chosen_mask, rejected_ids, rejected_mask`` [pairs, seq] int32,
-    ``margin`` [pairs] float32, and the stats.
+    ``margin`` [pairs] float32, ``prompt_length`` [pairs] int32 (the prompt tokens both
+    rows start with; the response and its EOS follow), and the stats.
     """
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     length = max_prompt_tokens + max_response_tokens + 1
     stats = PairStats(pairs_in=len(pairs))
-    rows: dict[str, list] = {"chosen": [], "rejected": [], "margin": []}
+    rows: dict[str, list] = {"chosen": [], "rejected": [], "margin": [], "prompt_length": []}
     for pair in pairs:
         prompt = tokenizer(pair.prompt, add_special_tokens=False)["input_ids"]
         cut_prompt = len(prompt) > max_prompt_tokens
@@ -103,7 +104,9 @@ def tokenize_pairs(pairs: Sequence[PreferencePair], tokenizer, *, max_prompt_tok
         rows["chosen"].append(prompt + chosen + [eos])
         rows["rejected"].append(prompt + rejected + [eos])
         rows["margin"].append(pair.margin)
-    out = {"margin": np.asarray(rows["margin"], np.float32)}
+        rows["prompt_length"].append(len(prompt))
+    out = {"margin": np.asarray(rows["margin"], np.float32),
+           "prompt_length": np.asarray(rows["prompt_length"], np.int32)}
     for side in ("chosen", "rejected"):
         ids = np.full((len(rows[side]), length), pad, np.int32)
         mask = np.zeros_like(ids)

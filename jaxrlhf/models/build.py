@@ -10,8 +10,9 @@ from collections.abc import Callable
 
 from flax import nnx
 
-from jaxrlhf.models import hf
+from jaxrlhf.models import hf, lora as lora_lib
 from jaxrlhf.models.config import ModelConfig
+from jaxrlhf.models.lora import LoRAConfig
 from jaxrlhf.models.transformer import CausalLM
 
 
@@ -54,3 +55,19 @@ def initial_lm_params(cfg: ModelConfig, *, model_init: str, seed: int) -> nnx.St
                                   scan_layers=cfg.scan_layers, remat=cfg.remat)
         return nnx.split(model)[1]
     return random_params(CausalLM, cfg, seed)
+
+
+def lora_init(model_cls: Callable[..., nnx.Module], cfg: ModelConfig, start: nnx.State, *,
+              lora: LoRAConfig, seed: int, base_dtype: str,
+              **kwargs) -> tuple[Callable[[], nnx.State], nnx.State]:
+    """A LoRA run's starting point: a traceable function giving the trainable state (fresh
+    adapters with zero ``B``, and a scalar model's head) and the frozen part, taken by path
+    from ``start`` — the plain model's starting parameters — and stored in ``base_dtype``."""
+    _, abstract = abstract_model(model_cls, cfg, lora=lora, **kwargs)
+    _, abstract_frozen = lora_lib.split_trainable(abstract)
+    frozen = lora_lib.cast(lora_lib.frozen_part(abstract_frozen, start), base_dtype)
+
+    def init() -> nnx.State:
+        return lora_lib.split_trainable(random_params(model_cls, cfg, seed, lora=lora,
+                                                      **kwargs))[0]
+    return init, frozen

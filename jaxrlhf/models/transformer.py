@@ -23,7 +23,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxrlhf.models import lora as lora_lib
 from jaxrlhf.models.config import ModelConfig
+from jaxrlhf.models.lora import LoRAConfig
 
 NEG = -1e9  # finite mask value so fully padded rows do not NaN
 
@@ -44,10 +46,14 @@ def _named(init, names):
     return nnx.with_partitioning(init, names, eager_sharding=False)
 
 
-def _dense(cfg, din, dout, names, rngs, bias):
-    return nnx.Linear(din, dout, use_bias=bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                      kernel_init=_named(nnx.initializers.normal(0.02), names),
-                      bias_init=_named(nnx.initializers.zeros, (names[1],)), rngs=rngs)
+def _dense(cfg, din, dout, names, rngs, bias, name: str = "", lora: LoRAConfig | None = None):
+    """A linear layer; a LoRA one when ``lora`` targets its ``name`` (models/lora.py)."""
+    kwargs = dict(use_bias=bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                  kernel_init=_named(nnx.initializers.normal(0.02), names),
+                  bias_init=_named(nnx.initializers.zeros, (names[1],)), rngs=rngs)
+    if lora is not None and lora.applies_to(name):
+        return lora_lib.linear(lora, din, dout, names, compute_dtype=cfg.dtype, **kwargs)
+    return nnx.Linear(din, dout, **kwargs)
 
 
 def _norm(cfg, rngs):
@@ -70,19 +76,20 @@ def rope(x, positions, theta):
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, lora: LoRAConfig | None = None):
         self.config = cfg
         D, H, K, Dh = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         gb = cfg.family == "gpt2"
+        dense = functools.partial(_dense, cfg, rngs=rngs, lora=lora)
         self.ln1, self.ln2 = _norm(cfg, rngs), _norm(cfg, rngs)
-        self.q = _dense(cfg, D, H * Dh, ("embed", "heads"), rngs, cfg.qkv_bias)
-        self.k = _dense(cfg, D, K * Dh, ("embed", "kv"), rngs, cfg.qkv_bias)
-        self.v = _dense(cfg, D, K * Dh, ("embed", "kv"), rngs, cfg.qkv_bias)
-        self.o = _dense(cfg, H * Dh, D, ("heads", "embed"), rngs, gb)
-        self.up = _dense(cfg, D, cfg.d_ff, ("embed", "mlp"), rngs, gb)
+        self.q = dense(D, H * Dh, ("embed", "heads"), bias=cfg.qkv_bias, name="q")
+        self.k = dense(D, K * Dh, ("embed", "kv"), bias=cfg.qkv_bias, name="k")
+        self.v = dense(D, K * Dh, ("embed", "kv"), bias=cfg.qkv_bias, name="v")
+        self.o = dense(H * Dh, D, ("heads", "embed"), bias=gb, name="o")
+        self.up = dense(D, cfg.d_ff, ("embed", "mlp"), bias=gb, name="up")
         if not gb:
-            self.gate = _dense(cfg, D, cfg.d_ff, ("embed", "mlp"), rngs, False)
-        self.down = _dense(cfg, cfg.d_ff, D, ("mlp", "embed"), rngs, gb)
+            self.gate = dense(D, cfg.d_ff, ("embed", "mlp"), bias=False, name="gate")
+        self.down = dense(cfg.d_ff, D, ("mlp", "embed"), bias=gb, name="down")
 
     def __call__(self, x, positions, bias, ck, cv, index):
         """x [B,T,D]; bias [B,1,T,S]; ck/cv [B,S,K,Dh] or None."""
@@ -121,9 +128,10 @@ def _remat(cfg: ModelConfig, f, checkpoint):
 
 
 class Transformer(nnx.Module):
-    """Embeddings, blocks, final norm."""
+    """Embeddings, blocks, final norm; ``lora`` puts adapters on the blocks' linear layers
+    it targets."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, lora: LoRAConfig | None = None):
         cfg.validate()
         self.config = cfg
         init = nnx.initializers.normal(0.02)
@@ -136,10 +144,10 @@ class Transformer(nnx.Module):
             @nnx.split_rngs(splits=cfg.n_layers)
             @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
             def make(r):
-                return Block(cfg, rngs=r)
+                return Block(cfg, rngs=r, lora=lora)
             self.blocks = make(rngs)
         else:
-            self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+            self.blocks = nnx.List([Block(cfg, rngs=rngs, lora=lora) for _ in range(cfg.n_layers)])
         self.ln_f = _norm(cfg, rngs)
 
     def __call__(self, input_ids, positions, attention_mask, cache: KVCache | None = None):
@@ -190,11 +198,12 @@ class Transformer(nnx.Module):
 class CausalLM(nnx.Module):
     """Transformer + LM head (tied to the embedding or a separate ``lm_head``); fp32 logits."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, lora: LoRAConfig | None = None):
         self.config = cfg
-        self.model = Transformer(cfg, rngs=rngs)
+        self.model = Transformer(cfg, rngs=rngs, lora=lora)
         if not cfg.tie_embeddings:
-            self.lm_head = _dense(cfg, cfg.d_model, cfg.vocab_size, ("embed", "vocab"), rngs, False)
+            self.lm_head = _dense(cfg, cfg.d_model, cfg.vocab_size, ("embed", "vocab"), rngs,
+                                  False, name="lm_head", lora=lora)
 
     def __call__(self, input_ids, positions, attention_mask, cache=None):
         h, cache = self.model(input_ids, positions, attention_mask, cache)
@@ -209,9 +218,10 @@ class ScalarModel(nnx.Module):
     """Trunk + Linear(D->1). 'normal': N(0, 1/sqrt(d_model+1)) (Huang et al. 2023, "N implementation
     details of RLHF"; lm-human-preferences reward head); 'zeros': value head."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, head_init: str = "normal"):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, head_init: str = "normal",
+                 lora: LoRAConfig | None = None):
         self.config = cfg
-        self.model = Transformer(cfg, rngs=rngs)
+        self.model = Transformer(cfg, rngs=rngs, lora=lora)
         if head_init not in ("normal", "zeros"):
             raise ValueError(f"head_init={head_init!r} must be 'normal' or 'zeros'")
         kinit = nnx.initializers.normal(1.0 / (cfg.d_model + 1) ** 0.5) if head_init == "normal" else nnx.initializers.zeros

@@ -24,7 +24,8 @@ class TermInputs(NamedTuple):
     """What the terms read for one micro-batch; per-token arrays are [batch, resp]."""
     logprobs: jax.Array        # log-probs of the response tokens under the current policy
     logits: jax.Array          # [batch, resp, vocab] policy logits / temperature
-    values: jax.Array          # the value model's V(s_t) before each response token
+    values: jax.Array | None   # the value model's V(s_t) before each response token (None:
+                               # a critic-free advantage estimator)
     rollout: Mapping[str, jax.Array]   # the minibatch's rollout fields (old log-probs, ...)
     mask: jax.Array            # 1 on the real response tokens
 
@@ -71,9 +72,12 @@ TERMS: dict[str, Term] = {
 
 def objective_terms(s: PPOSettings, kl_coef: float | jax.Array) -> list[tuple[float | jax.Array, str]]:
     """The ``(coefficient, term)`` list the settings ask for: the policy term, ``vf_coef`` x
-    the value term, ``-ent_coef`` x the entropy (when on), and ``kl_coef`` (the controller's
-    beta) x the KL term when the KL is a loss rather than in the reward."""
-    terms: list[tuple[float | jax.Array, str]] = [(1.0, "policy"), (s.vf_coef, "value")]
+    the value term (when there is a value model), ``-ent_coef`` x the entropy (when on), and
+    ``kl_coef`` (the controller's beta) x the KL term when the KL is a loss rather than in
+    the reward."""
+    terms: list[tuple[float | jax.Array, str]] = [(1.0, "policy")]
+    if s.uses_value_model:
+        terms.append((s.vf_coef, "value"))
     if s.ent_coef > 0:
         terms.append((-s.ent_coef, "entropy"))
     if not s.kl_in_reward:

@@ -1,11 +1,15 @@
 """PPO for RLHF as pure functions: rollout, update, KL control, and the iteration they form.
 
-One iteration = sample responses -> score them -> per-token rewards -> GAE -> ``ppo_epochs``
-passes of shuffled minibatches with gradient accumulation (Ouyang et al. 2022; Ziegler et
-al. 2019; the implementation details of Huang et al. 2023/2024, numbered as the PPO details
-in docs/design.md). The iteration is a list of phases (:func:`iteration_phases`) that
-:func:`run_phases` applies in order: jitted whole it is one compiled program; jitted phase
-by phase it is the memory-light mode with the same numbers.
+One iteration = sample responses -> score them -> per-token rewards -> advantages (GAE on a
+learned value, or critic-free: GRPO, RLOO, REINFORCE; ``jaxrlhf.rl.advantages``) ->
+``ppo_epochs`` passes of shuffled minibatches with gradient accumulation (Ouyang et al.
+2022; Ziegler et al. 2019; the implementation details of Huang et al. 2023/2024, numbered as
+the PPO details in docs/design.md). With ``ppo.num_generations`` G > 1 each prompt of the
+batch is answered G times, in consecutive rows. Under LoRA the state holds only the
+adapters (and the value head); the frozen SFT policy is both their base and the reference,
+and sampling uses the merged weights. The iteration is a list of phases
+(:func:`iteration_phases`) that :func:`run_phases` applies in order: jitted whole it is one
+compiled program; jitted phase by phase it is the memory-light mode with the same numbers.
 """
 from __future__ import annotations
 
@@ -20,8 +24,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxrlhf import losses, optim, sampling, scoring
+from jaxrlhf import losses, optim, scoring
+from jaxrlhf.models import lora as lora_lib
 from jaxrlhf.rl import advantages as adv_lib, kl as kl_lib, rewards as rewards_lib
+from jaxrlhf.rl.evaluation import Evaluator, evaluate_policy as evaluate_samples
 from jaxrlhf.rl.objectives import TermInputs, combine, objective_terms
 from jaxrlhf.settings import PPOSettings
 
@@ -33,10 +39,11 @@ PTX_FIELDS = ("input_ids", "attention_mask", "loss_mask")
 @flax.struct.dataclass
 class PPOState:
     step: jax.Array            # int32: iterations done
-    policy: Any                # nnx.State
-    value: Any                 # nnx.State (only the head with a shared trunk)
+    policy: Any                # nnx.State of what trains (under LoRA: the adapters)
+    value: Any                 # nnx.State (only the head with a shared trunk); None when
+                               # the advantage estimator is critic-free
     policy_opt: optax.OptState
-    value_opt: optax.OptState
+    value_opt: optax.OptState  # None without a value model
     kl: Any                    # KL-controller state (PPO detail 8)
     rng: jax.Array             # uint32 key data
 
@@ -44,8 +51,9 @@ class PPOState:
 @flax.struct.dataclass
 class Frozen:
     """What an iteration reads but never changes: the reference policy and reward model."""
-    ref: Any                   # nnx.State of the SFT policy
+    ref: Any                   # nnx.State of the SFT policy (under LoRA, the policy's base)
     reward: Any                # nnx.State of the reward model (None with the gold reward)
+    value_base: Any = None     # under LoRA, the value model's frozen trunk
 
 
 class Rollout(NamedTuple):
@@ -67,14 +75,27 @@ class Rollout(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class Models:
     """The static half of the models (graph definitions) and how sequences are scored."""
-    policy: nnx.GraphDef
-    value: nnx.GraphDef
+    policy: nnx.GraphDef      # the trained policy (with adapters under LoRA)
+    ref: nnx.GraphDef         # the plain policy: the reference, and sampling
+    value: nnx.GraphDef | None
     reward: nnx.GraphDef | None
     gain: float               # reward normalisation (PPO detail 9)
     bias: float
     gold: Callable | None     # (query, query_mask, response, mask) -> [batch] gold reward
     eos_id: int
     pad_id: int
+    lora_scale: float | None = None   # alpha / rank under LoRA, None for full training
+
+    def policy_params(self, trainable: nnx.State, frozen: Frozen) -> nnx.State:
+        """The policy's whole parameter state (adapters joined to their frozen base)."""
+        return lora_lib.join(frozen.ref if self.lora_scale else None, trainable)
+
+    def sampling_params(self, trainable: nnx.State, frozen: Frozen) -> nnx.State:
+        """The plain policy's parameters (``ref`` graph): under LoRA, the adapters merged
+        into the base, so sampling runs no adapter matmuls."""
+        if not self.lora_scale:
+            return trainable
+        return lora_lib.merge(self.policy_params(trainable, frozen), self.lora_scale)
 
 
 class Optimizers(NamedTuple):
@@ -83,11 +104,13 @@ class Optimizers(NamedTuple):
     schedule: optax.Schedule   # the policy learning rate by update count (for logging)
 
 
-def value_params(policy: nnx.State, value: nnx.State, shared_trunk: bool) -> nnx.State:
-    """The value model's parameters: its own, or — with a shared trunk — the policy's trunk
-    under the value head, so the value loss also trains the policy trunk (PPO detail 15)."""
+def value_params(policy: nnx.State, value: nnx.State, shared_trunk: bool,
+                 value_base: nnx.State | None = None) -> nnx.State:
+    """The value model's parameters: its own (joined to its frozen trunk under LoRA), or —
+    with a shared trunk — the policy's trunk under the value head, so the value loss also
+    trains the policy trunk (PPO detail 15). ``policy`` is the policy's whole state."""
     if not shared_trunk:
-        return value
+        return lora_lib.join(value_base, value)
     return nnx.State({"model": policy["model"], "head": value["head"]})
 
 
@@ -101,11 +124,12 @@ def rollout(state: PPOState, frozen: Frozen, prompts: Batch, *, models: Models,
     """
     s = settings
     rng, sample_key = jax.random.split(jax.random.wrap_key_data(state.rng))
-    query, query_mask = prompts["prompt_ids"], prompts["prompt_mask"]
-    completion = sampling.generate(
-        models.policy, state.policy, query, query_mask, sample_key,
-        max_new_tokens=s.response_length, eos_id=models.eos_id, pad_id=models.pad_id,
-        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+    # [prompts * G, prompt_len]: each prompt answered num_generations times, consecutively
+    query = jnp.repeat(prompts["prompt_ids"], s.num_generations, axis=0)
+    query_mask = jnp.repeat(prompts["prompt_mask"], s.num_generations, axis=0)
+    policy = models.policy_params(state.policy, frozen)
+    completion = evaluator(models, s).sample(models.sampling_params(state.policy, frozen),
+                                             query, query_mask, sample_key)
     response, mask = completion.tokens, completion.mask
     if s.truncate_token_id >= 0:                                        # PPO detail 4
         mask = rewards_lib.truncate_after_token(response, mask, s.truncate_token_id,
@@ -113,13 +137,15 @@ def rollout(state: PPOState, frozen: Frozen, prompts: Batch, *, models: Models,
         response = jnp.where(mask == 1, response, models.pad_id)
     seq, seq_mask = scoring.join(query, query_mask, response, mask)
     prompt_len = query.shape[1]
-    logprobs, _ = scoring.response_log_probs(models.policy, state.policy, seq, seq_mask,
+    logprobs, _ = scoring.response_log_probs(models.policy, policy, seq, seq_mask,
                                              prompt_len, s.temperature)
-    ref_logprobs, _ = scoring.response_log_probs(models.policy, frozen.ref, seq, seq_mask,
+    ref_logprobs, _ = scoring.response_log_probs(models.ref, frozen.ref, seq, seq_mask,
                                                  prompt_len, s.temperature)
-    values = scoring.response_outputs(
-        models.value, value_params(state.policy, state.value, s.shared_trunk), seq, seq_mask,
-        prompt_len)
+    values = jnp.zeros_like(logprobs)           # critic-free estimators read no value
+    if s.uses_value_model:
+        values = scoring.response_outputs(
+            models.value, value_params(policy, state.value, s.shared_trunk, frozen.value_base),
+            seq, seq_mask, prompt_len)
     gold = (models.gold(query, query_mask, response, mask) if models.gold is not None
             else jnp.zeros(query.shape[0]))
     scores = gold if s.reward_source == "gold" else scoring.reward_scores(
@@ -132,7 +158,9 @@ def rollout(state: PPOState, frozen: Frozen, prompts: Batch, *, models: Models,
                                                     estimator=s.kl_estimator)
     if s.whiten_rewards:                                                # PPO detail 9
         rewards = adv_lib.masked_whiten(rewards, mask, shift_mean=False)
-    advantages, returns = adv_lib.gae(rewards, values * mask, mask, gamma=s.gamma, lam=s.lam)
+    options = adv_lib.AdvantageOptions(s.gamma, s.lam, s.num_generations, s.scale_rewards)
+    advantages, returns = adv_lib.ESTIMATORS[s.advantage].advantages(rewards, values, mask,
+                                                                      options)
     out = Rollout(query, query_mask, response, mask, logprobs, ref_logprobs, values, scores,
                   gold, rewards, non_score, advantages, returns)
     return state.replace(rng=jax.random.key_data(rng)), out
@@ -157,54 +185,65 @@ def rollout_metrics(r: Rollout, state: PPOState, eos_id: int) -> Metrics:
 
 
 def ppo_loss(params: dict[str, Any], batch: Batch, *, models: Models, settings: PPOSettings,
-             kl_coef: jax.Array) -> tuple[jax.Array, Metrics, jax.Array]:
+             kl_coef: jax.Array, frozen: Frozen) -> tuple[jax.Array, Metrics, jax.Array]:
     """The PPO objective of one micro-batch (:mod:`jaxrlhf.rl.objectives`): its value, its
     terms' metrics (means over real response tokens) and the token count."""
     s, mask = settings, batch["mask"]
     seq, seq_mask = scoring.join(batch["query"], batch["query_mask"], batch["response"], mask)
     prompt_len = batch["query"].shape[1]
-    logprobs, logits = scoring.response_log_probs(models.policy, params["policy"], seq,
-                                                  seq_mask, prompt_len, s.temperature)
-    values = scoring.response_outputs(
-        models.value, value_params(params["policy"], params["value"], s.shared_trunk), seq,
-        seq_mask, prompt_len)
+    policy = models.policy_params(params["policy"], frozen)
+    logprobs, logits = scoring.response_log_probs(models.policy, policy, seq, seq_mask,
+                                                  prompt_len, s.temperature)
+    values = None
+    if s.uses_value_model:
+        values = scoring.response_outputs(
+            models.value, value_params(policy, params["value"], s.shared_trunk,
+                                       frozen.value_base), seq, seq_mask, prompt_len)
     inputs = TermInputs(logprobs, logits, values, batch, mask)
     total, metrics = combine(objective_terms(s, kl_coef), inputs, s)
     return total, metrics, mask.sum().astype(jnp.float32)
 
 
-def add_ptx_gradient(grads: dict[str, Any], policy: nnx.State, ptx: Batch, graphdef: nnx.GraphDef,
-                     coef: float) -> dict[str, Any]:
+def add_ptx_gradient(grads: dict[str, Any], policy: nnx.State, ptx: Batch, models: Models,
+                     frozen: Frozen, coef: float) -> dict[str, Any]:
     """Add ``coef`` x the gradient of the LM loss on demonstration rows to the policy
     gradient: the PPO-ptx objective of Ouyang et al. (2022, eq. 2)."""
-    ptx_grads = jax.grad(lambda p: losses.lm_nll(graphdef, p, ptx)[0])(policy)
+    ptx_grads = jax.grad(lambda p: losses.lm_nll(
+        models.policy, models.policy_params(p, frozen), ptx)[0])(policy)
     return {**grads, "policy": jax.tree.map(lambda g, h: g + coef * h, grads["policy"], ptx_grads)}
 
 
-def update(state: PPOState, r: Rollout, ptx: Batch | None, *, models: Models,
+def update(state: PPOState, frozen: Frozen, r: Rollout, ptx: Batch | None, *, models: Models,
            settings: PPOSettings, optimizers: Optimizers) -> tuple[PPOState, Metrics]:
     """``ppo_epochs`` passes over the rollout in shuffled minibatches (PPO detail 13),
-    advantages whitened per minibatch over real tokens (detail 11, ``whiten_advantages``),
-    gradients accumulated over ``grad_accum`` micro-batches. Returns the new state and minibatch-mean metrics."""
+    advantages whitened per minibatch over real tokens (detail 11, ``whiten_advantages``)
+    when the estimator asks for it, gradients accumulated over ``grad_accum`` micro-batches.
+    Returns the new state and minibatch-mean metrics."""
     s = settings
     batch_size = r.query.shape[0]
     rng, epoch_key = jax.random.split(jax.random.wrap_key_data(state.rng))
     data = r._asdict()
-    loss_fn = functools.partial(ppo_loss, models=models, settings=s, kl_coef=state.kl["beta"])
+    loss_fn = functools.partial(ppo_loss, models=models, settings=s, kl_coef=state.kl["beta"],
+                                frozen=frozen)
+    whiten = s.whiten_advantages and adv_lib.ESTIMATORS[s.advantage].whiten
+
+    def step(optimizer, grads, opt_state, params):
+        if params is None:                        # no value model: nothing to update
+            return None, None
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
 
     def minibatch_update(carry, indices):
         params, (pol_opt, val_opt) = carry
         mb = jax.tree.map(lambda x: x[indices], data)
-        if s.whiten_advantages:                                        # PPO detail 11
+        if whiten:                                                     # PPO detail 11
             mb["advantages"] = adv_lib.masked_whiten(mb["advantages"], mb["mask"])
         grads, metrics, _ = optim.accumulated_gradients(loss_fn, params, mb, s.grad_accum)
         if ptx is not None:
-            grads = add_ptx_gradient(grads, params["policy"], ptx, models.policy, s.ptx_coef)
-        pol_updates, pol_opt = optimizers.policy.update(grads["policy"], pol_opt, params["policy"])
-        val_updates, val_opt = optimizers.value.update(grads["value"], val_opt, params["value"])
-        params = {"policy": optax.apply_updates(params["policy"], pol_updates),
-                  "value": optax.apply_updates(params["value"], val_updates)}
-        return (params, (pol_opt, val_opt)), metrics
+            grads = add_ptx_gradient(grads, params["policy"], ptx, models, frozen, s.ptx_coef)
+        policy, pol_opt = step(optimizers.policy, grads["policy"], pol_opt, params["policy"])
+        value, val_opt = step(optimizers.value, grads["value"], val_opt, params["value"])
+        return ({"policy": policy, "value": value}, (pol_opt, val_opt)), metrics
 
     def epoch(carry, key):
         order = jax.random.permutation(key, batch_size).reshape(s.num_minibatches,
@@ -246,9 +285,8 @@ def iteration_phases(*, models: Models, settings: PPOSettings,
         return state, {"rollout": r, "metrics": rollout_metrics(r, state, models.eos_id)}
 
     def optimise(state, frozen, batch, carry):
-        del frozen
         ptx = {k: batch[k] for k in PTX_FIELDS} if settings.ptx_coef > 0 else None
-        state, metrics = update(state, carry["rollout"], ptx, models=models,
+        state, metrics = update(state, frozen, carry["rollout"], ptx, models=models,
                                 settings=settings, optimizers=optimizers)
         return state, {**carry, "metrics": {**carry["metrics"], **metrics}}
 
@@ -269,24 +307,18 @@ def run_phases(phases: Sequence[Phase], state: PPOState, frozen: Frozen,
     return state, carry["metrics"]
 
 
-def evaluate_policy(policy_params: nnx.State, frozen: Frozen, batch: Batch, key: jax.Array, *,
-                    models: Models, settings: PPOSettings) -> dict[str, jax.Array]:
-    """Sample once per evaluation prompt; per-sample gold, proxy score and KL to the SFT."""
+def evaluator(models: Models, settings: PPOSettings) -> Evaluator:
+    """How the policy samples (in the rollout and in evaluation) and what scores it."""
     s = settings
-    completion = sampling.generate(
-        models.policy, policy_params, batch["prompt_ids"], batch["prompt_mask"], key,
-        max_new_tokens=s.response_length, eos_id=models.eos_id, pad_id=models.pad_id,
-        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
-    seq, seq_mask = scoring.join(batch["prompt_ids"], batch["prompt_mask"], completion.tokens,
-                                 completion.mask)
-    prompt_len = batch["prompt_ids"].shape[1]
-    logprobs, _ = scoring.response_log_probs(models.policy, policy_params, seq, seq_mask,
-                                             prompt_len, s.temperature)
-    ref_logprobs, _ = scoring.response_log_probs(models.policy, frozen.ref, seq, seq_mask,
-                                                 prompt_len, s.temperature)
-    gold = (models.gold(batch["prompt_ids"], batch["prompt_mask"], completion.tokens,
-                        completion.mask) if models.gold is not None else jnp.zeros(seq.shape[0]))
-    proxy = (scoring.reward_scores(models.reward, frozen.reward, seq, seq_mask, models.gain,
-                                   models.bias) if models.reward is not None else gold)
-    return {"tokens": completion.tokens, "mask": completion.mask, "gold": gold,
-            "score": proxy, "kl": scoring.sequence_kl(logprobs, ref_logprobs, completion.mask)}
+    return Evaluator(models.ref, models.gold, models.reward, models.gain, models.bias,
+                     models.eos_id, models.pad_id, s.response_length, s.temperature, s.top_k,
+                     s.top_p)
+
+
+def evaluate_policy(trainable: nnx.State, frozen: Frozen, batch: Batch, key: jax.Array, *,
+                    models: Models, settings: PPOSettings) -> dict[str, jax.Array]:
+    """Sample once per evaluation prompt; per-sample gold, proxy score and KL to the SFT
+    (``jaxrlhf.rl.evaluation``)."""
+    return evaluate_samples(evaluator(models, settings),
+                            models.sampling_params(trainable, frozen), frozen.ref,
+                            frozen.reward, batch, key)

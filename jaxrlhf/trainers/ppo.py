@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -31,9 +30,9 @@ from jaxrlhf.data import sft as sft_data
 from jaxrlhf.data.iterator import BatchIterator
 from jaxrlhf.data.tokenizer import decode_rows, encode_prompts
 from jaxrlhf.metrics import read_metrics
-from jaxrlhf.models.build import abstract_model, random_params
+from jaxrlhf.models.build import abstract_model, lora_init, random_params
 from jaxrlhf.models.transformer import CausalLM, ScalarModel
-from jaxrlhf.rl import kl as kl_lib
+from jaxrlhf.rl import evaluation, kl as kl_lib
 from jaxrlhf.rl.ppo import (PTX_FIELDS, Frozen, Models, Optimizers, PPOState, evaluate_policy,
                             iteration_phases, run_phases)
 from jaxrlhf.settings import RunSettings
@@ -82,37 +81,79 @@ def compile_iteration(phases, *, single_program: bool, state_shardings, frozen_s
     return functools.partial(run_phases, [pinned(phase) for phase in phases])
 
 
+def value_model(settings: RunSettings, policy: TrainedModel, reward: RewardModel | None
+                ) -> tuple[nnx.GraphDef | None, Callable[[], nnx.State | None], nnx.State | None]:
+    """The value model's graph, a traceable function giving its initial trainable state,
+    and its frozen trunk (under LoRA). With a critic-free estimator there is none: (None,
+    ``lambda: None``, None).
+
+    The trunk comes from the reward model (``value_init='reward'``) or the policy, under a
+    zero value head (PPO detail 15); with ``shared`` only the head is the value model's own.
+    """
+    p, lora = settings.ppo, settings.lora.config
+    if not p.uses_value_model:
+        return None, lambda: None, None
+    source = reward.model if p.value_init == "reward" else policy
+    graphdef, _ = abstract_model(ScalarModel, source.model_config, head_init="zeros", lora=lora)
+
+    def init() -> nnx.State:
+        value = random_params(ScalarModel, source.model_config, settings.seed,
+                              head_init="zeros", lora=lora)
+        if p.shared_trunk:   # only the head is the value model's own
+            return nnx.State({"head": value["head"]})
+        value["model"] = source.params["model"]
+        return value
+
+    if lora is None or p.shared_trunk:
+        return graphdef, init, None
+    init, frozen = lora_init(ScalarModel, source.model_config, source.params, lora=lora,
+                             seed=settings.seed, base_dtype=settings.lora.base_dtype,
+                             head_init="zeros")
+    return graphdef, init, frozen
+
+
+def policy_model(settings: RunSettings, policy: TrainedModel
+                 ) -> tuple[nnx.GraphDef, Callable[[], nnx.State], nnx.State]:
+    """The trained policy's graph, a traceable function giving its initial trainable state
+    (the SFT parameters, or zero-effect adapters under LoRA), and the reference parameters
+    (under LoRA also the adapters' frozen base, in ``lora.base_dtype``)."""
+    lora = settings.lora.config
+    if lora is None:
+        return policy.graphdef, lambda: policy.params, policy.params
+    graphdef, _ = abstract_model(CausalLM, policy.model_config, lora=lora)
+    init, base = lora_init(CausalLM, policy.model_config, policy.params, lora=lora,
+                           seed=settings.seed, base_dtype=settings.lora.base_dtype)
+    return graphdef, init, base
+
+
 def build(settings: RunSettings, mesh: Mesh, policy: TrainedModel, reward: RewardModel | None,
           task: Task | None) -> Program:
     """Jit one PPO iteration (single program, or phase by phase) for ``mesh``."""
-    p = settings.ppo
-    value_source = reward.model if p.value_init == "reward" else policy
-    value_graphdef, _ = abstract_model(ScalarModel, value_source.model_config, head_init="zeros")
+    p, lora = settings.ppo, settings.lora.config
+    policy_graphdef, init_policy, ref = policy_model(settings, policy)
+    value_graphdef, init_value, value_base = value_model(settings, policy, reward)
     models = Models(
-        policy=policy.graphdef, value=value_graphdef,
+        policy=policy_graphdef, ref=policy.graphdef, value=value_graphdef,
         reward=reward.model.graphdef if reward is not None else None,
         gain=reward.gain if reward is not None else 1.0,
         bias=reward.bias if reward is not None else 0.0,
         gold=traceable_gold(task, policy.tokenizer) if task is not None else None,
-        eos_id=policy.tokenizer.eos_token_id, pad_id=policy.tokenizer.pad_token_id)
+        eos_id=policy.tokenizer.eos_token_id, pad_id=policy.tokenizer.pad_token_id,
+        lora_scale=lora.scale if lora is not None else None)
     optimizers = make_optimizers(settings)
 
     def init_state() -> PPOState:
-        # Value model: the reward model's (or policy's) trunk, a zero value head (detail 15).
-        value = random_params(ScalarModel, value_source.model_config, settings.seed,
-                              head_init="zeros")
-        if p.shared_trunk:   # only the head is the value model's own
-            value = nnx.State({"head": value["head"]})
-        else:
-            value["model"] = value_source.params["model"]
+        trainable, value = init_policy(), init_value()
         seed = settings.seed + jax.process_index() * 100003               # detail 18
-        return PPOState(step=jnp.zeros((), jnp.int32), policy=policy.params, value=value,
-                        policy_opt=optimizers.policy.init(policy.params),
-                        value_opt=optimizers.value.init(value), kl=kl_lib.init_kl_state(p.kl_coef),
+        return PPOState(step=jnp.zeros((), jnp.int32), policy=trainable, value=value,
+                        policy_opt=optimizers.policy.init(trainable),
+                        value_opt=optimizers.value.init(value) if value is not None else None,
+                        kl=kl_lib.init_kl_state(p.kl_coef),
                         rng=jax.random.key_data(jax.random.key(seed)))
 
     state_shardings = parallel.state_shardings(jax.eval_shape(init_state), mesh, settings.rules)
-    frozen = Frozen(ref=policy.params, reward=reward.model.params if reward else None)
+    frozen = Frozen(ref=ref, reward=reward.model.params if reward else None,
+                    value_base=value_base)
     frozen_shardings = parallel.state_shardings(frozen, mesh, settings.rules)
     frozen = jax.device_put(frozen, frozen_shardings)
     iterate = compile_iteration(
@@ -135,13 +176,6 @@ def prompt_arrays(tokenizer, examples: list[dict], settings: RunSettings) -> dic
         lm = sft_data.tokenize_sft(examples, tokenizer, settings.data.max_len)
         arrays.update({k: lm[k] for k in PTX_FIELDS})
     return arrays
-
-
-def summarize_eval(out: dict[str, np.ndarray], prefix: str = "eval/") -> dict[str, float]:
-    gold, n = np.asarray(out["gold"], np.float64), len(out["gold"])
-    return {f"{prefix}gold": float(gold.mean()),
-            f"{prefix}gold_stderr": float(gold.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
-            f"{prefix}score": float(np.mean(out["score"])), f"{prefix}kl": float(np.mean(out["kl"]))}
 
 
 def load_inputs(settings: RunSettings) -> tuple[TrainedModel, RewardModel | None, Task]:
@@ -172,13 +206,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     mesh = parallel.make_mesh(settings.mesh)
     policy, reward, task = load_inputs(settings)
     tok = workdir_lib.run_tokenizer(workdir, inherited=policy.tokenizer)
-    workdir_lib.write_model_card(workdir, policy.model_config, "policy")
+    workdir_lib.write_model_card(workdir, policy.model_config, "policy",
+                                 lora=settings.lora.config, base=settings.policy_init,
+                                 base_dtype=settings.lora.base_dtype)
     program = build(settings, mesh, policy, reward, task)
     train_prompts = prompt_arrays(tok, task.demonstrations(p.num_prompts, seed=settings.seed),
                                   settings)
-    eval_prompts = task.prompts(p.num_eval_prompts, seed=settings.seed + 1)
-    eval_ids, eval_mask = encode_prompts(tok, eval_prompts, p.prompt_length)
-    eval_batch = parallel.shard_batch({"prompt_ids": eval_ids, "prompt_mask": eval_mask}, mesh)
+    eval_prompts, eval_arrays = evaluation.held_out_prompts(task, tok, p.prompt_length,
+                                                            p.num_eval_prompts, settings.seed)
+    eval_batch = parallel.shard_batch(eval_arrays, mesh)
     samples_path = os.path.join(workdir, workdir_lib.SAMPLES_FILE)
 
     def evaluate_state(state: PPOState) -> dict[str, float]:
@@ -189,9 +225,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 f.write(json.dumps({"step": int(state.step), "prompt": eval_prompts[i],
                                     "response": responses[i], "gold": float(out["gold"][i]),
                                     "score": float(out["score"][i])}) + "\n")
-        return summarize_eval(out)
+        return evaluation.summarize(out)
 
-    batches = BatchIterator(train_prompts, p.batch_size, seed=settings.seed)
+    batches = BatchIterator(train_prompts, p.prompts_per_iteration, seed=settings.seed)
     loop.run(workdir=workdir, train=settings.train, config=config, mesh=mesh,
              init_state=program.init_state, state_shardings=program.state_shardings,
              step_fn=program.step, batches=batches, evaluate=evaluate_state,
@@ -199,10 +235,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     rows = read_metrics(workdir)
     evals = [r for r in rows if "eval/gold" in r]
     train_rows = [r for r in rows if "objective/kl" in r]
-    summary = {"gold_before": evals[0]["eval/gold"], "gold_before_stderr": evals[0]["eval/gold_stderr"],
-               "gold_after": evals[-1]["eval/gold"], "gold_after_stderr": evals[-1]["eval/gold_stderr"],
-               "score_before": evals[0]["eval/score"], "score_after": evals[-1]["eval/score"],
-               "kl": evals[-1]["eval/kl"],
+    summary = {**evaluation.before_after(evals),
                "train_kl": train_rows[-1]["objective/kl"] if train_rows else None,
                "iterations": settings.train.steps}
     workdir_lib.write_json(workdir, workdir_lib.SUMMARY_FILE, summary)

@@ -23,15 +23,14 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxrlhf import losses, parallel, sampling, scoring, workdir as workdir_lib
-from jaxrlhf.data import preference, records as records_lib, sft as sft_data
+from jaxrlhf import losses, pairs as pairs_lib, parallel, scoring, workdir as workdir_lib
+from jaxrlhf.data import sft as sft_data
 from jaxrlhf.data.iterator import BatchIterator, fixed_batches
-from jaxrlhf.data.tokenizer import decode_rows, encode_prompts
-from jaxrlhf.models.build import random_params, resolve_config
+from jaxrlhf.models import lora as lora_lib
+from jaxrlhf.models.build import lora_init, random_params, resolve_config
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.transformer import CausalLM, ScalarModel
-from jaxrlhf.settings import RewardSettings, RunSettings
-from jaxrlhf.tasks import get_task
+from jaxrlhf.settings import RunSettings
 from jaxrlhf.trainers import loop, supervised
 from jaxrlhf.workdir import TrainedModel
 
@@ -62,27 +61,38 @@ def reward_loss(graphdef: nnx.GraphDef, params: nnx.State, batch: supervised.Bat
 
 @dataclasses.dataclass(frozen=True)
 class Program:
-    """The supervised program plus the reward model's scoring functions on the same mesh."""
+    """The supervised program plus the reward model's scoring functions on the same mesh,
+    each of the trained parameters."""
     supervised: supervised.Program
     pair_scores: Callable     # (params, batch) -> (r_chosen, r_rejected)
     scores: Callable          # (params, ids, mask) -> raw scores
 
 
 def build(settings: RunSettings, model_config: ModelConfig, mesh: Mesh,
-          init_params: Callable[[], nnx.State]) -> Program:
+          init_params: Callable[[], nnx.State], frozen: nnx.State | None = None) -> Program:
+    """The reward model's program; under LoRA ``init_params`` gives the adapters and head
+    and ``frozen`` the trunk they adapt."""
     r = settings.reward
     program = supervised.build(
         loss=functools.partial(reward_loss, use_margin=r.use_margin, center_coef=r.center_coef),
         model_cls=ScalarModel, model_config=model_config, init_params=init_params,
         optim_settings=settings.optim, train=settings.train, mesh=mesh, rules=settings.rules,
-        head_init="normal")
+        frozen=frozen, head_init="normal", lora=settings.lora.config)
     params_sharding = program.state_shardings.params
+    frozen_sharding = parallel.state_shardings(program.frozen, mesh, settings.rules)
     batch_sharding = parallel.batch_sharding(mesh)
-    pair_fn = jax.jit(functools.partial(pair_scores, program.graphdef),
-                      in_shardings=(params_sharding, batch_sharding))
-    score_fn = jax.jit(functools.partial(scoring.last_token_scores, program.graphdef),
-                       in_shardings=(params_sharding, batch_sharding, batch_sharding))
-    return Program(program, pair_fn, score_fn)
+
+    def joined(fn):
+        return lambda params, frozen, *rows: fn(program.graphdef, lora_lib.join(frozen, params),
+                                                *rows)
+
+    pair_fn = jax.jit(joined(pair_scores),
+                      in_shardings=(params_sharding, frozen_sharding, batch_sharding))
+    score_fn = jax.jit(joined(scoring.last_token_scores),
+                       in_shardings=(params_sharding, frozen_sharding, batch_sharding,
+                                     batch_sharding))
+    return Program(program, lambda params, batch: pair_fn(params, program.frozen, batch),
+                   lambda params, ids, mask: score_fn(params, program.frozen, ids, mask))
 
 
 def calibration_table(margins: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
@@ -148,74 +158,21 @@ class RewardData:
     stats: dict[str, str]
 
 
-def policy_pairs(r: RewardSettings, policy: TrainedModel,
-                 prompts: list[str], seed: int) -> tuple[list[str], list[str]]:
-    """Two sampled responses per prompt from the SFT policy (temperature
-    ``reward.sample_temperature``), each one batch of all prompts."""
-    tok = policy.tokenizer
-    ids, mask = encode_prompts(tok, prompts)
-    generate = jax.jit(functools.partial(
-        sampling.generate, policy.graphdef, max_new_tokens=r.max_response_tokens,
-        eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, temperature=r.sample_temperature))
-    key_a, key_b = jax.random.split(jax.random.key(seed))
-    a, b = (generate(policy.params, ids, mask, key) for key in (key_a, key_b))
-    return decode_rows(tok, a.tokens, a.mask), decode_rows(tok, b.tokens, b.mask)
-
-
-def gold_pairs(r: RewardSettings, task, n: int, seed: int,
-               policy: TrainedModel | None) -> list[preference.PreferencePair]:
-    """Pairs on the task's prompts, labelled by its gold reward: two SFT-policy samples per
-    prompt when a policy is given, else two of the task's demonstrations."""
-    if policy is not None:
-        prompts = task.prompts(n, seed=seed)
-        responses_a, responses_b = policy_pairs(r, policy, prompts, seed)
-    else:
-        demos = task.demonstrations(2 * n, seed=seed)
-        prompts = [d["prompt"] for d in demos[:n]]
-        responses_a = [d["completion"] for d in demos[:n]]
-        responses_b = [d["completion"] for d in demos[n:]]
-    return preference.gold_labelled_pairs(
-        prompts, responses_a, responses_b, task.gold_reward, np.random.default_rng(seed),
-        mode=r.label_mode, temperature=r.label_temperature)
-
-
-def file_pairs(r: RewardSettings) -> tuple[list, list]:
-    train = preference.pairs_from_records(records_lib.load_records(r.source, r.split))
-    if r.eval_source:
-        evals = preference.pairs_from_records(records_lib.load_records(r.eval_source,
-                                                                       r.eval_split))
-    else:
-        train, evals = train[: r.num_train_pairs], train[r.num_train_pairs:]
-    return train[: r.num_train_pairs], evals[: r.num_eval_pairs]
-
-
 def prepare_data(settings: RunSettings, workdir: str, policy: TrainedModel | None) -> RewardData:
-    r, seed = settings.reward, settings.seed
-    task = None if r.source else get_task(settings.data.task)
-    if task is not None:
-        train = gold_pairs(r, task, r.num_train_pairs, seed, policy)
-        evals = gold_pairs(r, task, r.num_eval_pairs, seed + 1, policy)
-        reference = task.demonstrations(r.num_reference, seed=seed + 2)
+    """The run's pairs (:func:`jaxrlhf.pairs.prepare_pairs`) and the reference responses
+    the score normalisation is fitted on: the task's demonstrations, or the chosen
+    responses of file pairs."""
+    r = settings.reward
+    pairs = pairs_lib.prepare_pairs(settings, workdir, policy, "reward")
+    if pairs.task is not None:
+        reference = pairs.task.demonstrations(r.num_reference, seed=settings.seed + 2)
     else:
-        train, evals = file_pairs(r)
-        reference = [{"prompt": p.prompt, "completion": p.chosen} for p in train[: r.num_reference]]
-    tokenizer = workdir_lib.run_tokenizer(
-        workdir, inherited=policy.tokenizer if policy else None,
-        directory=settings.data.tokenizer, task=task,
-        texts=[t for p in train for t in (p.prompt, p.chosen, p.rejected)],
-        bpe_vocab_size=settings.data.bpe_vocab_size)
-    limits = dict(max_prompt_tokens=r.max_prompt_tokens,
-                  max_response_tokens=r.max_response_tokens)
-    train_arrays, train_stats = preference.tokenize_pairs(train, tokenizer, **limits)
-    if len(train_arrays["margin"]) < settings.train.batch_size:
-        raise ValueError(f"only {len(train_arrays['margin'])} usable training pairs, fewer "
-                         f"than config.train.batch_size={settings.train.batch_size}")
-    eval_arrays, eval_stats = preference.tokenize_pairs(evals, tokenizer, **limits)
-    reference_arrays = sft_data.tokenize_sft(reference, tokenizer, r.pair_length)
-    stats = {"train": train_stats.report(), "eval": eval_stats.report()}
-    print(f"[reward] train {stats['train']}; eval {stats['eval']}")
-    return RewardData(tokenizer, train_arrays, eval_arrays,
-                      {k: reference_arrays[k] for k in ("input_ids", "attention_mask")}, stats)
+        reference = [{"prompt": p.prompt, "completion": p.chosen}
+                     for p in pairs.train_pairs[: r.num_reference]]
+    reference_arrays = sft_data.tokenize_sft(reference, pairs.tokenizer, r.pair_length)
+    return RewardData(pairs.tokenizer, pairs.train, pairs.eval,
+                      {k: reference_arrays[k] for k in ("input_ids", "attention_mask")},
+                      pairs.stats)
 
 
 def initial_params_fn(seed: int, model_config: ModelConfig,
@@ -238,9 +195,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     data = prepare_data(settings, workdir, policy)
     model_config = (policy.model_config if policy is not None else resolve_config(
         settings.model, model_init=settings.model_init, vocab_size=len(data.tokenizer)))
-    workdir_lib.write_model_card(workdir, model_config, "params")
-    program = build(settings, model_config, mesh,
-                    initial_params_fn(settings.seed, model_config, policy))
+    workdir_lib.write_model_card(workdir, model_config, "params", lora=settings.lora.config,
+                                 base=settings.policy_init, base_dtype=settings.lora.base_dtype)
+    init, frozen = initial_params_fn(settings.seed, model_config, policy), None
+    if settings.lora.config is not None:
+        if policy is None:
+            raise ValueError("config.lora.rank > 0 needs the SFT policy to adapt: set "
+                             "config.policy_init")
+        init, frozen = lora_init(ScalarModel, model_config, init(), lora=settings.lora.config,
+                                 seed=settings.seed, base_dtype=settings.lora.base_dtype,
+                                 head_init="normal")
+    program = build(settings, model_config, mesh, init, frozen)
     eval_batches = fixed_batches(data.eval, settings.train.batch_size)
     gold_labelled = not settings.reward.source
 

@@ -3,7 +3,10 @@
 ``python -m jaxrlhf sft --config=configs/sft/quickstart.py --workdir=DIR``
 
 The loss is ``jaxrlhf.losses.lm_nll`` (response tokens and their EOS only); the step, its
-accumulation and compilation are ``jaxrlhf.trainers.supervised``.
+accumulation and compilation are ``jaxrlhf.trainers.supervised``. The model starts from
+random weights, a local HF directory (``model_init``) or a finished run's policy
+(``policy_init``, e.g. rejection-sampling fine-tuning on best-of-n samples), whose
+tokenizer it then keeps; with ``lora.rank`` > 0 only adapters on that base train.
 """
 from __future__ import annotations
 
@@ -25,12 +28,14 @@ from jaxrlhf.data import records as records_lib, sft as sft_data
 from jaxrlhf.data.iterator import BatchIterator, fixed_batches
 from jaxrlhf.data.tokenizer import decode_rows, encode_prompts
 from jaxrlhf.metrics import read_metrics
-from jaxrlhf.models.build import initial_lm_params, resolve_config
+from jaxrlhf.models.build import initial_lm_params, lora_init, resolve_config
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.transformer import CausalLM
+from jaxrlhf.rl import evaluation
 from jaxrlhf.settings import RunSettings
 from jaxrlhf.tasks import get_task
 from jaxrlhf.trainers import loop, supervised
+from jaxrlhf.workdir import TrainedModel
 
 
 def sft_loss(graphdef: nnx.GraphDef, params: nnx.State,
@@ -40,14 +45,27 @@ def sft_loss(graphdef: nnx.GraphDef, params: nnx.State,
     return loss, {}, metrics["tokens"]
 
 
-def build(settings: RunSettings, model_config: ModelConfig, mesh: Mesh) -> supervised.Program:
-    """The SFT program: a causal LM from ``model_init`` or random, trained on ``sft_loss``."""
+def build(settings: RunSettings, model_config: ModelConfig, mesh: Mesh,
+          policy: TrainedModel | None = None) -> supervised.Program:
+    """The SFT program: a causal LM from ``policy`` (the run in ``policy_init``),
+    ``model_init`` or random, trained on ``sft_loss`` (under LoRA, adapters on it)."""
+    def start() -> nnx.State:
+        if policy is not None:
+            return policy.params
+        return initial_lm_params(model_config, model_init=settings.model_init,
+                                 seed=settings.seed)
+
+    init, frozen, lora = start, None, settings.lora.config
+    if lora is not None:
+        if policy is None and not settings.model_init:
+            raise ValueError("config.lora.rank > 0 needs a base model to adapt: set "
+                             "config.policy_init (a finished run) or config.model_init")
+        init, frozen = lora_init(CausalLM, model_config, start(), lora=lora,
+                                 seed=settings.seed, base_dtype=settings.lora.base_dtype)
     return supervised.build(
-        loss=sft_loss, model_cls=CausalLM, model_config=model_config,
-        init_params=lambda: initial_lm_params(model_config, model_init=settings.model_init,
-                                              seed=settings.seed),
+        loss=sft_loss, model_cls=CausalLM, model_config=model_config, init_params=init,
         optim_settings=settings.optim, train=settings.train, mesh=mesh, rules=settings.rules,
-        count_metric="tokens")
+        count_metric="tokens", frozen=frozen, lora=lora)
 
 
 def evaluate(params: nnx.State, program: supervised.Program,
@@ -98,11 +116,13 @@ class SFTData:
     unigram_entropy: float | None  # of the task's responses, when the task can say
 
 
-def prepare_data(settings: RunSettings, workdir: str) -> SFTData:
+def prepare_data(settings: RunSettings, workdir: str, inherited=None) -> SFTData:
     """Examples from the built-in task or a file / ``datasets`` source, tokenized with the
-    run's tokenizer (chat rows need it for their template, so it comes first)."""
+    run's tokenizer (chat rows need it for their template, so it comes first): the
+    ``inherited`` one of the policy it starts from, if any."""
     d = settings.data
-    tokenizer_kw = dict(directory=d.tokenizer, bpe_vocab_size=d.bpe_vocab_size)
+    tokenizer_kw = dict(directory=d.tokenizer, bpe_vocab_size=d.bpe_vocab_size,
+                        inherited=inherited)
     task = None if d.source else get_task(d.task)
     if task is not None:
         tokenizer = workdir_lib.run_tokenizer(workdir, task=task, **tokenizer_kw)
@@ -131,19 +151,30 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Run (or resume) SFT; the policy checkpoints and tokenizer land in ``workdir``."""
     settings = RunSettings.from_config(config)
     mesh = parallel.make_mesh(settings.mesh)
-    data = prepare_data(settings, workdir)
-    model_config = resolve_config(settings.model, model_init=settings.model_init,
-                                  vocab_size=len(data.tokenizer))
-    workdir_lib.write_model_card(workdir, model_config, "params")
-    program = build(settings, model_config, mesh)
+    policy = (workdir_lib.load_model(settings.policy_init, CausalLM) if settings.policy_init
+              else None)
+    data = prepare_data(settings, workdir, policy.tokenizer if policy is not None else None)
+    model_config = (policy.model_config if policy is not None else resolve_config(
+        settings.model, model_init=settings.model_init, vocab_size=len(data.tokenizer)))
+    workdir_lib.write_model_card(workdir, model_config, "params", lora=settings.lora.config,
+                                 base=settings.policy_init or settings.model_init,
+                                 base_dtype=settings.lora.base_dtype)
+    program = build(settings, model_config, mesh, policy)
     eval_batches = fixed_batches(data.eval, settings.train.batch_size)
     t = settings.train
     show_samples = sample_writer(program.graphdef, data.tokenizer, data.eval_prompts,
                                  t.num_samples, t.sample_tokens, workdir)
 
+    # From a policy, report the task's gold reward and KL from it, as every stage that
+    # trains a policy does (rejection-sampling fine-tuning lands on PPO's reward-KL plot).
+    sample_eval = (supervised.policy_evaluation(settings, program, policy,
+                                                get_task(settings.data.task), mesh)
+                   if policy is not None else lambda params: {})
+
     def evaluate_state(state: supervised.TrainState) -> dict[str, float]:
-        show_samples(state.params, int(state.step))
-        return evaluate(state.params, program, eval_batches, mesh)
+        show_samples(program.full_params(state.params), int(state.step))
+        return {**evaluate(state.params, program, eval_batches, mesh),
+                **sample_eval(state.params)}
 
     batches = BatchIterator(data.train, t.batch_size, seed=settings.seed)
     state = loop.run(
@@ -154,5 +185,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     evals = [row for row in read_metrics(workdir) if "eval/loss" in row]
     summary = {"eval_loss": evals[-1]["eval/loss"], "first_eval_loss": evals[0]["eval/loss"],
                "unigram_entropy": data.unigram_entropy, "step": int(state.step)}
+    if policy is not None:
+        summary.update(evaluation.before_after(evals))
     workdir_lib.write_json(workdir, workdir_lib.SUMMARY_FILE, summary)
     return summary

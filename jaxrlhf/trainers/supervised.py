@@ -5,6 +5,10 @@ mean}, count)``. The step accumulates it over micro-batches
 (``jaxrlhf.optim.accumulated_gradients``), applies AdamW with the warm-up + cosine schedule,
 and logs ``loss``, the loss's metrics, ``grad_norm`` and ``lr``. It is jitted over the mesh
 with donated state and explicit shardings (docs/design.md, rule 1).
+
+Under LoRA the train state holds only what trains (``jaxrlhf.models.lora``): the frozen
+rest of the parameters is an argument of the compiled step, never in the optimizer state
+or the checkpoint, and the loss sees the two joined.
 """
 from __future__ import annotations
 
@@ -21,9 +25,13 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxrlhf import optim, parallel
+from jaxrlhf.models import lora
 from jaxrlhf.models.build import abstract_model
 from jaxrlhf.models.config import ModelConfig
-from jaxrlhf.settings import OptimSettings, TrainSettings
+from jaxrlhf.rl import evaluation
+from jaxrlhf.settings import OptimSettings, RunSettings, TrainSettings
+from jaxrlhf.tasks.base import Task, traceable_gold
+from jaxrlhf.workdir import TrainedModel
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -38,14 +46,16 @@ class TrainState:
     opt_state: optax.OptState
 
 
-def train_step(state: TrainState, batch: Batch, *, loss_fn: optim.LossFn,
-               optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-               grad_accum: int, count_metric: str | None) -> tuple[TrainState, Metrics]:
+def train_step(state: TrainState, frozen: nnx.State | None, batch: Batch, *,
+               loss_fn: optim.LossFn, optimizer: optax.GradientTransformation,
+               schedule: optax.Schedule, grad_accum: int,
+               count_metric: str | None) -> tuple[TrainState, Metrics]:
     """One optimizer update on a batch, accumulated over ``grad_accum`` micro-batches: the
-    gradient is that of the whole batch's mean loss, whatever the split. ``count_metric``
-    names a metric that logs the batch's count (SFT's ``tokens``)."""
+    gradient is that of the whole batch's mean loss, whatever the split. ``frozen`` is the
+    part of the parameters that does not train (None: all train). ``count_metric`` names a
+    metric that logs the batch's count (SFT's ``tokens``)."""
     def logged(params, micro):
-        loss, metrics, count = loss_fn(params, micro)
+        loss, metrics, count = loss_fn(lora.join(frozen, params), micro)
         return loss, {**metrics, "loss": loss}, count
 
     grads, metrics, count = optim.accumulated_gradients(logged, state.params, batch, grad_accum)
@@ -57,32 +67,40 @@ def train_step(state: TrainState, batch: Batch, *, loss_fn: optim.LossFn,
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def summed_loss(params: nnx.State, batch: Batch, *,
+def summed_loss(params: nnx.State, frozen: nnx.State | None, batch: Batch, *,
                 loss_fn: optim.LossFn) -> tuple[Metrics, jax.Array]:
     """Evaluation sums of one batch: ``{"loss": mean x count, metric: mean x count}`` and
     the count, to be added over batches and divided by the total count."""
-    loss, metrics, count = loss_fn(params, batch)
+    loss, metrics, count = loss_fn(lora.join(frozen, params), batch)
     return {"loss": loss * count, **{k: v * count for k, v in metrics.items()}}, count
 
 
 @dataclasses.dataclass(frozen=True)
 class Program:
-    """The compiled pieces of a supervised stage on one mesh."""
+    """The compiled pieces of a supervised stage on one mesh. ``frozen`` is the placed
+    frozen part of the parameters (None when every parameter trains)."""
     graphdef: nnx.GraphDef
     init_state: Callable[[], TrainState]
     state_shardings: Any
     step: Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
     eval_sums: Callable[[nnx.State, Batch], tuple[Metrics, jax.Array]]
+    frozen: nnx.State | None = None
+
+    def full_params(self, params: nnx.State) -> nnx.State:
+        """The whole parameter state of the model ``graphdef`` from the trained part."""
+        return lora.join(self.frozen, params)
 
 
 def build(*, loss: Loss, model_cls: Callable[..., nnx.Module], model_config: ModelConfig,
           init_params: Callable[[], nnx.State], optim_settings: OptimSettings,
           train: TrainSettings, mesh: Mesh, rules: Mapping[str, tuple[str, ...]],
-          count_metric: str | None = None, **model_kwargs) -> Program:
+          count_metric: str | None = None, frozen: nnx.State | None = None,
+          **model_kwargs) -> Program:
     """Jit the step (donated state, explicit shardings) and the evaluation sums for ``mesh``.
 
-    ``init_params`` returns the starting parameters (traceable; it runs under ``jit`` with
-    the state's shardings as outputs, so parameters are born sharded).
+    ``init_params`` returns the starting trainable parameters (traceable; it runs under
+    ``jit`` with the state's shardings as outputs, so parameters are born sharded);
+    ``frozen`` the parameters that do not train (under LoRA), placed here once.
     """
     graphdef, _ = abstract_model(model_cls, model_config, **model_kwargs)
     loss_fn = functools.partial(loss, graphdef)
@@ -95,13 +113,43 @@ def build(*, loss: Loss, model_cls: Callable[..., nnx.Module], model_config: Mod
                           opt_state=optimizer.init(params))
 
     state_shardings = parallel.state_shardings(jax.eval_shape(init_state), mesh, rules)
+    frozen_shardings = parallel.state_shardings(frozen, mesh, rules)
+    frozen = jax.device_put(frozen, frozen_shardings)
     batch_sharding = parallel.batch_sharding(mesh)
     step = jax.jit(
         functools.partial(train_step, loss_fn=loss_fn, optimizer=optimizer, schedule=schedule,
                           grad_accum=train.grad_accum, count_metric=count_metric),
-        in_shardings=(state_shardings, batch_sharding),
+        in_shardings=(state_shardings, frozen_shardings, batch_sharding),
         out_shardings=(state_shardings, parallel.replicated(mesh)),
         donate_argnums=0)
     eval_sums = jax.jit(functools.partial(summed_loss, loss_fn=loss_fn),
-                        in_shardings=(state_shardings.params, batch_sharding))
-    return Program(graphdef, init_state, state_shardings, step, eval_sums)
+                        in_shardings=(state_shardings.params, frozen_shardings, batch_sharding))
+    return Program(graphdef, init_state, state_shardings,
+                   lambda state, batch: step(state, frozen, batch),
+                   lambda params, batch: eval_sums(params, frozen, batch), frozen)
+
+
+def policy_evaluation(settings: RunSettings, program: Program, reference: TrainedModel,
+                      task: Task, mesh: Mesh) -> Callable[[nnx.State], dict[str, float]]:
+    """``trained params -> {eval/gold, eval/gold_stderr, eval/score, eval/kl}`` of a
+    policy-training supervised stage (DPO; SFT from a policy): one sample per held-out
+    prompt, drawn as PPO draws them (``ppo.*``), scored by the task's gold reward, with its
+    KL from the ``reference`` policy it started from (``jaxrlhf.rl.evaluation``)."""
+    p, adapters = settings.ppo, settings.lora.config
+    tok = reference.tokenizer
+    ev = evaluation.Evaluator(reference.graphdef, traceable_gold(task, tok), None, 1.0, 0.0,
+                              tok.eos_token_id, tok.pad_token_id, p.response_length,
+                              p.temperature, p.top_k, p.top_p)
+    _, prompts = evaluation.held_out_prompts(task, tok, p.prompt_length, p.num_eval_prompts,
+                                             settings.seed)
+    batch = parallel.shard_batch(prompts, mesh)
+
+    @jax.jit
+    def sample(params, frozen, ref, batch):
+        full = lora.join(frozen, params)
+        plain = lora.merge(full, adapters.scale) if adapters is not None else full
+        return evaluation.evaluate_policy(ev, plain, ref, None, batch, jax.random.key(1234))
+
+    ref = parallel.place(reference.params, mesh, settings.rules)
+    return lambda params: evaluation.summarize(jax.device_get(
+        sample(params, program.frozen, ref, batch)))

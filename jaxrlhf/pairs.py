@@ -1,0 +1,107 @@
+"""A run's preference pairs: gold-labelled on the built-in task, or read from files.
+
+Shared by every stage that learns from preferences (the reward model, DPO), so they train
+on the same data from the same config fields (``config.reward.*``). With no
+``reward.source`` the pairs are built on the task and labelled by its gold reward — two
+samples of the SFT policy per prompt when one is given, else two demonstrations; otherwise
+they are TRL ``{prompt, chosen, rejected}`` or Anthropic HH ``{chosen, rejected}`` rows.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxrlhf import sampling, workdir as workdir_lib
+from jaxrlhf.data import preference, records as records_lib
+from jaxrlhf.data.tokenizer import decode_rows, encode_prompts
+from jaxrlhf.settings import RewardSettings, RunSettings
+from jaxrlhf.tasks import get_task
+from jaxrlhf.tasks.base import Task
+from jaxrlhf.workdir import TrainedModel
+
+
+def policy_pairs(r: RewardSettings, policy: TrainedModel,
+                 prompts: list[str], seed: int) -> tuple[list[str], list[str]]:
+    """Two sampled responses per prompt from the SFT policy (temperature
+    ``reward.sample_temperature``), each one batch of all prompts."""
+    tok = policy.tokenizer
+    ids, mask = encode_prompts(tok, prompts)
+    generate = jax.jit(functools.partial(
+        sampling.generate, policy.graphdef, max_new_tokens=r.max_response_tokens,
+        eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, temperature=r.sample_temperature))
+    key_a, key_b = jax.random.split(jax.random.key(seed))
+    a, b = (generate(policy.params, ids, mask, key) for key in (key_a, key_b))
+    return decode_rows(tok, a.tokens, a.mask), decode_rows(tok, b.tokens, b.mask)
+
+
+def gold_pairs(r: RewardSettings, task: Task, n: int, seed: int,
+               policy: TrainedModel | None) -> list[preference.PreferencePair]:
+    """Pairs on the task's prompts, labelled by its gold reward: two SFT-policy samples per
+    prompt when a policy is given, else two of the task's demonstrations."""
+    if policy is not None:
+        prompts = task.prompts(n, seed=seed)
+        responses_a, responses_b = policy_pairs(r, policy, prompts, seed)
+    else:
+        demos = task.demonstrations(2 * n, seed=seed)
+        prompts = [d["prompt"] for d in demos[:n]]
+        responses_a = [d["completion"] for d in demos[:n]]
+        responses_b = [d["completion"] for d in demos[n:]]
+    return preference.gold_labelled_pairs(
+        prompts, responses_a, responses_b, task.gold_reward, np.random.default_rng(seed),
+        mode=r.label_mode, temperature=r.label_temperature)
+
+
+def file_pairs(r: RewardSettings) -> tuple[list, list]:
+    """Training and held-out pairs from ``reward.source`` (and ``reward.eval_source``, or
+    the rows after the first ``num_train_pairs``)."""
+    train = preference.pairs_from_records(records_lib.load_records(r.source, r.split))
+    if r.eval_source:
+        evals = preference.pairs_from_records(records_lib.load_records(r.eval_source,
+                                                                       r.eval_split))
+    else:
+        train, evals = train[: r.num_train_pairs], train[r.num_train_pairs:]
+    return train[: r.num_train_pairs], evals[: r.num_eval_pairs]
+
+
+@dataclasses.dataclass
+class Pairs:
+    """A run's tokenized pairs (``preference.tokenize_pairs`` arrays) and where they came
+    from; ``task`` is None for file pairs."""
+    tokenizer: Any
+    train: dict[str, np.ndarray]
+    eval: dict[str, np.ndarray]
+    train_pairs: list[preference.PreferencePair]
+    task: Task | None
+    stats: dict[str, str]
+
+
+def prepare_pairs(settings: RunSettings, workdir: str, policy: TrainedModel | None,
+                  stage: str) -> Pairs:
+    """The run's training and held-out pairs, tokenized with the run's tokenizer (the
+    policy's when there is one; ``stage`` names the run in the printed statistics)."""
+    r, seed = settings.reward, settings.seed
+    task = None if r.source else get_task(settings.data.task)
+    if task is not None:
+        train = gold_pairs(r, task, r.num_train_pairs, seed, policy)
+        evals = gold_pairs(r, task, r.num_eval_pairs, seed + 1, policy)
+    else:
+        train, evals = file_pairs(r)
+    tokenizer = workdir_lib.run_tokenizer(
+        workdir, inherited=policy.tokenizer if policy else None,
+        directory=settings.data.tokenizer, task=task,
+        texts=[t for p in train for t in (p.prompt, p.chosen, p.rejected)],
+        bpe_vocab_size=settings.data.bpe_vocab_size)
+    limits = dict(max_prompt_tokens=r.max_prompt_tokens,
+                  max_response_tokens=r.max_response_tokens)
+    train_arrays, train_stats = preference.tokenize_pairs(train, tokenizer, **limits)
+    if len(train_arrays["margin"]) < settings.train.batch_size:
+        raise ValueError(f"only {len(train_arrays['margin'])} usable training pairs, fewer "
+                         f"than config.train.batch_size={settings.train.batch_size}")
+    eval_arrays, eval_stats = preference.tokenize_pairs(evals, tokenizer, **limits)
+    stats = {"train": train_stats.report(), "eval": eval_stats.report()}
+    print(f"[{stage}] train {stats['train']}; eval {stats['eval']}")
+    return Pairs(tokenizer, train_arrays, eval_arrays, train, task, stats)

@@ -1,0 +1,144 @@
+"""Best-of-n sampling and the data of rejection-sampling fine-tuning.
+
+``python -m jaxrlhf bon --checkpoint=POLICY_DIR --reward=RM_DIR --n=16 --workdir=DIR``
+(or ``--config=configs/bon/quickstart.py`` with ``policy_init``, ``ppo.reward_init`` and
+``bon.*``)
+
+Samples ``bon.n`` responses to each of ``bon.num_prompts`` prompts of the task from the
+policy (as PPO samples: ``ppo.temperature``, ``ppo.response_length``, ...), scores every
+one with the reward model (or, with ``ppo.reward_source=gold``, the gold reward) and with
+the task's gold reward, and keeps the best by the reward model. It writes
+
+* ``best_of_n.jsonl``: the chosen responses as SFT rows ``{prompt, completion}`` (plus
+  their ``score`` and ``gold``) — train ``sft`` on it from the same policy for
+  rejection-sampling fine-tuning (expert iteration; ``configs/pipeline/expert_iteration.py``);
+* ``pool.npz``: every sample's ``score`` and ``gold`` [prompts, n];
+* ``metrics.jsonl``: one row per n' = 1, 2, 4, ..., n with the unbiased estimate of the
+  proxy and gold of best-of-n' from the pool and ``KL_bon = log n' - (n' - 1)/n'``
+  (``jaxrlhf.rl.best_of_n``);
+* ``summary.json``: gold and proxy of plain samples (``*_before``) and of the chosen ones
+  (``*_after``) with standard errors over prompts, and ``kl`` = KL_bon(n).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxrlhf import parallel, workdir as workdir_lib
+from jaxrlhf.data.tokenizer import decode_rows, encode_prompts
+from jaxrlhf.metrics import METRICS_FILE, MetricWriter
+from jaxrlhf.models.transformer import CausalLM
+from jaxrlhf.rl import best_of_n, evaluation
+from jaxrlhf.settings import RunSettings
+from jaxrlhf.tasks import get_task
+from jaxrlhf.tasks.base import traceable_gold
+
+CHOSEN_FILE = "best_of_n.jsonl"
+POOL_FILE = "pool.npz"
+
+
+def prompts_of(settings: RunSettings, task) -> list[str]:
+    """``bon.num_prompts`` prompts of the task: the held-out ones every stage evaluates on
+    (``bon.split='eval'``) or those PPO trains on (``'train'``)."""
+    b = settings.bon
+    if b.split == "eval":
+        return task.prompts(b.num_prompts, seed=settings.seed + 1)
+    return [d["prompt"] for d in task.demonstrations(b.num_prompts, seed=settings.seed)]
+
+
+def sample_pool(ev: evaluation.Evaluator, params, reward_params, ids: np.ndarray,
+                mask: np.ndarray, n: int, batch_size: int, seed: int,
+                mesh) -> dict[str, np.ndarray]:
+    """``n`` samples per prompt [prompts, prompt_len], ``batch_size`` rows at a time (the
+    last batch padded): tokens and mask [prompts, n, resp], score and gold [prompts, n]."""
+    rows = np.repeat(np.arange(len(ids)), n)                        # prompt of each sample
+
+    @jax.jit
+    def sample_and_score(params, reward_params, ids, mask, key):
+        out = ev.sample(params, ids, mask, key)
+        gold, score = ev.score(ids, mask, out.tokens, out.mask, reward_params)
+        return {"tokens": out.tokens, "mask": out.mask, "score": score, "gold": gold}
+
+    parts = []
+    for i, start in enumerate(range(0, len(rows), batch_size)):
+        take = rows[np.minimum(np.arange(start, start + batch_size), len(rows) - 1)]
+        batch = parallel.shard_batch({"ids": ids[take], "mask": mask[take]}, mesh)
+        key = jax.random.fold_in(jax.random.key(seed), i)
+        out = jax.device_get(sample_and_score(params, reward_params, batch["ids"],
+                                              batch["mask"], key))
+        parts.append({k: np.asarray(v)[: len(rows) - start] for k, v in out.items()})
+    pool = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return {k: v.reshape(len(ids), n, *v.shape[1:]) for k, v in pool.items()}
+
+
+def curve(score: np.ndarray, gold: np.ndarray) -> list[dict[str, float]]:
+    """Proxy and gold of best-of-n' for n' = 1, 2, 4, ... and the pool size, estimated
+    without bias from the pool (means over prompts), with KL_bon(n')."""
+    pool = score.shape[-1]
+    sizes = sorted({2 ** k for k in range(int(np.log2(pool)) + 1)} | {pool})
+    return [{"bon/n": m, "bon/kl": best_of_n.kl_best_of_n(m),
+             "bon/proxy": float(best_of_n.expected_best_of_n(score, score, m).mean()),
+             "bon/gold": float(best_of_n.expected_best_of_n(score, gold, m).mean())}
+            for m in sizes]
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Sample, score and select best-of-n; write the chosen responses, the pool, the
+    best-of-n' curve and the summary to ``workdir``."""
+    settings = RunSettings.from_config(config)
+    p, b = settings.ppo, settings.bon
+    if not settings.policy_init:
+        raise ValueError("no policy: pass --checkpoint=POLICY_DIR (config.policy_init)")
+    if p.reward_source == "model" and not p.reward_init:
+        raise ValueError("no reward model: pass --reward=RM_DIR (config.ppo.reward_init), or "
+                         "select by the gold reward with --config.ppo.reward_source=gold")
+    mesh = parallel.make_mesh(settings.mesh)
+    policy = workdir_lib.load_model(settings.policy_init, CausalLM)
+    reward = (workdir_lib.load_reward_model(p.reward_init) if p.reward_source == "model"
+              else None)
+    task, tok = get_task(settings.data.task), policy.tokenizer
+    ev = evaluation.Evaluator(
+        policy.graphdef, traceable_gold(task, tok),
+        reward.model.graphdef if reward else None, reward.gain if reward else 1.0,
+        reward.bias if reward else 0.0, tok.eos_token_id, tok.pad_token_id,
+        p.response_length, p.temperature, p.top_k, p.top_p)
+    prompts = prompts_of(settings, task)
+    ids, mask = encode_prompts(tok, prompts, p.prompt_length)
+    place = lambda params: parallel.place(params, mesh, settings.rules)  # noqa: E731
+    pool = sample_pool(ev, place(policy.params), place(reward.model.params) if reward else None,
+                       ids, mask, b.n, b.batch_size, settings.seed, mesh)
+
+    best = best_of_n.select_best(pool["score"])                          # [prompts]
+    pick = lambda x: np.take_along_axis(x, best.reshape(-1, *([1] * (x.ndim - 1))), 1)[:, 0]
+    responses = decode_rows(tok, pick(pool["tokens"]), pick(pool["mask"]))
+    os.makedirs(workdir, exist_ok=True)
+    workdir_lib.write_config(workdir, config)
+    with open(os.path.join(workdir, CHOSEN_FILE), "w") as f:
+        for prompt, response, score, gold in zip(prompts, responses, pick(pool["score"]),
+                                                 pick(pool["gold"])):
+            f.write(json.dumps({"prompt": prompt, "completion": response,
+                                "score": float(score), "gold": float(gold)}) + "\n")
+    np.savez(os.path.join(workdir, POOL_FILE), score=pool["score"], gold=pool["gold"])
+    rows = curve(pool["score"], pool["gold"])
+    if os.path.exists(os.path.join(workdir, METRICS_FILE)):      # a re-run replaces it
+        os.remove(os.path.join(workdir, METRICS_FILE))
+    writer = MetricWriter(workdir, tensorboard=False)
+    for row in rows:
+        writer.write(row["bon/n"], row)
+    writer.close()
+
+    gold_before, gold_before_se = evaluation.mean_and_stderr(pool["gold"].mean(-1))
+    gold_after, gold_after_se = evaluation.mean_and_stderr(pick(pool["gold"]))
+    summary = {"gold_before": gold_before, "gold_before_stderr": gold_before_se,
+               "gold_after": gold_after, "gold_after_stderr": gold_after_se,
+               "score_before": float(pool["score"].mean()),
+               "score_after": float(pick(pool["score"]).mean()),
+               "kl": best_of_n.kl_best_of_n(b.n), "n": b.n, "num_prompts": len(prompts),
+               "split": b.split}
+    workdir_lib.write_json(workdir, workdir_lib.SUMMARY_FILE, summary)
+    return summary
