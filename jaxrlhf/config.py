@@ -25,6 +25,11 @@ def base_config() -> ml_collections.ConfigDict:
         d_ff=256, max_seq_len=64, norm_eps=1e-5, rope_theta=10000.0, tie_embeddings=True,
         qkv_bias=True, dtype="float32", param_dtype="float32", scan_layers=False,
         remat="none"))
+    # Long-context RoPE (HF rope_type "linear" / "llama3"; models.transformer.rope_frequencies),
+    # and logits_chunk > 0: log-probs and the LM loss in chunks of that many positions, never
+    # holding [batch, seq, vocab] fp32 logits (jaxrlhf.scoring).
+    c.model.update(dict(rope_type="default", rope_factor=1.0, rope_low_freq_factor=1.0,
+                        rope_high_freq_factor=4.0, rope_original_max_len=8192, logits_chunk=0))
     # A local HF directory (config.json + *.safetensors) to start from; "" = random init.
     c.model_init = ""
     # Workdir of a finished SFT run: the reward and PPO stages start from its policy.
@@ -91,6 +96,8 @@ def base_config() -> ml_collections.ConfigDict:
         clip=0.2, value_clip=0.2, vf_coef=0.1, ent_coef=0.0, ptx_coef=0.0,               # [12]
         learning_rate=1e-5, adam_eps=1e-5, tf_adam=False,                               # [16, 17]
         single_program=True))
+    # "bfloat16": the frozen reference and reward models in bf16 (half their memory).
+    c.ppo.frozen_dtype = ""
     return c
 
 

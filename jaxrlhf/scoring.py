@@ -7,6 +7,8 @@ the trainers and the reward model all score sequences through these functions.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -67,9 +69,57 @@ def response_log_probs(graphdef: nnx.GraphDef, params: nnx.State, seq: jax.Array
                        seq_mask: jax.Array, prompt_len: int,
                        temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
     """Log-probs [batch, resp] of the response tokens under ``logits / temperature`` (the
-    distribution that sampled them, PPO detail 3), and those scaled logits."""
-    logits = response_outputs(graphdef, params, seq, seq_mask, prompt_len) / temperature
-    return token_log_probs(logits, seq[:, prompt_len:]), logits
+    distribution that sampled them, PPO detail 3), and the entropies of those distributions."""
+    return predicted_token_stats(graphdef, params, seq, seq_mask, prompt_len - 1, temperature)
+
+
+def predicted_token_stats(graphdef: nnx.GraphDef, params: nnx.State, seq: jax.Array,
+                          seq_mask: jax.Array, start: int = 0,
+                          temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
+    """Log-probs of the tokens ``seq[:, start + 1:]`` predicted at positions ``start ..
+    seq - 2`` under ``logits / temperature`` of a causal LM, and the entropies of those
+    distributions, each [batch, seq - 1 - start], in fp32.
+
+    With the model's ``logits_chunk`` > 0 they come from the final hidden states chunk by
+    chunk (:func:`chunked_token_stats`), never holding [batch, seq, vocab] logits.
+    """
+    model = nnx.merge(graphdef, params)
+    targets = seq[:, start + 1:]
+    chunk = model.config.logits_chunk
+    if not chunk:
+        logits = forward(graphdef, params, seq, seq_mask)[:, start:-1] / temperature
+        return token_log_probs(logits, targets), token_entropies(logits)
+    hidden, _ = model.model(seq, positions_from_mask(seq_mask), seq_mask)
+    return chunked_token_stats(model.logits, hidden[:, start:-1], targets, chunk, temperature)
+
+
+def chunked_token_stats(head: Callable[[jax.Array], jax.Array], hidden: jax.Array,
+                        targets: jax.Array, chunk: int,
+                        temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
+    """``token_log_probs`` and ``token_entropies`` of ``head(hidden) / temperature``, computed
+    ``chunk`` positions at a time by a ``lax.scan`` whose body is rematerialised: the forward
+    and the backward pass each hold one [batch, chunk, vocab] block of logits, and the
+    gradient is that of the unchunked computation (the head's is summed over chunks).
+
+    head: [..., d_model] -> fp32 logits [..., vocab]; hidden: [batch, seq, d_model];
+    targets: [batch, seq] -> two [batch, seq] arrays.
+    """
+    batch, length, width = hidden.shape
+    n = -(-length // chunk)
+    pad = n * chunk - length
+    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+    targets = jnp.pad(targets, ((0, 0), (0, pad)))
+    hs = hidden.reshape(batch, n, chunk, width).swapaxes(0, 1)      # [n, batch, chunk, D]
+    ts = targets.reshape(batch, n, chunk).swapaxes(0, 1)             # [n, batch, chunk]
+
+    @jax.checkpoint
+    def stats(h, t):
+        logits = head(h) / temperature                               # [batch, chunk, vocab]
+        return token_log_probs(logits, t), token_entropies(logits)
+
+    _, (logp, entropy) = jax.lax.scan(lambda carry, x: (carry, stats(*x)), None, (hs, ts))
+    unchunk = lambda x: x.swapaxes(0, 1).reshape(batch, n * chunk)[:, :length]  # noqa: E731
+    return unchunk(logp), unchunk(entropy)
 
 
 def last_token_index(mask: jax.Array) -> jax.Array:

@@ -163,12 +163,12 @@ def ppo_loss(params: dict[str, Any], batch: Batch, *, models: Models, settings: 
     s, mask = settings, batch["mask"]
     seq, seq_mask = scoring.join(batch["query"], batch["query_mask"], batch["response"], mask)
     prompt_len = batch["query"].shape[1]
-    logprobs, logits = scoring.response_log_probs(models.policy, params["policy"], seq,
-                                                  seq_mask, prompt_len, s.temperature)
+    logprobs, entropies = scoring.response_log_probs(models.policy, params["policy"], seq,
+                                                     seq_mask, prompt_len, s.temperature)
     values = scoring.response_outputs(
         models.value, value_params(params["policy"], params["value"], s.shared_trunk), seq,
         seq_mask, prompt_len)
-    inputs = TermInputs(logprobs, logits, values, batch, mask)
+    inputs = TermInputs(logprobs, entropies, values, batch, mask)
     total, metrics = combine(objective_terms(s, kl_coef), inputs, s)
     return total, metrics, mask.sum().astype(jnp.float32)
 

@@ -47,8 +47,10 @@ from jaxrlhf.workdir import RewardModel, TrainedModel
 class Program:
     models: Models
     init_state: Callable[[], PPOState]
+    abstract_state: Any
     state_shardings: Any
     frozen: Frozen
+    iterate: Callable         # (state, frozen, prompt batch) -> (state, metrics)
     step: Callable[[PPOState, loop.Batch], tuple[PPOState, dict[str, jax.Array]]]
     evaluate: Callable        # (policy params, prompt batch, key) -> per-sample stats
 
@@ -82,6 +84,27 @@ def compile_iteration(phases, *, single_program: bool, state_shardings, frozen_s
     return functools.partial(run_phases, [pinned(phase) for phase in phases])
 
 
+def place(tree: Any, shardings: Any) -> Any:
+    """``tree`` on ``shardings``; an abstract tree (``jax.ShapeDtypeStruct`` leaves, as a dry
+    run builds) gets the shardings attached instead."""
+    def one(x, sharding):
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+        return jax.device_put(x, sharding)
+    return jax.tree.map(one, tree, shardings)
+
+
+def cast_floats(tree: Any, dtype: str) -> Any:
+    """``tree`` with its floating-point leaves (arrays or abstract) cast to ``dtype``."""
+    def one(x):
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            return x
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(x.shape, jnp.dtype(dtype))
+        return x.astype(dtype)
+    return jax.tree.map(one, tree)
+
+
 def build(settings: RunSettings, mesh: Mesh, policy: TrainedModel, reward: RewardModel | None,
           task: Task | None) -> Program:
     """Jit one PPO iteration (single program, or phase by phase) for ``mesh``."""
@@ -97,30 +120,42 @@ def build(settings: RunSettings, mesh: Mesh, policy: TrainedModel, reward: Rewar
         eos_id=policy.tokenizer.eos_token_id, pad_id=policy.tokenizer.pad_token_id)
     optimizers = make_optimizers(settings)
 
-    def init_state() -> PPOState:
+    def make_state(policy_params: nnx.State, value_trunk: nnx.State | None) -> PPOState:
         # Value model: the reward model's (or policy's) trunk, a zero value head (detail 15).
         value = random_params(ScalarModel, value_source.model_config, settings.seed,
                               head_init="zeros")
         if p.shared_trunk:   # only the head is the value model's own
             value = nnx.State({"head": value["head"]})
         else:
-            value["model"] = value_source.params["model"]
+            value["model"] = value_trunk
         seed = settings.seed + jax.process_index() * 100003               # detail 18
-        return PPOState(step=jnp.zeros((), jnp.int32), policy=policy.params, value=value,
-                        policy_opt=optimizers.policy.init(policy.params),
+        return PPOState(step=jnp.zeros((), jnp.int32), policy=policy_params, value=value,
+                        policy_opt=optimizers.policy.init(policy_params),
                         value_opt=optimizers.value.init(value), kl=kl_lib.init_kl_state(p.kl_coef),
                         rng=jax.random.key_data(jax.random.key(seed)))
 
-    state_shardings = parallel.state_shardings(jax.eval_shape(init_state), mesh, settings.rules)
+    value_trunk = None if p.shared_trunk else value_source.params["model"]
+    abstract_state = jax.eval_shape(make_state, policy.params, value_trunk)
+    state_shardings = parallel.state_shardings(abstract_state, mesh, settings.rules)
+    start = jax.jit(make_state, out_shardings=state_shardings)
+    trunk_shardings = None if p.shared_trunk else state_shardings.value["model"]
+
+    def init_state() -> PPOState:
+        """The initial state; the weights enter ``start`` as arguments, never as constants."""
+        return start(jax.device_put(policy.params, state_shardings.policy),
+                     jax.device_put(value_trunk, trunk_shardings))
+
     frozen = Frozen(ref=policy.params, reward=reward.model.params if reward else None)
+    if p.frozen_dtype:   # the reference and reward models only run forward passes
+        frozen = cast_floats(frozen, p.frozen_dtype)
     frozen_shardings = parallel.state_shardings(frozen, mesh, settings.rules)
-    frozen = jax.device_put(frozen, frozen_shardings)
+    frozen = place(frozen, frozen_shardings)
     iterate = compile_iteration(
         iteration_phases(models=models, settings=p, optimizers=optimizers),
         single_program=p.single_program, state_shardings=state_shardings,
         frozen_shardings=frozen_shardings, mesh=mesh)
     evaluate = jax.jit(functools.partial(evaluate_policy, models=models, settings=p))
-    return Program(models, init_state, state_shardings, frozen,
+    return Program(models, init_state, abstract_state, state_shardings, frozen, iterate,
                    lambda state, batch: iterate(state, frozen, batch),
                    lambda params, batch, key: evaluate(params, frozen, batch, key))
 
@@ -195,7 +230,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     loop.run(workdir=workdir, train=settings.train, config=config, mesh=mesh,
              init_state=program.init_state, state_shardings=program.state_shardings,
              step_fn=program.step, batches=batches, evaluate=evaluate_state,
-             count_tokens=lambda b: int(b["prompt_mask"].sum()), desc="ppo")
+             count_tokens=lambda b: int(b["prompt_mask"].sum()), desc="ppo",
+             abstract_state=program.abstract_state)
     rows = read_metrics(workdir)
     evals = [r for r in rows if "eval/gold" in r]
     train_rows = [r for r in rows if "objective/kl" in r]

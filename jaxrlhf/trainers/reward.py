@@ -27,7 +27,8 @@ from jaxrlhf import losses, parallel, sampling, scoring, workdir as workdir_lib
 from jaxrlhf.data import preference, records as records_lib, sft as sft_data
 from jaxrlhf.data.iterator import BatchIterator, fixed_batches
 from jaxrlhf.data.tokenizer import decode_rows, encode_prompts
-from jaxrlhf.models.build import random_params, resolve_config
+from jaxrlhf.models import hf
+from jaxrlhf.models.build import ParamsInit, random_params, random_params_init, resolve_config
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.transformer import CausalLM, ScalarModel
 from jaxrlhf.settings import RewardSettings, RunSettings
@@ -69,7 +70,7 @@ class Program:
 
 
 def build(settings: RunSettings, model_config: ModelConfig, mesh: Mesh,
-          init_params: Callable[[], nnx.State]) -> Program:
+          init_params: ParamsInit) -> Program:
     r = settings.reward
     program = supervised.build(
         loss=functools.partial(reward_loss, use_margin=r.use_margin, center_coef=r.center_coef),
@@ -218,14 +219,23 @@ def prepare_data(settings: RunSettings, workdir: str, policy: TrainedModel | Non
                       {k: reference_arrays[k] for k in ("input_ids", "attention_mask")}, stats)
 
 
-def initial_params_fn(seed: int, model_config: ModelConfig,
-                      policy: TrainedModel | None) -> Callable[[], nnx.State]:
-    """Random scalar model, its trunk taken from the SFT policy when one is given."""
-    def init() -> nnx.State:
-        params = random_params(ScalarModel, model_config, seed, head_init="normal")
+def initial_params_fn(seed: int, model_config: ModelConfig, policy: TrainedModel | None,
+                      model_init: str = "") -> ParamsInit:
+    """A scalar model with a random head, its trunk taken from the SFT policy when one is
+    given, else imported from the HF directory ``model_init`` when given, else random."""
+    if policy is None and not model_init:
+        return random_params_init(ScalarModel, model_config, seed, head_init="normal")
+
+    def init(shardings: nnx.State) -> nnx.State:
+        head = jax.jit(lambda: random_params(ScalarModel, model_config, seed,
+                                             head_init="normal")["head"],
+                       out_shardings=shardings["head"])()
         if policy is not None:
-            params["model"] = policy.params["model"]
-        return params
+            trunk = jax.device_put(policy.params["model"], shardings["model"])
+        else:
+            trunk = hf.load_params(model_init, model_config,
+                                   nnx.State({"model": shardings["model"]}))["model"]
+        return nnx.merge_state(nnx.State({"model": trunk}), nnx.State({"head": head}))
     return init
 
 
@@ -240,7 +250,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         settings.model, model_init=settings.model_init, vocab_size=len(data.tokenizer)))
     workdir_lib.write_model_card(workdir, model_config, "params")
     program = build(settings, model_config, mesh,
-                    initial_params_fn(settings.seed, model_config, policy))
+                    initial_params_fn(settings.seed, model_config, policy, settings.model_init))
     eval_batches = fixed_batches(data.eval, settings.train.batch_size)
     gold_labelled = not settings.reward.source
 
@@ -254,7 +264,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         state_shardings=program.supervised.state_shardings, step_fn=program.supervised.step,
         batches=batches, evaluate=evaluate_state,
         count_tokens=lambda b: int(b["chosen_mask"].sum() + b["rejected_mask"].sum()),
-        desc="reward")
+        desc="reward", abstract_state=program.supervised.abstract_state)
 
     metrics, margins = evaluate_pairs(state.params, program, eval_batches, mesh, gold_labelled)
     workdir_lib.write_json(workdir, workdir_lib.CALIBRATION_FILE, calibration_table(margins))

@@ -44,8 +44,8 @@ def build(settings: RunSettings, model_config: ModelConfig, mesh: Mesh) -> super
     """The SFT program: a causal LM from ``model_init`` or random, trained on ``sft_loss``."""
     return supervised.build(
         loss=sft_loss, model_cls=CausalLM, model_config=model_config,
-        init_params=lambda: initial_lm_params(model_config, model_init=settings.model_init,
-                                              seed=settings.seed),
+        init_params=initial_lm_params(model_config, model_init=settings.model_init,
+                                      seed=settings.seed),
         optim_settings=settings.optim, train=settings.train, mesh=mesh, rules=settings.rules,
         count_metric="tokens")
 
@@ -150,7 +150,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         workdir=workdir, train=t, config=config, mesh=mesh, init_state=program.init_state,
         state_shardings=program.state_shardings, step_fn=program.step, batches=batches,
         evaluate=evaluate_state, count_tokens=lambda b: int(b["attention_mask"].sum()),
-        desc="sft")
+        desc="sft", abstract_state=program.abstract_state)
     evals = [row for row in read_metrics(workdir) if "eval/loss" in row]
     summary = {"eval_loss": evals[-1]["eval/loss"], "first_eval_loss": evals[0]["eval/loss"],
                "unigram_entropy": data.unigram_entropy, "step": int(state.step)}

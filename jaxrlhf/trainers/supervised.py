@@ -21,7 +21,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxrlhf import optim, parallel
-from jaxrlhf.models.build import abstract_model
+from jaxrlhf.models.build import ParamsInit, abstract_model
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.settings import OptimSettings, TrainSettings
 
@@ -67,34 +67,44 @@ def summed_loss(params: nnx.State, batch: Batch, *,
 
 @dataclasses.dataclass(frozen=True)
 class Program:
-    """The compiled pieces of a supervised stage on one mesh."""
+    """The compiled pieces of a supervised stage on one mesh. ``init_state()`` returns the
+    placed initial state (parameters from ``init_params``, then the optimizer state made by
+    ``start``, a jitted program that takes the parameters as arguments)."""
     graphdef: nnx.GraphDef
     init_state: Callable[[], TrainState]
+    abstract_state: Any
     state_shardings: Any
     step: Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
     eval_sums: Callable[[nnx.State, Batch], tuple[Metrics, jax.Array]]
+    start: Callable[[nnx.State], TrainState]
 
 
 def build(*, loss: Loss, model_cls: Callable[..., nnx.Module], model_config: ModelConfig,
-          init_params: Callable[[], nnx.State], optim_settings: OptimSettings,
+          init_params: ParamsInit, optim_settings: OptimSettings,
           train: TrainSettings, mesh: Mesh, rules: Mapping[str, tuple[str, ...]],
           count_metric: str | None = None, **model_kwargs) -> Program:
     """Jit the step (donated state, explicit shardings) and the evaluation sums for ``mesh``.
 
-    ``init_params`` returns the starting parameters (traceable; it runs under ``jit`` with
-    the state's shardings as outputs, so parameters are born sharded).
+    ``init_params(shardings)`` places the starting parameters on the state's parameter
+    shardings (random ones are born sharded; imported ones are read onto each device).
     """
-    graphdef, _ = abstract_model(model_cls, model_config, **model_kwargs)
+    graphdef, abstract_params = abstract_model(model_cls, model_config, **model_kwargs)
     loss_fn = functools.partial(loss, graphdef)
     schedule = optim.warmup_cosine(optim_settings, train.steps)
     optimizer = optim.adamw(optim_settings, schedule)
 
-    def init_state() -> TrainState:
-        params = init_params()
+    def make_state(params: nnx.State) -> TrainState:
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=optimizer.init(params))
 
-    state_shardings = parallel.state_shardings(jax.eval_shape(init_state), mesh, rules)
+    abstract_state = jax.eval_shape(make_state, abstract_params)
+    state_shardings = parallel.state_shardings(abstract_state, mesh, rules)
+    start = jax.jit(make_state, in_shardings=(state_shardings.params,),
+                    out_shardings=state_shardings, donate_argnums=0)
+
+    def init_state() -> TrainState:
+        return start(init_params(state_shardings.params))
+
     batch_sharding = parallel.batch_sharding(mesh)
     step = jax.jit(
         functools.partial(train_step, loss_fn=loss_fn, optimizer=optimizer, schedule=schedule,
@@ -104,4 +114,4 @@ def build(*, loss: Loss, model_cls: Callable[..., nnx.Module], model_config: Mod
         donate_argnums=0)
     eval_sums = jax.jit(functools.partial(summed_loss, loss_fn=loss_fn),
                         in_shardings=(state_shardings.params, batch_sharding))
-    return Program(graphdef, init_state, state_shardings, step, eval_sums)
+    return Program(graphdef, init_state, abstract_state, state_shardings, step, eval_sums, start)
