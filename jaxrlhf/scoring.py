@@ -7,11 +7,14 @@ the trainers and the reward model all score sequences through these functions.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from jaxrlhf.models.transformer import head_logits
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:
@@ -90,36 +93,72 @@ def predicted_token_stats(graphdef: nnx.GraphDef, params: nnx.State, seq: jax.Ar
         logits = forward(graphdef, params, seq, seq_mask)[:, start:-1] / temperature
         return token_log_probs(logits, targets), token_entropies(logits)
     hidden, _ = model.model(seq, positions_from_mask(seq_mask), seq_mask)
-    return chunked_token_stats(model.logits, hidden[:, start:-1], targets, chunk, temperature)
+    head_graphdef, head_params = nnx.split(model.head)
+    head = lambda p, h: head_logits(nnx.merge(head_graphdef, p), h)  # noqa: E731
+    return chunked_token_stats(head, head_params, hidden[:, start:-1], targets, chunk,
+                               temperature)
 
 
-def chunked_token_stats(head: Callable[[jax.Array], jax.Array], hidden: jax.Array,
-                        targets: jax.Array, chunk: int,
-                        temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
-    """``token_log_probs`` and ``token_entropies`` of ``head(hidden) / temperature``, computed
-    ``chunk`` positions at a time by a ``lax.scan`` whose body is rematerialised: the forward
-    and the backward pass each hold one [batch, chunk, vocab] block of logits, and the
-    gradient is that of the unchunked computation (the head's is summed over chunks).
+def _chunks(x: jax.Array, chunk: int) -> jax.Array:
+    """[batch, seq, ...] -> [n, batch, chunk, ...], zero-padded to ``n * chunk`` positions."""
+    n = -(-x.shape[1] // chunk)
+    x = jnp.pad(x, [(0, 0), (0, n * chunk - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+    return x.reshape(x.shape[0], n, chunk, *x.shape[2:]).swapaxes(0, 1)
 
-    head: [..., d_model] -> fp32 logits [..., vocab]; hidden: [batch, seq, d_model];
-    targets: [batch, seq] -> two [batch, seq] arrays.
+
+def _unchunk(x: jax.Array, length: int) -> jax.Array:
+    """Inverse of ``_chunks``: [n, batch, chunk, ...] -> [batch, length, ...]."""
+    x = x.swapaxes(0, 1)
+    return x.reshape(x.shape[0], -1, *x.shape[3:])[:, :length]
+
+
+def _chunk_stats(head, head_params, hidden, targets, temperature):
+    logits = head(head_params, hidden) / temperature                  # [batch, chunk, vocab]
+    return token_log_probs(logits, targets), token_entropies(logits)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4, 5))
+def chunked_token_stats(head: Callable, head_params, hidden: jax.Array, targets: jax.Array,
+                        chunk: int, temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
+    """``token_log_probs`` and ``token_entropies`` of ``head(head_params, hidden) /
+    temperature``, ``chunk`` positions at a time, so that neither pass holds more than one
+    [batch, chunk, vocab] block of logits: the forward pass is a ``lax.scan`` over chunks,
+    and the backward pass (a custom VJP) recomputes each block's logits, returns the hidden
+    states' gradient chunk by chunk and sums the head's over chunks — the gradient of the
+    unchunked computation, up to the order of that sum.
+
+    head: (params, [..., d_model]) -> fp32 logits [..., vocab]; hidden: [batch, seq,
+    d_model]; targets: [batch, seq] -> two [batch, seq] arrays.
     """
-    batch, length, width = hidden.shape
-    n = -(-length // chunk)
-    pad = n * chunk - length
-    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-    targets = jnp.pad(targets, ((0, 0), (0, pad)))
-    hs = hidden.reshape(batch, n, chunk, width).swapaxes(0, 1)      # [n, batch, chunk, D]
-    ts = targets.reshape(batch, n, chunk).swapaxes(0, 1)             # [n, batch, chunk]
+    stats = lambda h, t: _chunk_stats(head, head_params, h, t, temperature)  # noqa: E731
+    _, out = jax.lax.scan(lambda c, x: (c, stats(*x)), None,
+                          (_chunks(hidden, chunk), _chunks(targets, chunk)))
+    return tuple(_unchunk(x, hidden.shape[1]) for x in out)
 
-    @jax.checkpoint
-    def stats(h, t):
-        logits = head(h) / temperature                               # [batch, chunk, vocab]
-        return token_log_probs(logits, t), token_entropies(logits)
 
-    _, (logp, entropy) = jax.lax.scan(lambda carry, x: (carry, stats(*x)), None, (hs, ts))
-    unchunk = lambda x: x.swapaxes(0, 1).reshape(batch, n * chunk)[:, :length]  # noqa: E731
-    return unchunk(logp), unchunk(entropy)
+def _chunked_forward(head, head_params, hidden, targets, chunk, temperature):
+    out = chunked_token_stats(head, head_params, hidden, targets, chunk, temperature)
+    return out, (head_params, hidden, targets)
+
+
+def _chunked_backward(head, chunk, temperature, residuals, cotangents):
+    head_params, hidden, targets = residuals
+
+    def body(head_grad, x):
+        h, t, g_logp, g_entropy = x
+        _, vjp = jax.vjp(lambda p, hh: _chunk_stats(head, p, hh, t, temperature),
+                         head_params, h)
+        g_params, g_hidden = vjp((g_logp, g_entropy))
+        return jax.tree.map(jnp.add, head_grad, g_params), g_hidden
+
+    zeros = jax.tree.map(jnp.zeros_like, head_params)
+    xs = (_chunks(hidden, chunk), _chunks(targets, chunk),
+          *(_chunks(g, chunk) for g in cotangents))
+    head_grad, hidden_grad = jax.lax.scan(body, zeros, xs)
+    return head_grad, _unchunk(hidden_grad, hidden.shape[1]), None
+
+
+chunked_token_stats.defvjp(_chunked_forward, _chunked_backward)
 
 
 def last_token_index(mask: jax.Array) -> jax.Array:

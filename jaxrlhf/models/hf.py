@@ -229,7 +229,7 @@ def load_params(path: str, cfg: ModelConfig, shardings: nnx.State | None = None)
                              f"our layout, but the model's {'.'.join(map(str, key))} is {shape}")
         array = jax.make_array_from_callback(
             shape, sharding.get_value(),
-            lambda index, s=source, n=shape: s.read(ckpt, index, n).astype(dtype))
+            lambda index, s=source, n=shape: s.read(ckpt, index, n).astype(dtype, copy=False))
         loaded.append((key, shapes[key].replace(array)))
     used = {name for key in wanted for name in sources[key].names}
     unused = _unused(cfg, ckpt, used, with_head=("lm_head", "kernel") in wanted)

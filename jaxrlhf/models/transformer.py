@@ -244,10 +244,21 @@ class CausalLM(nnx.Module):
         h, cache = self.model(input_ids, positions, attention_mask, cache)
         return self.logits(h), cache
 
+    @property
+    def head(self) -> nnx.Module:
+        """The module that maps hidden states to logits: the tied embedding or ``lm_head``."""
+        return self.model.embed if self.config.tie_embeddings else self.lm_head
+
     def logits(self, h):
         """fp32 logits [..., vocab] of final hidden states h [..., d_model]."""
-        out = self.model.embed.attend(h) if self.config.tie_embeddings else self.lm_head(h)
-        return out.astype(jnp.float32)
+        return head_logits(self.head, h)
+
+
+def head_logits(head: nnx.Module, h: jax.Array) -> jax.Array:
+    """fp32 logits of hidden states ``h`` under an LM head: a tied ``nnx.Embed`` (its
+    ``attend``) or a ``Linear``."""
+    out = head.attend(h) if isinstance(head, nnx.Embed) else head(h)
+    return out.astype(jnp.float32)
 
 
 class ScalarModel(nnx.Module):
