@@ -30,6 +30,9 @@ _TOP_K = flags.DEFINE_integer("top_k", 0, "sample: keep the k most likely tokens
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "sample: nucleus mass (1: all).")
 _GREEDY = flags.DEFINE_boolean("greedy", False, "sample: argmax decoding.")
 _SEED = flags.DEFINE_integer("seed", 0, "sample: random seed.")
+_DRY_RUN = flags.DEFINE_boolean(
+    "dry_run", False, "compile the stage's step and print its peak memory per device (XLA "
+    "memory analysis) without running it; --workdir is not needed.")
 
 
 def _stage(argv: list[str]) -> str:
@@ -82,10 +85,16 @@ def main(argv: list[str]) -> None:
     parallel.initialize_distributed()
     if stage == "sample":
         return sample_main()
-    if _CONFIG.value is None or _WORKDIR.value is None:
+    if _CONFIG.value is None or (_WORKDIR.value is None and not _DRY_RUN.value):
         raise app.UsageError("--config and --workdir are required")
     config = _CONFIG.value
     config_lib.validate(config, jax.device_count())
+    if _DRY_RUN.value:
+        from jaxrlhf import dry_run
+        result = dry_run.report(stage, config)
+        print(json.dumps(result, indent=2))
+        print("\n".join(dry_run.summary_lines(result)))
+        return
     from jaxrlhf import pipeline
     run = pipeline.train if stage == "pipeline" else pipeline.TRAINERS[stage]
     print(run(config, _WORKDIR.value))

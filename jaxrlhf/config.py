@@ -12,6 +12,7 @@ from typing import Any
 
 import ml_collections
 
+from jaxrlhf.models.presets import PRESETS
 from jaxrlhf.settings import RunSettings
 
 def base_config() -> ml_collections.ConfigDict:
@@ -172,3 +173,31 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                 raise ValueError(str(e).replace("config.", f"config.{name}.", 1)) from None
         return
     RunSettings.from_config(config).check_mesh(num_devices)
+
+
+# Activation checkpointing per preset: save the matmul outputs where they fit, recompute
+# whole blocks for the larger models.
+PRESET_REMAT = {"gpt2_124m": "dots_saveable", "qwen2_5_0_5b": "dots_saveable",
+                "llama3_2_1b": "full", "llama3_8b": "full"}
+
+
+def preset_config(name: str) -> ml_collections.ConfigDict:
+    """``base_config`` with the model preset ``name`` (``jaxrlhf.models.presets``; random
+    init unless ``model_init=DIR``) at an accelerator-sized experiment shape: bf16 compute
+    with fp32 parameters and optimizer state, scanned layers with remat, log-probs in chunks
+    of 64 positions, FSDP over every device; SFT on 32 x 1024 tokens, reward pairs of 1024
+    tokens, PPO on 256 prompts of 256 tokens with 256-token responses and bf16 frozen models.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; the presets are {sorted(PRESETS)}")
+    c = base_config()
+    c.model.update(PRESETS[name])
+    c.model.update(dtype="bfloat16", param_dtype="float32", scan_layers=True,
+                   remat=PRESET_REMAT[name], logits_chunk=64)
+    c.mesh.update(data=1, fsdp=-1, tensor=1)
+    c.train.update(batch_size=32, grad_accum=4)
+    c.data.max_len = 1024
+    c.reward.update(max_prompt_tokens=512, max_response_tokens=511)
+    c.ppo.update(batch_size=256, num_minibatches=4, grad_accum=4, prompt_length=256,
+                 response_length=256, frozen_dtype="bfloat16")
+    return c

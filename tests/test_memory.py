@@ -66,7 +66,8 @@ def test_chunked_response_log_probs_and_entropies_equal_unchunked(temperature):
         graphdef, params = _model(cfg.replace(logits_chunk=c))
 
         def f(p):
-            logp, ent = scoring.response_log_probs(graphdef, p, seq, mask, 5, temperature)
+            logp, ent = scoring.response_log_probs(graphdef, p, seq, mask, 5, temperature,
+                                                  with_entropy=True)
             return (logp * mask[:, 5:]).sum() + 0.1 * ent.sum(), (logp, ent)
         return jax.jit(jax.value_and_grad(f, has_aux=True))(params)
 
@@ -218,3 +219,21 @@ def test_frozen_models_in_bf16_hold_half_the_memory_and_no_optimizer_state():
     assert set(vars(state16)) == set(vars(state32))   # same state: no frozen optimizer
     assert np.isfinite(metrics16["objective/kl"]) and abs(metrics16["objective/kl"]) < 0.05
     assert metrics32["objective/kl"] == 0.0
+
+
+def test_ppo_update_is_data_parallel():
+    """The PPO update gathers each minibatch by a random permutation; its rows must stay
+    split over the data axis: on 8 devices each holds ~1/8 of the activations that one
+    device holds for the same global batch (replicated rows would hold all of them)."""
+    from jaxrlhf import dry_run, memory, parallel
+    from jaxrlhf.config import load_config_file
+    c = load_config_file("configs/ppo/quickstart.py")
+    c.ppo.single_program = False
+    c.model.vocab_size = 68
+    settings = RunSettings.from_config(c)
+    temp = {}
+    for n in (8, 1):
+        mesh = parallel.make_mesh({"data": n}, devices=jax.devices()[:n])
+        jitted, args, _ = dry_run.ppo_steps(settings, mesh)["optimise"]
+        temp[n] = memory.compiled_memory(jitted.lower(*args).compile())["temp_bytes"]
+    assert temp[8] < 0.3 * temp[1], temp

@@ -23,7 +23,7 @@ Metrics = dict[str, jax.Array]
 class TermInputs(NamedTuple):
     """What the terms read for one micro-batch; per-token arrays are [batch, resp]."""
     logprobs: jax.Array        # log-probs of the response tokens under the current policy
-    entropies: jax.Array       # entropies of the policy's logits / temperature
+    entropies: jax.Array | None   # of the policy's logits / temperature (with ent_coef > 0)
     values: jax.Array          # the value model's V(s_t) before each response token
     rollout: Mapping[str, jax.Array]   # the minibatch's rollout fields (old log-probs, ...)
     mask: jax.Array            # 1 on the real response tokens

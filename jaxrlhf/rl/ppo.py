@@ -75,6 +75,9 @@ class Models:
     gold: Callable | None     # (query, query_mask, response, mask) -> [batch] gold reward
     eos_id: int
     pad_id: int
+    # Constrains a pytree of [batch, ...] arrays to the mesh's batch sharding (the shell's);
+    # a minibatch gathered by a random permutation is otherwise replicated on every device.
+    shard_rows: Callable[[Any], Any] | None = None
 
 
 class Optimizers(NamedTuple):
@@ -163,8 +166,9 @@ def ppo_loss(params: dict[str, Any], batch: Batch, *, models: Models, settings: 
     s, mask = settings, batch["mask"]
     seq, seq_mask = scoring.join(batch["query"], batch["query_mask"], batch["response"], mask)
     prompt_len = batch["query"].shape[1]
-    logprobs, entropies = scoring.response_log_probs(models.policy, params["policy"], seq,
-                                                     seq_mask, prompt_len, s.temperature)
+    logprobs, entropies = scoring.response_log_probs(
+        models.policy, params["policy"], seq, seq_mask, prompt_len, s.temperature,
+        with_entropy=s.ent_coef > 0)
     values = scoring.response_outputs(
         models.value, value_params(params["policy"], params["value"], s.shared_trunk), seq,
         seq_mask, prompt_len)
@@ -195,6 +199,8 @@ def update(state: PPOState, r: Rollout, ptx: Batch | None, *, models: Models,
     def minibatch_update(carry, indices):
         params, (pol_opt, val_opt) = carry
         mb = jax.tree.map(lambda x: x[indices], data)
+        if models.shard_rows is not None:
+            mb = models.shard_rows(mb)
         mb["advantages"] = adv_lib.masked_whiten(mb["advantages"], mb["mask"])
         grads, metrics, _ = optim.accumulated_gradients(loss_fn, params, mb, s.grad_accum)
         if ptx is not None:

@@ -117,7 +117,9 @@ def build(settings: RunSettings, mesh: Mesh, policy: TrainedModel, reward: Rewar
         gain=reward.gain if reward is not None else 1.0,
         bias=reward.bias if reward is not None else 0.0,
         gold=traceable_gold(task, policy.tokenizer) if task is not None else None,
-        eos_id=policy.tokenizer.eos_token_id, pad_id=policy.tokenizer.pad_token_id)
+        eos_id=policy.tokenizer.eos_token_id, pad_id=policy.tokenizer.pad_token_id,
+        shard_rows=functools.partial(jax.lax.with_sharding_constraint,
+                                     shardings=parallel.batch_sharding(mesh)))
     optimizers = make_optimizers(settings)
 
     def make_state(policy_params: nnx.State, value_trunk: nnx.State | None) -> PPOState:
