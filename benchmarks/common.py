@@ -11,9 +11,12 @@ measured on the machine just before the run: the machine's own limit.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -25,10 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrlhf import memory
+from jaxrlhf.config import base_config
 from jaxrlhf.models.build import abstract_model
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.presets import PRESETS, preset
 from jaxrlhf.models.transformer import CausalLM
+from jaxrlhf.settings import RunSettings
 
 # Dense peak TFLOP/s by compute dtype and HBM GB/s, from the vendors' spec sheets. Keys are
 # matched (lower case) against ``jax.devices()[0].device_kind``; the first match wins.
@@ -47,36 +52,54 @@ DEVICES: dict[str, dict[str, float]] = {
     "tpu v4": {"bfloat16": 275.0, "float32": 275.0, "hbm_gbps": 1200.0},
 }
 
-# Small shapes for this repository's CPU runs, next to the named presets.
-SHAPES: dict[str, dict[str, Any]] = {
-    "tiny": dict(family="gpt2", vocab_size=128, d_model=32, n_layers=1, n_heads=2,
-                 n_kv_heads=2, d_ff=64, tie_embeddings=True, qkv_bias=True),
-    "gpt2_4x256": dict(family="gpt2", vocab_size=512, d_model=256, n_layers=4, n_heads=4,
-                       n_kv_heads=4, d_ff=1024, tie_embeddings=True, qkv_bias=True),
-    "llama_4x256": dict(family="llama", vocab_size=512, d_model=256, n_layers=4, n_heads=8,
-                        n_kv_heads=2, d_ff=688, tie_embeddings=False, qkv_bias=False,
-                        norm_eps=1e-6),
-}
-
-
 def model_config(name: str, seq: int, args: argparse.Namespace) -> ModelConfig:
-    """A named shape (:data:`SHAPES` or a preset) long enough for ``seq`` tokens, with the
-    run's dtype and memory options."""
+    """A model by name — a preset (``jaxrlhf.models.presets``) or ``FAMILY_LxD``, a
+    CPU-scale GPT-2 or Llama with L layers of width D (heads of 64, or 2 at least; 512-token
+    vocabulary) — long enough for ``seq`` tokens, with the run's dtype and memory options."""
     options = dict(dtype=args.dtype, param_dtype=args.param_dtype, remat=args.remat,
                    scan_layers=args.scan_layers, logits_chunk=args.logits_chunk)
     if name in PRESETS:
         cfg = preset(name, **options)
         return cfg if cfg.max_seq_len >= seq else cfg.replace(max_seq_len=seq)
-    if name not in SHAPES:
-        raise SystemExit(f"--model {name!r}: choose from {sorted(SHAPES) + sorted(PRESETS)}")
-    return ModelConfig(**SHAPES[name], max_seq_len=seq, **options).validate()
+    match = re.fullmatch(r"(gpt2|llama)_(\d+)x(\d+)", name)
+    if not match:
+        raise SystemExit(f"--model {name!r}: a preset ({', '.join(sorted(PRESETS))}) or "
+                         "FAMILY_LxD with FAMILY gpt2 or llama, e.g. gpt2_4x256")
+    family, layers, width = match[1], int(match[2]), int(match[3])
+    heads = max(2, width // 64)
+    shape = dict(family=family, vocab_size=512, d_model=width, n_layers=layers, n_heads=heads)
+    if family == "gpt2":
+        shape.update(n_kv_heads=heads, d_ff=4 * width, tie_embeddings=True, qkv_bias=True)
+    else:
+        shape.update(n_kv_heads=max(1, heads // 4), d_ff=64 * round(8 * width / 3 / 64),
+                     tie_embeddings=False, qkv_bias=False, norm_eps=1e-6)
+    return ModelConfig(**shape, max_seq_len=seq, **options).validate()
+
+
+def run_settings(cfg: ModelConfig, args: argparse.Namespace, *, train: dict | None = None,
+                 ppo: dict | None = None) -> RunSettings:
+    """Typed settings for a benchmark of ``cfg``: the base config with this model, the
+    ``--mesh``, and the given train / PPO fields (other stages' lengths fitted to the model)."""
+    c = base_config()
+    c.model.update(dataclasses.asdict(cfg))
+    c.mesh.update(mesh_axes(args.mesh))
+    n = cfg.max_seq_len
+    c.data.max_len = n
+    c.reward.update(max_prompt_tokens=n // 2, max_response_tokens=n - n // 2 - 1)
+    c.ppo.update(prompt_length=n // 2, response_length=n - n // 2)
+    c.train.update(steps=1000, **(train or {}))
+    c.ppo.update(**(ppo or {}))
+    settings = RunSettings.from_config(c)
+    settings.check_mesh(jax.device_count())
+    return settings
 
 
 def parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
     """The options every benchmark takes; ``defaults`` sets per-benchmark defaults."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--model", default="gpt2_4x256",
-                   help=f"a shape: {', '.join(sorted(SHAPES) + sorted(PRESETS))}")
+                   help=f"FAMILY_LxD (gpt2_4x256, llama_4x256, ...) or a preset: "
+                        f"{', '.join(sorted(PRESETS))}")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq", type=int, default=128, help="tokens per row")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
@@ -136,9 +159,10 @@ def flops_per_token(cfg: ModelConfig, context: int, *, train: bool, head: str = 
     return 3 * forward if train else forward
 
 
+@functools.cache
 def measure_cpu_peaks() -> dict[str, float]:
-    """This machine's own limits: a 2048^3 fp32 matmul's FLOP/s and an 128 MiB array copy's
-    bytes/s through XLA (best of 5)."""
+    """This machine's own limits: a 2048^3 fp32 matmul's FLOP/s and a 128 MiB array copy's
+    bytes/s through XLA (best of 5), measured once per process."""
     a = jnp.ones((2048, 2048), jnp.float32)
     x = jnp.ones((32 * 2 ** 20,), jnp.float32)
     mm = time_calls(jax.jit(lambda: a @ a), warmup=1, repeats=5)["min"]
@@ -146,11 +170,16 @@ def measure_cpu_peaks() -> dict[str, float]:
     return {"tflops": 2 * 2048 ** 3 / mm / 1e12, "gbps": 2 * x.nbytes / copy / 1e9}
 
 
+def device_entry(kind: str) -> dict[str, float] | None:
+    """The :data:`DEVICES` row of a ``device_kind`` (None when it is not listed)."""
+    kind = kind.lower()
+    return next((v for k, v in DEVICES.items() if k in kind), None)
+
+
 def peaks(args: argparse.Namespace) -> dict[str, Any]:
     """Peak TFLOP/s and GB/s for MFU and the roofline: the flags, else the table, else
     (CPU) measured now."""
-    kind = jax.devices()[0].device_kind.lower()
-    entry = next((v for k, v in DEVICES.items() if k in kind), None)
+    entry = device_entry(jax.devices()[0].device_kind)
     if args.peak_tflops and args.peak_gbps:
         source = "command line"
         tflops, gbps = args.peak_tflops, args.peak_gbps
@@ -181,9 +210,11 @@ def device_peak_bytes() -> int | None:
     return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
 
 
-def compiled_peak(jitted: Any, *args: Any) -> dict[str, int]:
-    """XLA's memory analysis of ``jitted`` for these arguments (per device)."""
-    return memory.compiled_memory(jitted.lower(*memory.abstract(args)).compile())
+def compile_with_memory(jitted: Any, *args: Any) -> tuple[Any, dict[str, int]]:
+    """``jitted`` compiled for these arguments, and XLA's memory analysis of it (per
+    device). Timing the compiled object itself compiles once."""
+    compiled = jitted.lower(*args).compile()
+    return compiled, memory.compiled_memory(compiled)
 
 
 def finish(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:

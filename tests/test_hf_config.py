@@ -115,7 +115,7 @@ def test_computation_changing_fields_are_refused_by_name(family, changes, field,
     ("qwen2", {"use_sliding_window": True, "sliding_window": 2, "max_window_layers": 0}),
 ])
 def test_refused_fields_do_change_transformers_logits(family, changes):
-    """The refusals of the issue's cases are not over-cautious: transformers' logits move."""
+    """These refusals are not over-cautious: with the field set, transformers' logits move."""
     ref, weights = _hf_logits(_tiny(family))
     out, _ = _hf_logits(_tiny(family, **changes), weights)
     assert np.abs(out - ref).max() > 1e-3

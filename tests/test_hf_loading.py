@@ -109,3 +109,22 @@ def test_loading_holds_less_than_one_host_copy(tmp_path):
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 0.5 * total, (peak, total)
+
+
+def test_reward_model_trunk_loads_from_a_hf_directory(tmp_path):
+    """A reward model started from ``model_init`` takes the checkpoint's trunk (its LM head
+    is not a reward model's and is left out) and a fresh scalar head."""
+    from jaxrlhf.trainers.reward import initial_params_fn
+    from jaxrlhf.models.transformer import ScalarModel
+    cfg, reference = _checkpoint(tmp_path, "llama")
+    mesh = parallel.make_mesh(MESH)
+    abstract = nnx.split(nnx.eval_shape(lambda: ScalarModel(cfg, rngs=nnx.Rngs(0))))[1]
+    shardings = parallel.state_shardings(abstract, mesh, dict(parallel.rules_table(
+        base_config().axis_rules)))
+    params = initial_params_fn(0, cfg, None, str(tmp_path))(shardings)
+    flat = dict(nnx.to_flat_state(params))
+    assert {k for k in flat if k[0] == "model"} == {k for k in reference if k[0] == "model"}
+    for key, variable in flat.items():
+        if key[0] == "model":
+            np.testing.assert_array_equal(np.asarray(variable.get_value()), reference[key])
+    assert flat[("head", "kernel")].get_value().shape == (cfg.d_model, 1)
