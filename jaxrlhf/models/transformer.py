@@ -158,9 +158,11 @@ def attention(q, k, v, bias):
     return jnp.einsum("bkrts,bskd->btkrd", p, v).reshape(B, T, H, Dh)
 
 
-def _remat(cfg: ModelConfig, f, checkpoint):
-    """``f`` wrapped by ``checkpoint`` (``nnx.remat`` / ``jax.checkpoint``) per ``cfg.remat``."""
-    if cfg.remat == "none":
+def _remat(cfg: ModelConfig, f, checkpoint, cache):
+    """``f`` wrapped by ``checkpoint`` (``nnx.remat`` / ``jax.checkpoint``) per ``cfg.remat``;
+    never with a KV cache (decoding takes no gradient, and its loop merges the model outside
+    the block's trace)."""
+    if cfg.remat == "none" or cache is not None:
         return f
     pol = None if cfg.remat == "full" else jax.checkpoint_policies.dots_saveable
     return checkpoint(f, policy=pol)
@@ -208,7 +210,7 @@ class Transformer(nnx.Module):
             x, kv = self._scan_blocks(x, positions, bias, kv, idx)
         else:
             for i, blk in enumerate(self.blocks):
-                x, kv = _remat(self.config, lambda b, *a: b(*a), nnx.remat)(
+                x, kv = _remat(self.config, lambda b, *a: b(*a), nnx.remat, kv)(
                     blk, x, positions, bias, kv, i, idx)
         x = self.ln_f(x)
         new = None if cache is None else KVCache(kv[0], kv[1], idx + T)
@@ -225,7 +227,8 @@ class Transformer(nnx.Module):
             h, kv = nnx.merge(graphdef, layer_state)(h, positions, bias, kv, layer, idx)
             return (h, kv), None
 
-        body = _remat(self.config, body, functools.partial(jax.checkpoint, prevent_cse=False))
+        body = _remat(self.config, body, functools.partial(jax.checkpoint, prevent_cse=False),
+                      kv)
         layers = jnp.arange(self.config.n_layers, dtype=jnp.int32)
         (x, kv), _ = jax.lax.scan(body, (x, kv), (state, layers))
         return x, kv
