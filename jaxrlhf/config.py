@@ -175,10 +175,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     RunSettings.from_config(config).check_mesh(num_devices)
 
 
-# Activation checkpointing per preset: save the matmul outputs where they fit, recompute
-# whole blocks for the larger models.
-PRESET_REMAT = {"gpt2_124m": "dots_saveable", "qwen2_5_0_5b": "dots_saveable",
-                "llama3_2_1b": "full", "llama3_8b": "full"}
+# Activation checkpointing per preset: save the weight matmuls' outputs where they fit,
+# recompute whole blocks for the largest model.
+PRESET_REMAT = {"gpt2_124m": "dots_with_no_batch_dims_saveable",
+                "qwen2_5_0_5b": "dots_with_no_batch_dims_saveable",
+                "llama3_2_1b": "dots_with_no_batch_dims_saveable", "llama3_8b": "full"}
 
 
 def preset_config(name: str) -> ml_collections.ConfigDict:

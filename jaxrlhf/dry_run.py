@@ -113,7 +113,8 @@ def ppo_steps(settings: RunSettings, mesh: Mesh) -> dict[str, tuple]:
     phases = iteration_phases(models=program.models, settings=p,
                               optimizers=ppo.make_optimizers(settings))
     for phase in phases:
-        steps[phase.__name__] = (jax.jit(phase, donate_argnums=0), (*args, carry), params)
+        steps[phase.__name__] = (parallel.MeshJit(mesh, phase, donate_argnums=0),
+                                 (*args, carry), params)
         state, carry = jax.eval_shape(phase, *args, carry)
         args = (memory.abstract(state, program.state_shardings), *args[1:])
     return steps

@@ -148,6 +148,35 @@ def state_shardings(abstract_state: Any, mesh: Mesh, rules: Mapping[str, tuple[s
     return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+def constrain_batch(x: jax.Array) -> jax.Array:
+    """``x`` [batch, ...] kept split over the batch axes when a mesh is in context
+    (``jax.set_mesh``, as the stage shells trace their steps); unchanged otherwise. Without it
+    XLA may follow FSDP-sharded weights and split the hidden axis of the residual stream
+    instead, which leaves the wider activations (the MLP's) whole on every device."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+        return x
+    return jax.lax.with_sharding_constraint(x, P(BATCH_AXES))
+
+
+class MeshJit:
+    """``jax.jit(fn, **kwargs)`` traced, lowered and run with ``mesh`` in context
+    (``jax.set_mesh``), so that :func:`constrain_batch` applies inside. Model construction
+    stays outside the context: parameters are placed by logical names, not by the mesh."""
+
+    def __init__(self, mesh: Mesh, fn: Any, **jit_kwargs: Any):
+        self.mesh = mesh
+        self.jitted = jax.jit(fn, **jit_kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with jax.set_mesh(self.mesh):
+            return self.jitted(*args, **kwargs)
+
+    def lower(self, *args: Any, **kwargs: Any) -> Any:
+        with jax.set_mesh(self.mesh):
+            return self.jitted.lower(*args, **kwargs)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

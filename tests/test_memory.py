@@ -141,9 +141,10 @@ def _stage_loss(stage, cfg):
 
 
 # Every stage, every policy and both layer layouts, in 6 cases (the full product is slow).
-REMAT_CASES = [("sft", "full", False), ("sft", "dots_saveable", True),
+REMAT_CASES = [("sft", "full", False), ("sft", "dots_with_no_batch_dims_saveable", True),
                ("reward", "full", True), ("reward", "dots_saveable", False),
-               ("ppo", "full", False), ("ppo", "dots_saveable", True)]
+               ("ppo", "dots_with_no_batch_dims_saveable", False),
+               ("ppo", "dots_saveable", True)]
 ALL_REMAT_CASES = [(stage, remat, scan) for stage in ("sft", "reward", "ppo")
                    for remat in REMAT_POLICIES if remat != "none" for scan in (False, True)]
 
@@ -221,19 +222,22 @@ def test_frozen_models_in_bf16_hold_half_the_memory_and_no_optimizer_state():
     assert metrics32["objective/kl"] == 0.0
 
 
-def test_ppo_update_is_data_parallel():
-    """The PPO update gathers each minibatch by a random permutation; its rows must stay
-    split over the data axis: on 8 devices each holds ~1/8 of the activations that one
-    device holds for the same global batch (replicated rows would hold all of them)."""
+@pytest.mark.parametrize("stage,axis", [("sft", "fsdp"), ("ppo", "data")])
+def test_activations_are_split_over_the_batch_axes(stage, axis):
+    """On 8 devices each holds ~1/8 of the activations one device holds for the same global
+    batch. Two ways this failed: FSDP-sharded weights led XLA to split the hidden axis of
+    the residual stream and keep the MLP's activations whole on every device; and PPO's
+    minibatches, gathered by a random permutation, were replicated."""
     from jaxrlhf import dry_run, memory, parallel
     from jaxrlhf.config import load_config_file
-    c = load_config_file("configs/ppo/quickstart.py")
+    c = load_config_file(f"configs/{stage}/quickstart.py")
+    c.model.update(vocab_size=68, d_ff=1024)
     c.ppo.single_program = False
-    c.model.vocab_size = 68
     settings = RunSettings.from_config(c)
+    program = "step" if stage == "sft" else "optimise"
     temp = {}
     for n in (8, 1):
-        mesh = parallel.make_mesh({"data": n}, devices=jax.devices()[:n])
-        jitted, args, _ = dry_run.ppo_steps(settings, mesh)["optimise"]
+        mesh = parallel.make_mesh({axis: n}, devices=jax.devices()[:n])
+        jitted, args, _ = getattr(dry_run, f"{stage}_steps")(settings, mesh)[program]
         temp[n] = memory.compiled_memory(jitted.lower(*args).compile())["temp_bytes"]
     assert temp[8] < 0.3 * temp[1], temp

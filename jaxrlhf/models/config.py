@@ -8,7 +8,12 @@ import dataclasses
 from typing import Any
 
 FAMILIES = ("gpt2", "llama", "qwen2")
-REMAT_POLICIES = ("none", "full", "dots_saveable")
+# Activation checkpointing per block: none; "full" (recompute the block); or save the
+# outputs of its matmuls and recompute the rest — every dot ("dots_saveable"), or only those
+# without batch dimensions, the weight matmuls, recomputing the attention scores
+# ("dots_with_no_batch_dims_saveable", the usual choice for long sequences). The names are
+# those of jax.checkpoint_policies.
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 DTYPES = ("float32", "bfloat16", "float16")
 # RoPE frequency schedules, named as HF's ``rope_type`` (``jaxrlhf.models.transformer.rope_frequencies``).
 ROPE_TYPES = ("default", "linear", "llama3")

@@ -14,7 +14,8 @@ Layer stack layouts:
   compile time does not grow with depth.
 The KV cache ([L, B, S, Hkv, Dh], in the compute dtype) is updated in place: each block writes
 only its new tokens' slots (``dynamic_update_slice``) and reads its layer for attention.
-``remat`` ('full' | 'dots_saveable') wraps each block application (inside the scan when scanned).
+``remat`` ('full' or a ``jax.checkpoint_policies`` name, ``models.config.REMAT_POLICIES``) wraps
+each block application (inside the scan when scanned) in training passes.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxrlhf.models.config import ModelConfig
+from jaxrlhf.parallel import constrain_batch
 
 NEG = -1e9  # finite mask value so fully padded rows do not NaN
 
@@ -132,13 +134,13 @@ class Block(nnx.Module):
                           for c, new in zip(cache, (k, v)))
             k, v = (jax.lax.dynamic_index_in_dim(c, layer, 0, keepdims=False).astype(q.dtype)
                     for c in cache)
-        x = x + self.o(attention(q, k, v, bias).reshape(B, T, -1))
+        x = constrain_batch(x + self.o(attention(q, k, v, bias).reshape(B, T, -1)))
         h = self.ln2(x)
         if cfg.family == "gpt2":
             m = jax.nn.gelu(self.up(h), approximate=True)
         else:
             m = jax.nn.silu(self.gate(h)) * self.up(h)
-        return x + self.down(m), cache
+        return constrain_batch(x + self.down(m)), cache
 
 
 def attention(q, k, v, bias):
@@ -164,8 +166,8 @@ def _remat(cfg: ModelConfig, f, checkpoint, cache):
     the block's trace)."""
     if cfg.remat == "none" or cache is not None:
         return f
-    pol = None if cfg.remat == "full" else jax.checkpoint_policies.dots_saveable
-    return checkpoint(f, policy=pol)
+    policy = None if cfg.remat == "full" else getattr(jax.checkpoint_policies, cfg.remat)
+    return checkpoint(f, policy=policy)
 
 
 class Transformer(nnx.Module):
@@ -195,6 +197,7 @@ class Transformer(nnx.Module):
         x = self.embed(input_ids)
         if self.config.family == "gpt2":
             x = x + self.pos(positions)
+        x = constrain_batch(x)
         mask = attention_mask.astype(bool)
         if cache is None:
             idx = jnp.zeros((), jnp.int32)

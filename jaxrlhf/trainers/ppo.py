@@ -69,17 +69,17 @@ def compile_iteration(phases, *, single_program: bool, state_shardings, frozen_s
     """``(state, frozen, batch) -> (state, metrics)``: the phases jitted as one program, or
     each phase jitted on its own (state donated and kept on its shardings either way)."""
     if single_program:
-        return jax.jit(functools.partial(run_phases, phases),
-                       in_shardings=(state_shardings, frozen_shardings,
-                                     parallel.batch_sharding(mesh)),
-                       out_shardings=(state_shardings, parallel.replicated(mesh)),
-                       donate_argnums=0)
+        return parallel.MeshJit(mesh, functools.partial(run_phases, phases),
+                                in_shardings=(state_shardings, frozen_shardings,
+                                              parallel.batch_sharding(mesh)),
+                                out_shardings=(state_shardings, parallel.replicated(mesh)),
+                                donate_argnums=0)
 
     def pinned(phase):
         def run(state, frozen, batch, carry):
             state, carry = phase(state, frozen, batch, carry)
             return jax.lax.with_sharding_constraint(state, state_shardings), carry
-        return jax.jit(run, donate_argnums=0)
+        return parallel.MeshJit(mesh, run, donate_argnums=0)
 
     return functools.partial(run_phases, [pinned(phase) for phase in phases])
 
@@ -156,7 +156,8 @@ def build(settings: RunSettings, mesh: Mesh, policy: TrainedModel, reward: Rewar
         iteration_phases(models=models, settings=p, optimizers=optimizers),
         single_program=p.single_program, state_shardings=state_shardings,
         frozen_shardings=frozen_shardings, mesh=mesh)
-    evaluate = jax.jit(functools.partial(evaluate_policy, models=models, settings=p))
+    evaluate = parallel.MeshJit(mesh, functools.partial(evaluate_policy, models=models,
+                                                        settings=p))
     return Program(models, init_state, abstract_state, state_shardings, frozen, iterate,
                    lambda state, batch: iterate(state, frozen, batch),
                    lambda params, batch, key: evaluate(params, frozen, batch, key))

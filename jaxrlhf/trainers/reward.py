@@ -79,10 +79,11 @@ def build(settings: RunSettings, model_config: ModelConfig, mesh: Mesh,
         head_init="normal")
     params_sharding = program.state_shardings.params
     batch_sharding = parallel.batch_sharding(mesh)
-    pair_fn = jax.jit(functools.partial(pair_scores, program.graphdef),
-                      in_shardings=(params_sharding, batch_sharding))
-    score_fn = jax.jit(functools.partial(scoring.last_token_scores, program.graphdef),
-                       in_shardings=(params_sharding, batch_sharding, batch_sharding))
+    pair_fn = parallel.MeshJit(mesh, functools.partial(pair_scores, program.graphdef),
+                               in_shardings=(params_sharding, batch_sharding))
+    score_fn = parallel.MeshJit(
+        mesh, functools.partial(scoring.last_token_scores, program.graphdef),
+        in_shardings=(params_sharding, batch_sharding, batch_sharding))
     return Program(program, pair_fn, score_fn)
 
 

@@ -106,12 +106,13 @@ def build(*, loss: Loss, model_cls: Callable[..., nnx.Module], model_config: Mod
         return start(init_params(state_shardings.params))
 
     batch_sharding = parallel.batch_sharding(mesh)
-    step = jax.jit(
-        functools.partial(train_step, loss_fn=loss_fn, optimizer=optimizer, schedule=schedule,
-                          grad_accum=train.grad_accum, count_metric=count_metric),
+    step = parallel.MeshJit(
+        mesh, functools.partial(train_step, loss_fn=loss_fn, optimizer=optimizer,
+                                schedule=schedule, grad_accum=train.grad_accum,
+                                count_metric=count_metric),
         in_shardings=(state_shardings, batch_sharding),
         out_shardings=(state_shardings, parallel.replicated(mesh)),
         donate_argnums=0)
-    eval_sums = jax.jit(functools.partial(summed_loss, loss_fn=loss_fn),
-                        in_shardings=(state_shardings.params, batch_sharding))
+    eval_sums = parallel.MeshJit(mesh, functools.partial(summed_loss, loss_fn=loss_fn),
+                                 in_shardings=(state_shardings.params, batch_sharding))
     return Program(graphdef, init_state, abstract_state, state_shardings, step, eval_sums, start)
