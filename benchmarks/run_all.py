@@ -49,7 +49,8 @@ def reference_peaks(args: argparse.Namespace) -> list[str]:
     best of 20 measurements (on a shared machine a single measurement can catch a busy
     moment)."""
     if args.peak_tflops and args.peak_gbps:
-        return ["--peak_tflops", str(args.peak_tflops), "--peak_gbps", str(args.peak_gbps)]
+        return ["--peak_tflops", str(args.peak_tflops), "--peak_gbps", str(args.peak_gbps),
+                "--peak_source", args.peak_source]
     import jax
     if jax.default_backend() != "cpu":
         return []
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the device's peak for every benchmark (default: the table; on "
                              "a CPU, measured once here, best of 20)")
     parser.add_argument("--peak_gbps", type=float, default=0.0)
+    parser.add_argument("--peak_source", default="command line",
+                        help="where the given --peak_* numbers come from")
     parser.add_argument("--results", default=RESULTS, help="where the JSON and tables go")
     parser.add_argument("--figures", default=os.path.join(HERE, "figures"))
     args = parser.parse_args(argv)
@@ -85,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
         options = QUICK[name] if args.quick else options
         if module in TIMED:
             options = [*options, "--repeats", str(args.repeats), "--dtype", args.dtype, *peaks]
+        elif module == "scaling":
+            options = [*options, "--dtype", args.dtype, *peaks]
         command = [sys.executable, "-m", f"benchmarks.{module}", *options,
                    "--json", os.path.join(args.results, f"{name}.json")]
         print("$", " ".join(command[1:]), flush=True)

@@ -2,7 +2,7 @@
 
     python -m benchmarks.scaling [--repeats 3] [--json benchmarks/results/scaling.json]
 
-Two sweeps of ``benchmarks.sft`` at fp32 with random weights: a 4 x 256 GPT-2 at 64 to 1024
+Two sweeps of ``benchmarks.sft`` (fp32 unless ``--dtype``) with random weights: a 4 x 256 GPT-2 at 64 to 1024
 tokens per row, and GPT-2 shapes from 4 x 128 to 12 x 768 at 128 tokens per row; a batch of
 8 rows throughout.
 """
@@ -22,7 +22,9 @@ BATCH = 8
 def point(axis: str, model: str, seq: int, args: argparse.Namespace) -> dict[str, Any]:
     """One SFT benchmark at (model, seq), reduced to the table's fields."""
     options = ["--model", model, "--seq", str(seq), "--batch", str(BATCH),
-               "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+               "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+               "--dtype", args.dtype, "--peak_tflops", str(args.peak_tflops),
+               "--peak_gbps", str(args.peak_gbps), "--peak_source", args.peak_source]
     r = sft.run(sft_parser().parse_args(options))
     return {"axis": axis, "model": model, "seq": seq, "batch": BATCH,
             "parameters": r["parameters"], "seconds_min": r["seconds_per_step"]["min"],
@@ -48,6 +50,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--peak_tflops", type=float, default=0.0)
+    parser.add_argument("--peak_gbps", type=float, default=0.0)
+    parser.add_argument("--peak_source", default="command line")
     parser.add_argument("--json", default="")
     args = parser.parse_args(argv)
     return common.finish(run(args), args)
