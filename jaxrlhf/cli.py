@@ -36,6 +36,9 @@ _SEED = flags.DEFINE_integer("seed", 0, "sample: random seed.")
 # is optional for it) and `export`:
 _REWARD = flags.DEFINE_string("reward", None, "bon: workdir of a reward-model run.")
 _N = flags.DEFINE_integer("n", None, "bon: samples per prompt.")
+_DRY_RUN = flags.DEFINE_boolean(
+    "dry_run", False, "compile the stage's step and print its peak memory per device (XLA "
+    "memory analysis) without running it; --workdir is not needed.")
 
 
 def _stage(argv: list[str]) -> str:
@@ -123,9 +126,15 @@ def main(argv: list[str]) -> None:
     if stage == "export":
         return export_main()
     config = bon_config() if stage == "bon" else _CONFIG.value
-    if config is None or _WORKDIR.value is None:
+    if config is None or (_WORKDIR.value is None and not _DRY_RUN.value):
         raise app.UsageError("--config and --workdir are required")
     config_lib.validate(config, jax.device_count())
+    if _DRY_RUN.value:
+        from jaxrlhf import dry_run
+        result = dry_run.report(stage, config)
+        print(json.dumps(result, indent=2))
+        print("\n".join(dry_run.summary_lines(result)))
+        return
     from jaxrlhf import pipeline
     run = pipeline.train if stage == "pipeline" else pipeline.TRAINERS[stage]
     print(run(config, _WORKDIR.value))

@@ -12,6 +12,7 @@ from typing import Any
 
 import ml_collections
 
+from jaxrlhf.models.presets import PRESETS
 from jaxrlhf.settings import RunSettings
 
 def base_config() -> ml_collections.ConfigDict:
@@ -25,6 +26,11 @@ def base_config() -> ml_collections.ConfigDict:
         d_ff=256, max_seq_len=64, norm_eps=1e-5, rope_theta=10000.0, tie_embeddings=True,
         qkv_bias=True, dtype="float32", param_dtype="float32", scan_layers=False,
         remat="none"))
+    # Long-context RoPE (HF rope_type "linear" / "llama3"; models.transformer.rope_frequencies),
+    # and logits_chunk > 0: log-probs and the LM loss in chunks of that many positions, never
+    # holding [batch, seq, vocab] fp32 logits (jaxrlhf.scoring).
+    c.model.update(dict(rope_type="default", rope_factor=1.0, rope_low_freq_factor=1.0,
+                        rope_high_freq_factor=4.0, rope_original_max_len=8192, logits_chunk=0))
     # A local HF directory (config.json + *.safetensors) to start from; "" = random init.
     c.model_init = ""
     # Workdir of a finished SFT run: the reward and PPO stages start from its policy.
@@ -122,6 +128,8 @@ def base_config() -> ml_collections.ConfigDict:
     # in base_dtype; a scalar model's head trains too.
     c.lora = ml_collections.ConfigDict(dict(
         rank=0, alpha=16.0, targets="q|k|v|o|gate|up|down", base_dtype="float32"))
+    # "bfloat16": the frozen reference and reward models in bf16 (half their memory).
+    c.ppo.frozen_dtype = ""
     return c
 
 
@@ -218,3 +226,32 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                 raise ValueError(str(e).replace("config.", f"config.{name}.", 1)) from None
         return
     RunSettings.from_config(config).check_mesh(num_devices)
+
+
+# Activation checkpointing per preset: save the weight matmuls' outputs where they fit,
+# recompute whole blocks for the largest model.
+PRESET_REMAT = {"gpt2_124m": "dots_with_no_batch_dims_saveable",
+                "qwen2_5_0_5b": "dots_with_no_batch_dims_saveable",
+                "llama3_2_1b": "dots_with_no_batch_dims_saveable", "llama3_8b": "full"}
+
+
+def preset_config(name: str) -> ml_collections.ConfigDict:
+    """``base_config`` with the model preset ``name`` (``jaxrlhf.models.presets``; random
+    init unless ``model_init=DIR``) at an accelerator-sized experiment shape: bf16 compute
+    with fp32 parameters and optimizer state, scanned layers with remat, log-probs in chunks
+    of 64 positions, FSDP over every device; SFT on 32 x 1024 tokens, reward pairs of 1024
+    tokens, PPO on 256 prompts of 256 tokens with 256-token responses and bf16 frozen models.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; the presets are {sorted(PRESETS)}")
+    c = base_config()
+    c.model.update(PRESETS[name])
+    c.model.update(dtype="bfloat16", param_dtype="float32", scan_layers=True,
+                   remat=PRESET_REMAT[name], logits_chunk=64)
+    c.mesh.update(data=1, fsdp=-1, tensor=1)
+    c.train.update(batch_size=32, grad_accum=4)
+    c.data.max_len = 1024
+    c.reward.update(max_prompt_tokens=512, max_response_tokens=511)
+    c.ppo.update(batch_size=256, num_minibatches=4, grad_accum=4, prompt_length=256,
+                 response_length=256, frozen_dtype="bfloat16")
+    return c

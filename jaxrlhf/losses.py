@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxrlhf.scoring import forward, token_entropies, token_log_probs
+from jaxrlhf.scoring import predicted_token_stats
 
 Metrics = dict[str, jax.Array]
 
@@ -25,17 +25,17 @@ def masked_mean(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
     return (x * mask).sum(axis) / jnp.maximum(mask.sum(axis), 1.0)
 
 
-def sft_nll(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple[jax.Array, Metrics]:
+def sft_nll(log_probs: jax.Array, mask: jax.Array) -> tuple[jax.Array, Metrics]:
     """Token-level negative log-likelihood, averaged over response tokens.
 
     The supervised fine-tuning objective of InstructGPT (Ouyang et al. 2022, §3.5): maximum
     likelihood on demonstration responses, with prompt and padding tokens masked out.
 
-    logits: [batch, seq, vocab] predicting ``targets``: [batch, seq]; mask: [batch, seq],
-    true on the response tokens that count. Returns the mean NLL per counted token, and the
-    number of counted tokens as ``tokens``.
+    log_probs: [batch, seq] log p of each target token; mask: [batch, seq], true on the
+    response tokens that count. Returns the mean NLL per counted token, and the number of
+    counted tokens as ``tokens``.
     """
-    nll = -token_log_probs(logits, targets)  # [batch, seq]
+    nll = -log_probs  # [batch, seq]
     loss = masked_mean(nll, mask)
     return loss, {"loss": loss, "tokens": mask.sum().astype(jnp.float32)}
 
@@ -43,11 +43,13 @@ def sft_nll(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple[jax
 def lm_nll(graphdef: nnx.GraphDef, params: nnx.State,
            batch: dict[str, jax.Array]) -> tuple[jax.Array, Metrics]:
     """``sft_nll`` of a causal LM on right-padded rows ``{input_ids, attention_mask,
-    loss_mask}`` [batch, seq]: ``logits[:, :-1]`` predict ``input_ids[:, 1:]``, counted where
+    loss_mask}`` [batch, seq]: position ``t`` predicts ``input_ids[:, t + 1]``, counted where
     ``loss_mask[:, 1:]`` is 1 (the response tokens and their EOS). The SFT loss, and the
-    pretraining term of PPO-ptx (Ouyang et al. 2022, eq. 2)."""
-    logits = forward(graphdef, params, batch["input_ids"], batch["attention_mask"])
-    return sft_nll(logits[:, :-1], batch["input_ids"][:, 1:], batch["loss_mask"][:, 1:])
+    pretraining term of PPO-ptx (Ouyang et al. 2022, eq. 2). Chunked over positions, without
+    [batch, seq, vocab] logits, when the model's ``logits_chunk`` > 0."""
+    log_probs, _ = predicted_token_stats(graphdef, params, batch["input_ids"],
+                                         batch["attention_mask"])
+    return sft_nll(log_probs, batch["loss_mask"][:, 1:])
 
 
 # --------------------------------------------------------------------------------------
@@ -231,13 +233,14 @@ def value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array,
     return loss, metrics
 
 
-def entropy_bonus(logits: jax.Array, mask: jax.Array) -> tuple[jax.Array, Metrics]:
-    """Mean per-token entropy ``H = -sum_v p log p`` of ``softmax(logits)`` over real tokens.
+def entropy_bonus(entropies: jax.Array, mask: jax.Array) -> tuple[jax.Array, Metrics]:
+    """Mean per-token entropy ``H = -sum_v p log p`` of the policy over real tokens.
 
     The entropy term of Schulman et al. 2017, eq. 9 (``c2 * S[pi](s)``). Returned as a positive
-    quantity: the caller subtracts ``coef * entropy`` from the loss. Computed in fp32.
+    quantity: the caller subtracts ``coef * entropy`` from the loss.
 
-    logits: [B, T, V]; mask: [B, T]. Metric: policy/entropy (mean per-token entropy).
+    entropies: [B, T] (``scoring.token_entropies``, fp32); mask: [B, T]. Metric:
+    policy/entropy (mean per-token entropy).
     """
-    value = masked_mean(token_entropies(logits), mask)
+    value = masked_mean(entropies, mask)
     return value, {"policy/entropy": value}

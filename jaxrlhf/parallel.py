@@ -154,6 +154,39 @@ def place(state: Any, mesh: Mesh, rules: Mapping[str, tuple[str, ...]]) -> Any:
     return jax.device_put(state, state_shardings(state, mesh, rules))
 
 
+def constrain_batch(x: jax.Array) -> jax.Array:
+    """``x`` [batch, ...] kept split over the batch axes when a mesh is in context
+    (``jax.set_mesh``, as the stage shells trace their steps); unchanged otherwise. Without it
+    XLA may follow FSDP-sharded weights and split the hidden axis of the residual stream
+    instead, which leaves the wider activations (the MLP's) whole on every device."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+        return x
+    return jax.lax.with_sharding_constraint(x, P(BATCH_AXES))
+
+
+class MeshJit:
+    """``jax.jit(fn, **kwargs)`` traced, lowered and run with ``mesh`` in context
+    (``jax.set_mesh``), so that :func:`constrain_batch` applies inside. Model construction
+    stays outside the context: parameters are placed by logical names, not by the mesh.
+    ``trailing`` are arguments appended to every call (placed once, e.g. LoRA's frozen base:
+    they enter the program as arguments, never as constants)."""
+
+    def __init__(self, mesh: Mesh, fn: Any, *, trailing: tuple[Any, ...] = (),
+                 **jit_kwargs: Any):
+        self.mesh = mesh
+        self.trailing = trailing
+        self.jitted = jax.jit(fn, **jit_kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with jax.set_mesh(self.mesh):
+            return self.jitted(*args, *self.trailing, **kwargs)
+
+    def lower(self, *args: Any, **kwargs: Any) -> Any:
+        with jax.set_mesh(self.mesh):
+            return self.jitted.lower(*args, *self.trailing, **kwargs)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

@@ -1,4 +1,6 @@
-"""Jitted generation with a KV cache: one prefill, then a ``lax.scan`` decode loop.
+"""Jitted generation with a KV cache: one batched prefill of the prompts (logits of their last
+position only), then a ``lax.scan`` decode loop that feeds one token per step and writes its
+keys and values in place into the cache (compute dtype), never recomputing the prompt.
 
 Prompts arrive left-padded with their mask; position ids are ``cumsum(mask) - mask``
 (docs/design.md, PPO detail 2). The response length is fixed per call; tokens after the
@@ -82,7 +84,8 @@ def generate(graphdef: nnx.GraphDef, params: nnx.State, prompt_ids: jax.Array,
     cache = init_cache(model.config, batch, total, model.config.compute_dtype)
     key_mask = jnp.concatenate(
         [prompt_mask.astype(jnp.int32), jnp.zeros((batch, max_new_tokens), jnp.int32)], axis=1)
-    logits, cache = model(prompt_ids, positions_from_mask(prompt_mask), key_mask, cache=cache)
+    hidden, cache = model.model(prompt_ids, positions_from_mask(prompt_mask), key_mask, cache)
+    logits = model.logits(hidden[:, -1])     # [batch, vocab]: only the last prompt position
     next_position = prompt_mask.astype(jnp.int32).sum(-1)         # [batch]
     sample = lambda lg, key: sample_token(lg, key, temperature=temperature, top_k=top_k,
                                           top_p=top_p, greedy=greedy)
@@ -98,7 +101,7 @@ def generate(graphdef: nnx.GraphDef, params: nnx.State, prompt_ids: jax.Array,
         carry = (new_logits[:, -1], cache, key_mask, position + 1, done, t + 1)
         return carry, (token, valid, logprob * valid)
 
-    carry = (logits[:, -1], cache, key_mask, next_position, jnp.zeros((batch,), bool),
+    carry = (logits, cache, key_mask, next_position, jnp.zeros((batch,), bool),
              jnp.int32(0))
     _, (tokens, mask, logprobs) = jax.lax.scan(step, carry, jax.random.split(rng, max_new_tokens))
     return Completion(tokens=tokens.T, mask=mask.T, logprobs=logprobs.T)

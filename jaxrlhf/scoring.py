@@ -7,9 +7,14 @@ the trainers and the reward model all score sequences through these functions.
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from jaxrlhf.models.transformer import head_logits
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:
@@ -64,12 +69,103 @@ def response_outputs(graphdef: nnx.GraphDef, params: nnx.State, seq: jax.Array,
 
 
 def response_log_probs(graphdef: nnx.GraphDef, params: nnx.State, seq: jax.Array,
-                       seq_mask: jax.Array, prompt_len: int,
-                       temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
+                       seq_mask: jax.Array, prompt_len: int, temperature: float = 1.0,
+                       with_entropy: bool = False) -> tuple[jax.Array, jax.Array | None]:
     """Log-probs [batch, resp] of the response tokens under ``logits / temperature`` (the
-    distribution that sampled them, PPO detail 3), and those scaled logits."""
-    logits = response_outputs(graphdef, params, seq, seq_mask, prompt_len) / temperature
-    return token_log_probs(logits, seq[:, prompt_len:]), logits
+    distribution that sampled them, PPO detail 3), and (``with_entropy``) the entropies of
+    those distributions."""
+    return predicted_token_stats(graphdef, params, seq, seq_mask, prompt_len - 1, temperature,
+                                 with_entropy)
+
+
+def predicted_token_stats(graphdef: nnx.GraphDef, params: nnx.State, seq: jax.Array,
+                          seq_mask: jax.Array, start: int = 0, temperature: float = 1.0,
+                          with_entropy: bool = False) -> tuple[jax.Array, jax.Array | None]:
+    """Log-probs of the tokens ``seq[:, start + 1:]`` predicted at positions ``start ..
+    seq - 2`` under ``logits / temperature`` of a causal LM, and (``with_entropy``, else
+    None) the entropies of those distributions, each [batch, seq - 1 - start], in fp32.
+
+    With the model's ``logits_chunk`` > 0 they come from the final hidden states chunk by
+    chunk (:func:`chunked_token_stats`), never holding [batch, seq, vocab] logits.
+    """
+    model = nnx.merge(graphdef, params)
+    targets = seq[:, start + 1:]
+    chunk = model.config.logits_chunk
+    if not chunk:
+        logits = forward(graphdef, params, seq, seq_mask)[:, start:-1] / temperature
+        return (token_log_probs(logits, targets),
+                token_entropies(logits) if with_entropy else None)
+    hidden, _ = model.model(seq, positions_from_mask(seq_mask), seq_mask)
+    head_graphdef, head_params = nnx.split(model.head)
+    head = lambda p, h: head_logits(nnx.merge(head_graphdef, p), h)  # noqa: E731
+    return chunked_token_stats(head, head_params, hidden[:, start:-1], targets, chunk,
+                               temperature, with_entropy)
+
+
+def _chunks(x: jax.Array, chunk: int) -> jax.Array:
+    """[batch, seq, ...] -> [n, batch, chunk, ...], zero-padded to ``n * chunk`` positions."""
+    n = -(-x.shape[1] // chunk)
+    x = jnp.pad(x, [(0, 0), (0, n * chunk - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+    return x.reshape(x.shape[0], n, chunk, *x.shape[2:]).swapaxes(0, 1)
+
+
+def _unchunk(x: jax.Array, length: int) -> jax.Array:
+    """Inverse of ``_chunks``: [n, batch, chunk, ...] -> [batch, length, ...]."""
+    x = x.swapaxes(0, 1)
+    return x.reshape(x.shape[0], -1, *x.shape[3:])[:, :length]
+
+
+def _chunk_stats(head, head_params, hidden, targets, temperature, with_entropy):
+    logits = head(head_params, hidden) / temperature                  # [batch, chunk, vocab]
+    return (token_log_probs(logits, targets),
+            token_entropies(logits) if with_entropy else None)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4, 5, 6))
+def chunked_token_stats(head: Callable, head_params, hidden: jax.Array, targets: jax.Array,
+                        chunk: int, temperature: float = 1.0, with_entropy: bool = False
+                        ) -> tuple[jax.Array, jax.Array | None]:
+    """``token_log_probs`` and (``with_entropy``, else None) ``token_entropies`` of
+    ``head(head_params, hidden) / temperature``, ``chunk`` positions at a time, so that neither pass holds more than one
+    [batch, chunk, vocab] block of logits: the forward pass is a ``lax.scan`` over chunks,
+    and the backward pass (a custom VJP) recomputes each block's logits, returns the hidden
+    states' gradient chunk by chunk and sums the head's over chunks — the gradient of the
+    unchunked computation, up to the order of that sum.
+
+    head: (params, [..., d_model]) -> fp32 logits [..., vocab]; hidden: [batch, seq,
+    d_model]; targets: [batch, seq] -> [batch, seq] arrays.
+    """
+    stats = lambda h, t: _chunk_stats(head, head_params, h, t, temperature,  # noqa: E731
+                                      with_entropy)
+    _, out = jax.lax.scan(lambda c, x: (c, stats(*x)), None,
+                          (_chunks(hidden, chunk), _chunks(targets, chunk)))
+    return jax.tree.map(lambda x: _unchunk(x, hidden.shape[1]), out)
+
+
+def _chunked_forward(head, head_params, hidden, targets, chunk, temperature, with_entropy):
+    out = chunked_token_stats(head, head_params, hidden, targets, chunk, temperature,
+                              with_entropy)
+    return out, (head_params, hidden, targets)
+
+
+def _chunked_backward(head, chunk, temperature, with_entropy, residuals, cotangents):
+    head_params, hidden, targets = residuals
+
+    def body(head_grad, x):
+        h, t, g = x
+        _, vjp = jax.vjp(lambda p, hh: _chunk_stats(head, p, hh, t, temperature,
+                                                    with_entropy), head_params, h)
+        g_params, g_hidden = vjp(g)
+        return jax.tree.map(jnp.add, head_grad, g_params), g_hidden
+
+    zeros = jax.tree.map(jnp.zeros_like, head_params)
+    xs = (_chunks(hidden, chunk), _chunks(targets, chunk),
+          jax.tree.map(lambda g: _chunks(g, chunk), cotangents))
+    head_grad, hidden_grad = jax.lax.scan(body, zeros, xs)
+    return head_grad, _unchunk(hidden_grad, hidden.shape[1]), None
+
+
+chunked_token_stats.defvjp(_chunked_forward, _chunked_backward)
 
 
 def last_token_index(mask: jax.Array) -> jax.Array:

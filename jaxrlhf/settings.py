@@ -26,6 +26,7 @@ from jaxrlhf.rl.kl import ESTIMATORS
 REWARD_SOURCES = ("model", "gold")
 VALUE_INITS = ("reward", "policy", "shared")
 BON_SPLITS = ("eval", "train")
+FROZEN_DTYPES = ("", "bfloat16", "float32")
 
 
 def _fail(field: str, value: Any, why: str):
@@ -175,10 +176,14 @@ class PPOSettings:
     advantage: str
     num_generations: int
     scale_rewards: bool
+    # "" keeps the reference and reward models in their trained dtype; "bfloat16" halves
+    # their memory (they only run forward passes and carry no optimizer state).
+    frozen_dtype: str
 
     def __post_init__(self):
         choices = {"reward_source": REWARD_SOURCES, "value_init": VALUE_INITS,
-                   "kl_estimator": ESTIMATORS, "advantage": tuple(ADVANTAGE_ESTIMATORS)}
+                   "kl_estimator": ESTIMATORS, "advantage": tuple(ADVANTAGE_ESTIMATORS),
+                   "frozen_dtype": FROZEN_DTYPES}
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
                 _fail(f"ppo.{field}", getattr(self, field), f"must be one of {allowed}")

@@ -14,13 +14,14 @@ PACKAGE = ROOT / "jaxrlhf"
 # Bottom to top: a module may import modules of its own layer or below, never above.
 # The longest matching prefix places a module.
 LAYERS = (
-    ("jaxrlhf.metrics", "jaxrlhf.parallel", "jaxrlhf.data", "jaxrlhf.models", "jaxrlhf.analysis"),
+    ("jaxrlhf.metrics", "jaxrlhf.parallel", "jaxrlhf.data", "jaxrlhf.models", "jaxrlhf.memory",
+     "jaxrlhf.analysis"),
     ("jaxrlhf.baselines", "jaxrlhf.checkpoint", "jaxrlhf.scoring", "jaxrlhf.rl.kl"),
     ("jaxrlhf.losses", "jaxrlhf.sampling", "jaxrlhf.tasks", "jaxrlhf.settings",
      "jaxrlhf.rl.advantages"),
     ("jaxrlhf.optim", "jaxrlhf.rl", "jaxrlhf.config", "jaxrlhf.workdir", "jaxrlhf.pairs"),
     ("jaxrlhf.trainers",),
-    ("jaxrlhf.pipeline", "jaxrlhf.report"),
+    ("jaxrlhf.pipeline", "jaxrlhf.report", "jaxrlhf.dry_run"),
     ("jaxrlhf.cli", "jaxrlhf.__main__", "jaxrlhf.api"),
 )
 STAGE_SHELLS = ("jaxrlhf.trainers.sft", "jaxrlhf.trainers.reward", "jaxrlhf.trainers.ppo")

@@ -6,6 +6,7 @@ import pytest
 from flax import nnx
 
 from jaxrlhf.models.config import ModelConfig
+from jaxrlhf.models.hf_config import hf_dict_from_model_config, model_config_from_hf
 from jaxrlhf.models.transformer import CausalLM, ScalarModel, init_cache
 
 ALLOWED = {"embed", "mlp", "heads", "kv", "vocab", "layers", None}
@@ -34,7 +35,7 @@ def _torch_logits(torch_model, ids, pos, mask):
 @pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
 def test_config_hf_roundtrip(family):
     c = ModelConfig.preset(family)
-    assert ModelConfig.from_hf_dict(c.to_hf_dict()) == c
+    assert model_config_from_hf(hf_dict_from_model_config(c)) == c
 
 
 def test_config_error_names_field():
@@ -83,7 +84,7 @@ def test_torch_parity(family, tmp_path):
     import transformers
     from jaxrlhf.models.hf import load_causal_lm
     cfg = ModelConfig.preset(family)
-    hfc = transformers.AutoConfig.for_model(**cfg.to_hf_dict())
+    hfc = transformers.AutoConfig.for_model(**hf_dict_from_model_config(cfg))
     torch.manual_seed(0)
     tm = transformers.AutoModelForCausalLM.from_config(hfc).eval()
     tm.save_pretrained(tmp_path)
@@ -162,7 +163,7 @@ def test_save_roundtrip_and_transformers_parity(family, tmp_path):
     ta, tb = (load_file(str(tmp_path / d / "model.safetensors")) for d in "ab")
     assert ta.keys() == tb.keys() and all((ta[k] == tb[k]).all() for k in ta)
     tm = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "a")).eval()
-    assert type(tm).__name__ == c.to_hf_dict()["architectures"][0]
+    assert type(tm).__name__ == hf_dict_from_model_config(c)["architectures"][0]
     ids, pos, mask = _batch()
     ref = _torch_logits(tm, ids, pos, mask)
     out, _ = m(ids, pos, mask)

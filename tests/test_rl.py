@@ -133,7 +133,7 @@ def _term_inputs(rng, B=3, T=5, V=7):
     f = lambda *shape: rng.normal(size=shape).astype(np.float32)  # noqa: E731
     rollout = {"logprobs": f(B, T) - 2, "advantages": f(B, T), "values": f(B, T),
                "returns": f(B, T), "ref_logprobs": f(B, T) - 2}
-    return TermInputs(logprobs=f(B, T) - 2, logits=f(B, T, V), values=f(B, T), rollout=rollout,
+    return TermInputs(logprobs=f(B, T) - 2, entropies=np.abs(f(B, T)), values=f(B, T), rollout=rollout,
                       mask=mask)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax
 from flax import nnx
 
 from jaxrlhf.models import hf, lora as lora_lib
@@ -47,14 +48,34 @@ def random_params(model_cls: Callable[..., nnx.Module], cfg: ModelConfig, seed: 
     return nnx.split(model_cls(cfg, rngs=nnx.Rngs(seed), **kwargs))[1]
 
 
-def initial_lm_params(cfg: ModelConfig, *, model_init: str, seed: int) -> nnx.State:
-    """A causal LM's starting parameters: imported from the HF directory ``model_init``, or
-    random from ``seed`` when it is empty."""
+# (parameter shardings) -> parameters placed on them. Runs outside any jit, so imported
+# weights enter compiled programs as arguments, never as constants.
+ParamsInit = Callable[[nnx.State], nnx.State]
+
+
+def born_sharded(init: Callable[[], nnx.State]) -> ParamsInit:
+    """A traceable initializer jitted with the shardings as its outputs: each parameter is
+    created on its own devices."""
+    return lambda shardings: jax.jit(init, out_shardings=shardings)()
+
+
+def given_params_init(params: nnx.State) -> ParamsInit:
+    """Parameters already in hand (a finished run's), put on the shardings."""
+    return lambda shardings: jax.device_put(params, shardings)
+
+
+def random_params_init(model_cls: Callable[..., nnx.Module], cfg: ModelConfig, seed: int,
+                       **kwargs) -> ParamsInit:
+    """Random parameters, born sharded."""
+    return born_sharded(lambda: random_params(model_cls, cfg, seed, **kwargs))
+
+
+def initial_lm_params(cfg: ModelConfig, *, model_init: str, seed: int) -> ParamsInit:
+    """A causal LM's starting parameters: imported from the HF directory ``model_init`` slice
+    by slice onto each device (``hf.load_params``), or random from ``seed`` when it is empty."""
     if model_init:
-        model = hf.load_causal_lm(model_init, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                                  scan_layers=cfg.scan_layers, remat=cfg.remat)
-        return nnx.split(model)[1]
-    return random_params(CausalLM, cfg, seed)
+        return lambda shardings: hf.load_params(model_init, cfg, shardings)
+    return random_params_init(CausalLM, cfg, seed)
 
 
 def lora_init(model_cls: Callable[..., nnx.Module], cfg: ModelConfig, start: nnx.State, *,

@@ -5,11 +5,18 @@ The one place for the model families, compute/parameter dtypes and remat policie
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any
 
 FAMILIES = ("gpt2", "llama", "qwen2")
-REMAT_POLICIES = ("none", "full", "dots_saveable")
+# Activation checkpointing per block: none; "full" (recompute the block); or save the
+# outputs of its matmuls and recompute the rest — every dot ("dots_saveable"), or only those
+# without batch dimensions, the weight matmuls, recomputing the attention scores
+# ("dots_with_no_batch_dims_saveable", the usual choice for long sequences). The names are
+# those of jax.checkpoint_policies.
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 DTYPES = ("float32", "bfloat16", "float16")
+# RoPE frequency schedules, named as HF's ``rope_type`` (``jaxrlhf.models.transformer.rope_frequencies``).
+ROPE_TYPES = ("default", "linear", "llama3")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +39,17 @@ class ModelConfig:
     param_dtype: str = "float32"
     scan_layers: bool = False
     remat: str = "none"
+    # RoPE scaling (Llama 3.1/3.2 "llama3", position interpolation "linear"): HF's
+    # rope_parameters ``factor``, ``low_freq_factor``, ``high_freq_factor`` and
+    # ``original_max_position_embeddings``.
+    rope_type: str = "default"
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_len: int = 8192
+    # > 0: log-probs and the LM loss are computed over chunks of this many positions from
+    # the final hidden states, never holding [batch, seq, vocab] logits (jaxrlhf.scoring).
+    logits_chunk: int = 0
 
     @property
     def head_dim(self) -> int:
@@ -78,6 +96,20 @@ class ModelConfig:
                 bad(f"model.{name}={getattr(self, name)!r} must be one of {DTYPES}")
         if self.remat not in REMAT_POLICIES:
             bad(f"model.remat={self.remat!r} must be one of {REMAT_POLICIES}")
+        if self.rope_type not in ROPE_TYPES:
+            bad(f"model.rope_type={self.rope_type!r} must be one of {ROPE_TYPES}")
+        if self.rope_type != "default" and self.family == "gpt2":
+            bad(f"model.rope_type={self.rope_type!r} needs a RoPE family (llama, qwen2), not gpt2")
+        if self.rope_factor <= 0:
+            bad(f"model.rope_factor={self.rope_factor} must be > 0")
+        if self.rope_type == "llama3" and not (
+                0 < self.rope_low_freq_factor < self.rope_high_freq_factor):
+            bad(f"model.rope_low_freq_factor={self.rope_low_freq_factor} must be > 0 and below "
+                f"model.rope_high_freq_factor={self.rope_high_freq_factor}")
+        if self.rope_original_max_len <= 0:
+            bad(f"model.rope_original_max_len={self.rope_original_max_len} must be positive")
+        if self.logits_chunk < 0:
+            bad(f"model.logits_chunk={self.logits_chunk} must be >= 0 (0: no chunking)")
         return self
 
     @classmethod
@@ -95,48 +127,3 @@ class ModelConfig:
             raise ValueError(f"model.family={family!r} must be one of {FAMILIES}")
         base.update(overrides)
         return cls(**base).validate()
-
-    @classmethod
-    def from_hf_dict(cls, d: Mapping[str, Any], **overrides: Any) -> "ModelConfig":
-        """Build from a HF config.json dict (GPT2Config, LlamaConfig, Qwen2Config)."""
-        mt = d.get("model_type")
-        if mt == "gpt2":
-            dm = d["n_embd"]
-            kw = dict(family="gpt2", vocab_size=d["vocab_size"], d_model=dm, n_layers=d["n_layer"],
-                      n_heads=d["n_head"], n_kv_heads=d["n_head"], d_ff=d.get("n_inner") or 4 * dm,
-                      max_seq_len=d["n_positions"], norm_eps=d.get("layer_norm_epsilon", 1e-5),
-                      tie_embeddings=d.get("tie_word_embeddings", True), qkv_bias=True)
-        elif mt in ("llama", "qwen2"):
-            rope = d.get("rope_parameters") or {}
-            theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
-            nh = d["num_attention_heads"]
-            kw = dict(family=mt, vocab_size=d["vocab_size"], d_model=d["hidden_size"],
-                      n_layers=d["num_hidden_layers"], n_heads=nh,
-                      n_kv_heads=d.get("num_key_value_heads") or nh, d_ff=d["intermediate_size"],
-                      max_seq_len=d["max_position_embeddings"], norm_eps=d.get("rms_norm_eps", 1e-6),
-                      rope_theta=float(theta), tie_embeddings=d.get("tie_word_embeddings", False),
-                      qkv_bias=(mt == "qwen2") or bool(d.get("attention_bias", False)))
-        else:
-            raise ValueError(f"config.json model_type={mt!r} is not supported (gpt2, llama, qwen2)")
-        kw.update(overrides)
-        return cls(**kw).validate()
-
-    def to_hf_dict(self) -> dict[str, Any]:
-        """HF config.json dict for this model."""
-        if self.family == "gpt2":
-            return dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], vocab_size=self.vocab_size,
-                        n_embd=self.d_model, n_layer=self.n_layers, n_head=self.n_heads,
-                        n_positions=self.max_seq_len, n_inner=self.d_ff, layer_norm_epsilon=self.norm_eps,
-                        activation_function="gelu_new", tie_word_embeddings=self.tie_embeddings,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-        arch = "LlamaForCausalLM" if self.family == "llama" else "Qwen2ForCausalLM"
-        d = dict(model_type=self.family, architectures=[arch], vocab_size=self.vocab_size,
-                 hidden_size=self.d_model, intermediate_size=self.d_ff, num_hidden_layers=self.n_layers,
-                 num_attention_heads=self.n_heads, num_key_value_heads=self.n_kv_heads,
-                 max_position_embeddings=self.max_seq_len, rms_norm_eps=self.norm_eps,
-                 rope_theta=self.rope_theta,
-                 rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta},
-                 tie_word_embeddings=self.tie_embeddings, hidden_act="silu")
-        if self.family == "llama":
-            d.update(attention_bias=self.qkv_bias, mlp_bias=False, head_dim=self.head_dim)
-        return d

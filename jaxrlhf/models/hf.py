@@ -1,35 +1,49 @@
 """HF checkpoint import and export (local directories only; nothing is ever downloaded).
 
-``load_causal_lm(path)`` reads a ``config.json`` + ``*.safetensors`` directory written by
-``transformers`` (GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM) into a ``CausalLM``;
-``save_causal_lm(model, path)`` writes one that ``transformers.AutoModelForCausalLM.from_pretrained``
-reads back. Both handle either layer layout (``scan_layers`` False: ``model.blocks[i]``; True:
-``model.blocks`` holding [L, ...] stacked parameters).
+``load_params(path, cfg, shardings)`` reads a ``config.json`` + ``*.safetensors`` directory
+written by ``transformers`` (GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM) straight
+onto a mesh: each parameter is assembled by ``jax.make_array_from_callback``, which asks for
+the slice each device holds; that slice is read from the memory-mapped file (safetensors
+``get_slice``), transposed, split or stacked into our layout, and cast. The weights never
+pass through a compiled program (no constants in an init program), and the host holds at
+most one device's slice of one tensor at a time besides the file's page cache.
+``load_causal_lm(path)`` is the same as a ``CausalLM`` on the default device;
+``save_causal_lm(model, path)`` writes a directory that
+``transformers.AutoModelForCausalLM.from_pretrained`` reads back. Both layer layouts
+(``scan_layers`` False: ``model.blocks[i]``; True: ``model.blocks`` holding [L, ...] stacked
+parameters) map to the same HF tensors. Which ``config.json`` fields are read, checked or
+refused is ``jaxrlhf.models.hf_config``.
 
-Layouts: HF GPT-2 uses Conv1D weights [in, out] (same as our kernels) with q/k/v fused in
+Layouts: HF GPT-2 uses Conv1D weights [in, out] (as our kernels) with q/k/v fused in
 ``attn.c_attn`` along the output axis; Llama/Qwen2 use torch Linear weights [out, in].
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
+from collections.abc import Sequence
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 from flax import nnx
-from safetensors.numpy import load_file, save_file
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from jaxrlhf.models.config import ModelConfig
+from jaxrlhf.models.hf_config import hf_dict_from_model_config, model_config_from_hf
 from jaxrlhf.models.transformer import CausalLM
 
-# Per-layer tensors as {our path inside a Block: array}; paths are attribute chains.
+# (our module inside a Block, HF module inside a layer)
 _LLAMA_LINEARS = (("q", "self_attn.q_proj"), ("k", "self_attn.k_proj"), ("v", "self_attn.v_proj"),
                   ("o", "self_attn.o_proj"), ("gate", "mlp.gate_proj"), ("up", "mlp.up_proj"),
                   ("down", "mlp.down_proj"))
 _LLAMA_NORMS = (("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm"))
 _GPT2_LINEARS = (("o", "attn.c_proj"), ("up", "mlp.c_fc"), ("down", "mlp.c_proj"))
 _GPT2_NORMS = (("ln1", "ln_1"), ("ln2", "ln_2"))
+
+Index = tuple[slice, ...]
 
 
 def _check_local(path: str) -> None:
@@ -40,62 +54,202 @@ def _check_local(path: str) -> None:
 
 
 def load_hf_config(path: str, **overrides) -> ModelConfig:
+    """The ``ModelConfig`` of the HF directory ``path``; a config field whose effect jaxrlhf
+    does not implement is an error naming the field and the file."""
     _check_local(path)
-    with open(os.path.join(path, "config.json")) as f:
-        return ModelConfig.from_hf_dict(json.load(f), **overrides)
+    file = os.path.join(path, "config.json")
+    with open(file) as f:
+        try:
+            return model_config_from_hf(json.load(f), **overrides)
+        except ValueError as e:
+            raise ValueError(f"{file}: {e}") from None
 
 
-def _load_tensors(path: str) -> dict[str, np.ndarray]:
-    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors in {path!r}")
-    out: dict[str, np.ndarray] = {}
-    for f in files:
-        out.update(load_file(f))
-    return out
+class SafetensorsDir:
+    """The tensors of a directory of ``*.safetensors`` files, read slice by slice."""
+
+    def __init__(self, path: str):
+        files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+        if not files:
+            raise FileNotFoundError(f"no *.safetensors in {path!r}")
+        self.path = path
+        self._handles = [safe_open(f, framework="numpy") for f in files]
+        self._where = {name: h for h in self._handles for name in h.keys()}
+
+    def names(self) -> set[str]:
+        return set(self._where)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._slice(name).get_shape())
+
+    def read(self, name: str, index: Index | None = None) -> np.ndarray:
+        """Tensor ``name`` (or its ``index`` slice), read from the file."""
+        tensor = self._slice(name)
+        return np.asarray(tensor[index] if index else tensor[:])
+
+    def _slice(self, name: str):
+        if name not in self._where:
+            raise KeyError(f"{self.path!r}: checkpoint has no tensor {name!r} "
+                           f"(found e.g. {sorted(self._where)[:5]})")
+        return self._where[name].get_slice(name)
 
 
-def _get(obj, path: str):
-    for a in path.split("."):
-        obj = getattr(obj, a)
-    return obj
+def _bounds(index: Index, shape: Sequence[int]) -> list[tuple[int, int]]:
+    return [s.indices(n)[:2] for s, n in zip(index, shape)]
 
 
-def _set(p: nnx.Param, x: np.ndarray, name: str) -> None:
-    cur = p.get_value()
-    if tuple(cur.shape) != tuple(x.shape):
-        raise ValueError(f"{name}: checkpoint shape {x.shape} != model shape {cur.shape}")
-    p.set_value(jnp.asarray(x, cur.dtype))
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where one of our parameters lives in a HF checkpoint: ``names`` (one tensor, or one per
+    layer when our parameter stacks the layers), read transposed (torch Linear [out, in]) or
+    as the column block ``columns = (offset, width)`` of a fused tensor's last axis."""
+    names: tuple[str, ...]
+    stacked: bool = False
+    transpose: bool = False
+    columns: tuple[int, int] | None = None
+
+    def shape(self, ckpt: SafetensorsDir) -> tuple[int, ...]:
+        """Our parameter's shape, from the checkpoint's."""
+        shape = ckpt.shape(self.names[0])
+        if self.columns:
+            shape = (*shape[:-1], self.columns[1])
+        if self.transpose:
+            shape = shape[::-1]
+        return (len(self.names), *shape) if self.stacked else shape
+
+    def read(self, ckpt: SafetensorsDir, index: Index, shape: Sequence[int]) -> np.ndarray:
+        """The ``index`` slice (in our layout, of our ``shape``) of this parameter."""
+        bounds = _bounds(index, shape)
+        if self.stacked:
+            (start, stop), bounds = bounds[0], bounds[1:]
+            return np.stack([self._read_one(ckpt, n, bounds) for n in self.names[start:stop]])
+        return self._read_one(ckpt, self.names[0], bounds)
+
+    def _read_one(self, ckpt: SafetensorsDir, name: str, bounds) -> np.ndarray:
+        if self.columns:
+            (lo, hi), offset = bounds[-1], self.columns[0]
+            bounds = [*bounds[:-1], (lo + offset, hi + offset)]
+        if self.transpose:
+            bounds = bounds[::-1]
+        x = ckpt.read(name, tuple(slice(lo, hi) for lo, hi in bounds))
+        return x.T if self.transpose else x
 
 
-def _layer_from_hf(cfg: ModelConfig, w: dict[str, np.ndarray], i: int) -> dict[str, tuple[str, np.ndarray]]:
-    """Layer ``i``'s tensors: {our param path in Block: (hf name, array in our layout)}."""
-    out: dict[str, tuple[str, np.ndarray]] = {}
+def _layer_sources(cfg: ModelConfig, i: int, prefix: str) -> dict[str, Source]:
+    """{our path inside a Block: its Source} for layer ``i``."""
+    out: dict[str, Source] = {}
     if cfg.family == "gpt2":
-        p = f"h.{i}."
-        qkv, qkv_b = w[p + "attn.c_attn.weight"], w[p + "attn.c_attn.bias"]
-        for lin, kk, bb in zip("qkv", np.split(qkv, 3, axis=1), np.split(qkv_b, 3)):
-            out[f"{lin}.kernel"] = (p + "attn.c_attn.weight", kk)
-            out[f"{lin}.bias"] = (p + "attn.c_attn.bias", bb)
+        p = f"{prefix}h.{i}."
+        for j, lin in enumerate("qkv"):
+            block = (j * cfg.d_model, cfg.d_model)
+            out[f"{lin}.kernel"] = Source((p + "attn.c_attn.weight",), columns=block)
+            out[f"{lin}.bias"] = Source((p + "attn.c_attn.bias",), columns=block)
         for ours, n in _GPT2_LINEARS:
-            out[f"{ours}.kernel"] = (p + n + ".weight", w[p + n + ".weight"])
-            out[f"{ours}.bias"] = (p + n + ".bias", w[p + n + ".bias"])
+            out[f"{ours}.kernel"] = Source((p + n + ".weight",))
+            out[f"{ours}.bias"] = Source((p + n + ".bias",))
         for ours, n in _GPT2_NORMS:
-            out[f"{ours}.scale"] = (p + n + ".weight", w[p + n + ".weight"])
-            out[f"{ours}.bias"] = (p + n + ".bias", w[p + n + ".bias"])
+            out[f"{ours}.scale"] = Source((p + n + ".weight",))
+            out[f"{ours}.bias"] = Source((p + n + ".bias",))
         return out
     p = f"model.layers.{i}."
     for ours, n in _LLAMA_LINEARS:
-        out[f"{ours}.kernel"] = (p + n + ".weight", w[p + n + ".weight"].T)
+        out[f"{ours}.kernel"] = Source((p + n + ".weight",), transpose=True)
         if cfg.qkv_bias and ours in ("q", "k", "v"):
-            out[f"{ours}.bias"] = (p + n + ".bias", w[p + n + ".bias"])
+            out[f"{ours}.bias"] = Source((p + n + ".bias",))
     for ours, n in _LLAMA_NORMS:
-        out[f"{ours}.scale"] = (p + n + ".weight", w[p + n + ".weight"])
+        out[f"{ours}.scale"] = Source((p + n + ".weight",))
     return out
 
 
+def param_sources(cfg: ModelConfig, names: set[str]) -> dict[tuple, Source]:
+    """{our CausalLM parameter path (as in ``nnx.to_flat_state``): its Source} for a
+    checkpoint whose tensor names are ``names``."""
+    if cfg.family == "gpt2":
+        prefix = "transformer." if "transformer.wte.weight" in names else ""
+        top = {("embed", "embedding"): "wte.weight", ("pos", "embedding"): "wpe.weight",
+               ("ln_f", "scale"): "ln_f.weight", ("ln_f", "bias"): "ln_f.bias"}
+        top = {k: prefix + v for k, v in top.items()}
+    else:
+        prefix = ""
+        top = {("embed", "embedding"): "model.embed_tokens.weight",
+               ("ln_f", "scale"): "model.norm.weight"}
+    out = {("model", *k): Source((v,)) for k, v in top.items()}
+    layers = [_layer_sources(cfg, i, prefix) for i in range(cfg.n_layers)]
+    for path in layers[0]:
+        key = tuple(int(a) if a.isdigit() else a for a in path.split("."))
+        if cfg.scan_layers:
+            first = layers[0][path]
+            out[("model", "blocks", *key)] = dataclasses.replace(
+                first, names=tuple(l[path].names[0] for l in layers), stacked=True)
+        else:
+            for i, layer in enumerate(layers):
+                out[("model", "blocks", i, *key)] = layer[path]
+    if not cfg.tie_embeddings:
+        out[("lm_head", "kernel")] = Source(("lm_head.weight",), transpose=True)
+    return out
+
+
+def _unused(cfg: ModelConfig, ckpt: SafetensorsDir, used: set[str], with_head: bool) -> list[str]:
+    """Checkpoint tensors that carry weights this model has no place for. Ignored: buffers,
+    a tied (or, for a reward model's trunk, any) ``lm_head``, all-zero ``o_proj`` biases."""
+    def ignorable(name: str) -> bool:
+        if name.endswith("rotary_emb.inv_freq"):
+            return True
+        if cfg.family == "gpt2" and name.endswith(("attn.bias", "attn.masked_bias")) \
+                and "c_attn" not in name:
+            return True
+        if name == "lm_head.weight":
+            return cfg.tie_embeddings or not with_head
+        return name.endswith("o_proj.bias") and not np.any(ckpt.read(name))
+    return sorted(n for n in ckpt.names() - used if not ignorable(n))
+
+
+def load_params(path: str, cfg: ModelConfig, shardings: nnx.State | None = None) -> nnx.State:
+    """The parameters of the HF checkpoint ``path`` as a ``CausalLM(cfg)`` state, each array
+    assembled on its ``shardings`` (a state of the same paths holding ``NamedSharding``s —
+    the whole model's, or only its ``model`` trunk for a reward or value model) or, with
+    none, on the default device. A tensor the model has no place for, or a shape mismatch,
+    is an error naming it."""
+    _check_local(path)
+    ckpt = SafetensorsDir(path)
+    abstract = nnx.split(nnx.eval_shape(lambda: CausalLM(cfg, rngs=nnx.Rngs(0))))[1]
+    if shardings is None:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda v: v.replace(device), abstract,
+                                 is_leaf=lambda x: isinstance(x, nnx.Variable))
+    wanted = dict(nnx.to_flat_state(shardings))
+    shapes = dict(nnx.to_flat_state(abstract))
+    sources = param_sources(cfg, ckpt.names())
+    dtype = jax.numpy.dtype(cfg.param_dtype)
+    loaded = []
+    for key, sharding in wanted.items():
+        source, shape = sources[key], tuple(shapes[key].get_value().shape)
+        if source.shape(ckpt) != shape:
+            raise ValueError(f"{path!r}: {source.names[0]} has shape {source.shape(ckpt)} in "
+                             f"our layout, but the model's {'.'.join(map(str, key))} is {shape}")
+        array = jax.make_array_from_callback(
+            shape, sharding.get_value(),
+            lambda index, s=source, n=shape: s.read(ckpt, index, n).astype(dtype, copy=False))
+        loaded.append((key, shapes[key].replace(array)))
+    used = {name for key in wanted for name in sources[key].names}
+    unused = _unused(cfg, ckpt, used, with_head=("lm_head", "kernel") in wanted)
+    if unused:
+        raise ValueError(f"{path!r}: tensors this model has no place for (would be silently "
+                         f"dropped): {unused[:8]}{' ...' if len(unused) > 8 else ''}")
+    return nnx.from_flat_state(loaded)
+
+
+def load_causal_lm(path: str, *, dtype: str = "float32", param_dtype: str = "float32",
+                   scan_layers: bool = False, remat: str = "none") -> CausalLM:
+    """A ``CausalLM`` with the weights of the HF checkpoint directory ``path``."""
+    cfg = load_hf_config(path, dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers,
+                         remat=remat)
+    graphdef = nnx.split(nnx.eval_shape(lambda: CausalLM(cfg, rngs=nnx.Rngs(0))))[0]
+    return nnx.merge(graphdef, load_params(path, cfg))
+
+
 def _layer_to_hf(cfg: ModelConfig, t: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
-    """Inverse of ``_layer_from_hf``: {our param path in Block: array} -> {hf name: array}."""
+    """{our param path in Block: array} of layer ``i`` -> {hf name: array}."""
     out: dict[str, np.ndarray] = {}
     if cfg.family == "gpt2":
         p = f"transformer.h.{i}."
@@ -129,56 +283,10 @@ def _block_paths(cfg: ModelConfig) -> list[str]:
     return paths
 
 
-def _missing(path: str, w: dict, name: str):
-    if name not in w:
-        raise KeyError(f"{path!r}: checkpoint has no tensor {name!r} (found e.g. {sorted(w)[:5]})")
-
-
-def load_causal_lm(path: str, *, dtype: str = "float32", param_dtype: str = "float32",
-                   scan_layers: bool = False, remat: str = "none", rngs: nnx.Rngs | None = None) -> CausalLM:
-    """A ``CausalLM`` with the weights of the HF checkpoint directory ``path``."""
-    cfg = load_hf_config(path, dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers, remat=remat)
-    w = _load_tensors(path)
-    m = CausalLM(cfg, rngs=rngs or nnx.Rngs(0))
-    if cfg.family == "gpt2":
-        w = {k[len("transformer."):] if k.startswith("transformer.") else k: v for k, v in w.items()}
-        top = {"embed.embedding": "wte.weight", "pos.embedding": "wpe.weight",
-               "ln_f.scale": "ln_f.weight", "ln_f.bias": "ln_f.bias"}
-    else:
-        top = {"embed.embedding": "model.embed_tokens.weight", "ln_f.scale": "model.norm.weight"}
-    for ours, name in top.items():
-        _missing(path, w, name)
-        _set(_get(m.model, ours), w[name], name)
-    try:
-        layers = [_layer_from_hf(cfg, w, i) for i in range(cfg.n_layers)]
-    except KeyError as e:
-        raise KeyError(f"{path!r}: checkpoint has no tensor {e.args[0]!r}") from None
-    for ours in _block_paths(cfg):
-        name = layers[0][ours][0]
-        if cfg.scan_layers:
-            _set(_get(m.model.blocks, ours), np.stack([l[ours][1] for l in layers]), name + " (stacked)")
-        else:
-            for blk, l in zip(m.model.blocks, layers):
-                _set(_get(blk, ours), l[ours][1], l[ours][0])
-    used = set(top.values()) | {name for l in layers for name, _ in l.values()}
-    if not cfg.tie_embeddings:
-        _missing(path, w, "lm_head.weight")
-        _set(m.lm_head.kernel, w["lm_head.weight"].T, "lm_head.weight")
-        used.add("lm_head.weight")
-    unused = sorted(k for k in set(w) - used if not _ignorable(cfg, k, w[k]))
-    if unused:
-        raise ValueError(f"{path!r}: tensors this model has no place for (would be silently dropped): "
-                         f"{unused[:8]}{' ...' if len(unused) > 8 else ''}")
-    return m
-
-
-def _ignorable(cfg: ModelConfig, name: str, x: np.ndarray) -> bool:
-    """Checkpoint tensors that carry no weights for us: buffers, a tied lm_head, zero o_proj biases."""
-    if name.endswith(("attn.bias", "attn.masked_bias", "rotary_emb.inv_freq")) and "c_attn" not in name:
-        return cfg.family == "gpt2" or name.endswith("inv_freq")
-    if name == "lm_head.weight" and cfg.tie_embeddings:
-        return True
-    return name.endswith("o_proj.bias") and not np.any(x)
+def _get(obj, path: str):
+    for a in path.split("."):
+        obj = getattr(obj, a)
+    return obj
 
 
 def causal_lm_to_hf(model: CausalLM) -> dict[str, np.ndarray]:
@@ -213,7 +321,7 @@ def save_causal_lm(model: CausalLM, path: str) -> None:
     """
     cfg = model.config
     os.makedirs(path, exist_ok=True)
-    hf_cfg = cfg.to_hf_dict()
+    hf_cfg = hf_dict_from_model_config(cfg)
     hf_cfg.update(torch_dtype=cfg.param_dtype, dtype=cfg.param_dtype)
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(hf_cfg, f, indent=2, sort_keys=True)

@@ -10,13 +10,17 @@ Layer stack layouts:
   is [D, H*Dh]. Layers run in a Python loop (unrolled under jit).
 - ``scan_layers=True``: ``model.blocks`` is ONE ``Block`` whose every parameter has a leading
   layer axis (logical name ``'layers'`` first), e.g. ``model.blocks.q.kernel`` is [L, D, H*Dh].
-  It is created with ``nnx.vmap`` and applied with ``jax.lax.scan`` over the stacked state (and
-  over the KV cache's leading layer axis), so compile time does not grow with depth.
-``remat`` ('full' | 'dots_saveable') wraps each block application (inside the scan when scanned).
+  It is created with ``nnx.vmap`` and applied with ``jax.lax.scan`` over the stacked state, so
+  compile time does not grow with depth.
+The KV cache ([L, B, S, Hkv, Dh], in the compute dtype) is updated in place: each block writes
+only its new tokens' slots (``dynamic_update_slice``) and reads its layer for attention.
+``remat`` ('full' or a ``jax.checkpoint_policies`` name, ``models.config.REMAT_POLICIES``) wraps
+each block application (inside the scan when scanned) in training passes.
 """
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -26,6 +30,7 @@ from flax import nnx
 from jaxrlhf.models import lora as lora_lib
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.lora import LoRAConfig
+from jaxrlhf.parallel import constrain_batch
 
 NEG = -1e9  # finite mask value so fully padded rows do not NaN
 
@@ -64,11 +69,34 @@ def _norm(cfg, rngs):
     return nnx.RMSNorm(cfg.d_model, **kw)
 
 
-def rope(x, positions, theta):
-    """x [B,T,H,Dh], positions [B,T] -> rotated (HF rotate_half convention)."""
-    dh = x.shape[-1]
-    inv = 1.0 / (theta ** (jnp.arange(0, dh, 2, dtype=jnp.float32) / dh))
-    ang = positions[..., None].astype(jnp.float32) * inv  # [B,T,Dh/2]
+def rope_frequencies(cfg: ModelConfig) -> jax.Array:
+    """RoPE inverse frequencies [head_dim / 2] (Su et al. 2021), rescaled by ``cfg.rope_type``.
+
+    'linear' divides every frequency by ``rope_factor`` (position interpolation, Chen et al.
+    2023). 'llama3' (Llama 3.1) divides the low frequencies — wavelength above
+    ``rope_original_max_len / rope_low_freq_factor`` — by ``rope_factor``, keeps those with
+    wavelength below ``rope_original_max_len / rope_high_freq_factor``, and interpolates
+    between, as transformers' ``_compute_llama3_parameters`` does.
+    """
+    dh = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, dh, 2, dtype=jnp.float32) / dh))
+    if cfg.rope_type == "linear":
+        return inv / cfg.rope_factor
+    if cfg.rope_type == "llama3":
+        factor, low, high = cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+        original = cfg.rope_original_max_len
+        wavelen = 2 * math.pi / inv
+        scaled = jnp.where(wavelen > original / low, inv / factor, inv)
+        smooth = (original / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= original / high) & (wavelen <= original / low)
+        return jnp.where(medium, smoothed, scaled)
+    return inv
+
+
+def rope(x, positions, inv_freq):
+    """x [B,T,H,Dh], positions [B,T], inv_freq [Dh/2] -> rotated (HF rotate_half convention)."""
+    ang = positions[..., None].astype(jnp.float32) * inv_freq  # [B,T,Dh/2]
     ang = jnp.concatenate([ang, ang], -1)[:, :, None, :]
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     rot = jnp.concatenate([-x2, x1], -1)
@@ -91,8 +119,13 @@ class Block(nnx.Module):
             self.gate = dense(D, cfg.d_ff, ("embed", "mlp"), bias=False, name="gate")
         self.down = dense(cfg.d_ff, D, ("mlp", "embed"), bias=gb, name="down")
 
-    def __call__(self, x, positions, bias, ck, cv, index):
-        """x [B,T,D]; bias [B,1,T,S]; ck/cv [B,S,K,Dh] or None."""
+    def __call__(self, x, positions, bias, cache, layer, index):
+        """x [B,T,D]; bias [B,1,T,S]; cache: the (k, v) of every layer [L,B,S,K,Dh], or None.
+
+        With a cache, this block writes its keys and values for the T new tokens in place at
+        slots ``index ..`` of layer ``layer`` and attends over that layer's cache. Returns the
+        new x and cache.
+        """
         cfg = self.config
         B, T, _ = x.shape
         h = self.ln1(x)
@@ -100,31 +133,48 @@ class Block(nnx.Module):
         k = self.k(h).reshape(B, T, cfg.n_kv_heads, cfg.head_dim)
         v = self.v(h).reshape(B, T, cfg.n_kv_heads, cfg.head_dim)
         if cfg.family != "gpt2":
-            q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
-        if ck is not None:
-            ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0))
-            cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
-            k, v = ck.astype(q.dtype), cv.astype(q.dtype)
-        rep = cfg.n_heads // cfg.n_kv_heads
-        k, v = jnp.repeat(k, rep, axis=2), jnp.repeat(v, rep, axis=2)
-        s = jnp.einsum("bthd,bshd->bhts", q, k).astype(jnp.float32) / jnp.sqrt(cfg.head_dim) + bias
-        p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-        a = jnp.einsum("bhts,bshd->bthd", p, v).reshape(B, T, -1)
-        x = x + self.o(a)
+            inv_freq = rope_frequencies(cfg)
+            q, k = rope(q, positions, inv_freq), rope(k, positions, inv_freq)
+        if cache is not None:
+            cache = tuple(jax.lax.dynamic_update_slice(c, new[None].astype(c.dtype),
+                                                       (layer, 0, index, 0, 0))
+                          for c, new in zip(cache, (k, v)))
+            k, v = (jax.lax.dynamic_index_in_dim(c, layer, 0, keepdims=False).astype(q.dtype)
+                    for c in cache)
+        x = constrain_batch(x + self.o(attention(q, k, v, bias).reshape(B, T, -1)))
         h = self.ln2(x)
         if cfg.family == "gpt2":
             m = jax.nn.gelu(self.up(h), approximate=True)
         else:
             m = jax.nn.silu(self.gate(h)) * self.up(h)
-        return x + self.down(m), ck, cv
+        return constrain_batch(x + self.down(m)), cache
 
 
-def _remat(cfg: ModelConfig, f, checkpoint):
-    """``f`` wrapped by ``checkpoint`` (``nnx.remat`` / ``jax.checkpoint``) per ``cfg.remat``."""
-    if cfg.remat == "none":
+def attention(q, k, v, bias):
+    """Causal grouped-query attention without repeating keys and values: query head ``h``
+    reads key/value head ``h // (H / K)`` (HF's ``repeat_kv`` order), so decoding reads the
+    cache once. Scores and softmax in fp32. q [B,T,H,Dh]; k, v [B,S,K,Dh]; bias [B,1,T,S]
+    (0 or NEG) -> [B,T,H,Dh]."""
+    B, T, H, Dh = q.shape
+    K = k.shape[2]
+    if K == H:   # multi-head: the plain contraction (the grouped one sums in another order)
+        s = jnp.einsum("bthd,bshd->bhts", q, k).astype(jnp.float32) / jnp.sqrt(Dh) + bias
+        p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+        return jnp.einsum("bhts,bshd->bthd", p, v)
+    q = q.reshape(B, T, K, H // K, Dh)
+    s = jnp.einsum("btkrd,bskd->bkrts", q, k).astype(jnp.float32) / jnp.sqrt(Dh) + bias[:, :, None]
+    p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkrts,bskd->btkrd", p, v).reshape(B, T, H, Dh)
+
+
+def _remat(cfg: ModelConfig, f, checkpoint, cache):
+    """``f`` wrapped by ``checkpoint`` (``nnx.remat`` / ``jax.checkpoint``) per ``cfg.remat``;
+    never with a KV cache (decoding takes no gradient, and its loop merges the model outside
+    the block's trace)."""
+    if cfg.remat == "none" or cache is not None:
         return f
-    pol = None if cfg.remat == "full" else jax.checkpoint_policies.dots_saveable
-    return checkpoint(f, policy=pol)
+    policy = None if cfg.remat == "full" else getattr(jax.checkpoint_policies, cfg.remat)
+    return checkpoint(f, policy=policy)
 
 
 class Transformer(nnx.Module):
@@ -155,6 +205,7 @@ class Transformer(nnx.Module):
         x = self.embed(input_ids)
         if self.config.family == "gpt2":
             x = x + self.pos(positions)
+        x = constrain_batch(x)
         mask = attention_mask.astype(bool)
         if cache is None:
             idx = jnp.zeros((), jnp.int32)
@@ -165,34 +216,33 @@ class Transformer(nnx.Module):
         qpos = idx + jnp.arange(T)
         ok = (kpos[None, :] <= qpos[:, None])[None] & mask[:, None, :]  # [B,T,S]
         bias = jnp.where(ok, 0.0, NEG)[:, None].astype(jnp.float32)
-        ck = None if cache is None else cache.k
-        cv = None if cache is None else cache.v
+        kv = None if cache is None else (cache.k, cache.v)
         if self.config.scan_layers:
-            x, ck, cv = self._scan_blocks(x, positions, bias, ck, cv, idx)
+            x, kv = self._scan_blocks(x, positions, bias, kv, idx)
         else:
-            ks, vs = [], []
             for i, blk in enumerate(self.blocks):
-                x, k_i, v_i = _remat(self.config, lambda b, *a: b(*a), nnx.remat)(
-                    blk, x, positions, bias, None if ck is None else ck[i], None if cv is None else cv[i], idx)
-                ks.append(k_i); vs.append(v_i)
-            if cache is not None:
-                ck, cv = jnp.stack(ks), jnp.stack(vs)
+                x, kv = _remat(self.config, lambda b, *a: b(*a), nnx.remat, kv)(
+                    blk, x, positions, bias, kv, i, idx)
         x = self.ln_f(x)
-        new = None if cache is None else KVCache(ck, cv, idx + T)
+        new = None if cache is None else KVCache(kv[0], kv[1], idx + T)
         return x, new
 
-    def _scan_blocks(self, x, positions, bias, ck, cv, idx):
-        """Run the stacked blocks with ``lax.scan``; ck/cv [L,B,S,K,Dh] or None."""
+    def _scan_blocks(self, x, positions, bias, kv, idx):
+        """Run the stacked blocks with ``lax.scan``; the cache ``kv`` ([L,B,S,K,Dh] pairs or
+        None) is carried and updated in place, one layer per scan step."""
         graphdef, state = nnx.split(self.blocks)
 
-        def body(h, xs):
-            layer_state, k_l, v_l = xs
-            h, k_l, v_l = nnx.merge(graphdef, layer_state)(h, positions, bias, k_l, v_l, idx)
-            return h, (k_l, v_l)
+        def body(carry, xs):
+            h, kv = carry
+            layer_state, layer = xs
+            h, kv = nnx.merge(graphdef, layer_state)(h, positions, bias, kv, layer, idx)
+            return (h, kv), None
 
-        body = _remat(self.config, body, functools.partial(jax.checkpoint, prevent_cse=False))
-        x, (ck, cv) = jax.lax.scan(body, x, (state, ck, cv))
-        return x, ck, cv
+        body = _remat(self.config, body, functools.partial(jax.checkpoint, prevent_cse=False),
+                      kv)
+        layers = jnp.arange(self.config.n_layers, dtype=jnp.int32)
+        (x, kv), _ = jax.lax.scan(body, (x, kv), (state, layers))
+        return x, kv
 
 
 class CausalLM(nnx.Module):
@@ -207,11 +257,23 @@ class CausalLM(nnx.Module):
 
     def __call__(self, input_ids, positions, attention_mask, cache=None):
         h, cache = self.model(input_ids, positions, attention_mask, cache)
-        if self.config.tie_embeddings:
-            logits = self.model.embed.attend(h)
-        else:
-            logits = self.lm_head(h)
-        return logits.astype(jnp.float32), cache
+        return self.logits(h), cache
+
+    @property
+    def head(self) -> nnx.Module:
+        """The module that maps hidden states to logits: the tied embedding or ``lm_head``."""
+        return self.model.embed if self.config.tie_embeddings else self.lm_head
+
+    def logits(self, h):
+        """fp32 logits [..., vocab] of final hidden states h [..., d_model]."""
+        return head_logits(self.head, h)
+
+
+def head_logits(head: nnx.Module, h: jax.Array) -> jax.Array:
+    """fp32 logits of hidden states ``h`` under an LM head: a tied ``nnx.Embed`` (its
+    ``attend``) or a ``Linear``."""
+    out = head.attend(h) if isinstance(head, nnx.Embed) else head(h)
+    return out.astype(jnp.float32)
 
 
 class ScalarModel(nnx.Module):

@@ -23,7 +23,7 @@ Metrics = dict[str, jax.Array]
 class TermInputs(NamedTuple):
     """What the terms read for one micro-batch; per-token arrays are [batch, resp]."""
     logprobs: jax.Array        # log-probs of the response tokens under the current policy
-    logits: jax.Array          # [batch, resp, vocab] policy logits / temperature
+    entropies: jax.Array | None   # of the policy's logits / temperature (with ent_coef > 0)
     values: jax.Array | None   # the value model's V(s_t) before each response token (None:
                                # a critic-free advantage estimator)
     rollout: Mapping[str, jax.Array]   # the minibatch's rollout fields (old log-probs, ...)
@@ -49,7 +49,7 @@ def entropy_term(x: TermInputs, s: PPOSettings) -> tuple[jax.Array, Metrics]:
     """Mean per-token entropy of the sampling distribution (Schulman et al. 2017, eq. 9);
     weighted by ``-ent_coef``, a bonus."""
     del s
-    return losses.entropy_bonus(x.logits, x.mask)
+    return losses.entropy_bonus(x.entropies, x.mask)
 
 
 def kl_term(x: TermInputs, s: PPOSettings) -> tuple[jax.Array, Metrics]:

@@ -86,6 +86,10 @@ class Models:
     pad_id: int
     lora_scale: float | None = None   # alpha / rank under LoRA, None for full training
 
+    # Constrains a pytree of [batch, ...] arrays to the mesh's batch sharding (the shell's);
+    # a minibatch gathered by a random permutation is otherwise replicated on every device.
+    shard_rows: Callable[[Any], Any] | None = None
+
     def policy_params(self, trainable: nnx.State, frozen: Frozen) -> nnx.State:
         """The policy's whole parameter state (adapters joined to their frozen base)."""
         return lora_lib.join(frozen.ref if self.lora_scale else None, trainable)
@@ -192,14 +196,15 @@ def ppo_loss(params: dict[str, Any], batch: Batch, *, models: Models, settings: 
     seq, seq_mask = scoring.join(batch["query"], batch["query_mask"], batch["response"], mask)
     prompt_len = batch["query"].shape[1]
     policy = models.policy_params(params["policy"], frozen)
-    logprobs, logits = scoring.response_log_probs(models.policy, policy, seq, seq_mask,
-                                                  prompt_len, s.temperature)
+    logprobs, entropies = scoring.response_log_probs(
+        models.policy, policy, seq, seq_mask, prompt_len, s.temperature,
+        with_entropy=s.ent_coef > 0)
     values = None
     if s.uses_value_model:
         values = scoring.response_outputs(
             models.value, value_params(policy, params["value"], s.shared_trunk,
                                        frozen.value_base), seq, seq_mask, prompt_len)
-    inputs = TermInputs(logprobs, logits, values, batch, mask)
+    inputs = TermInputs(logprobs, entropies, values, batch, mask)
     total, metrics = combine(objective_terms(s, kl_coef), inputs, s)
     return total, metrics, mask.sum().astype(jnp.float32)
 
@@ -236,6 +241,8 @@ def update(state: PPOState, frozen: Frozen, r: Rollout, ptx: Batch | None, *, mo
     def minibatch_update(carry, indices):
         params, (pol_opt, val_opt) = carry
         mb = jax.tree.map(lambda x: x[indices], data)
+        if models.shard_rows is not None:
+            mb = models.shard_rows(mb)
         if whiten:                                                     # PPO detail 11
             mb["advantages"] = adv_lib.masked_whiten(mb["advantages"], mb["mask"])
         grads, metrics, _ = optim.accumulated_gradients(loss_fn, params, mb, s.grad_accum)

@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 from jaxrlhf import losses, pairs as pairs_lib, parallel, scoring, workdir as workdir_lib
 from jaxrlhf.data.iterator import BatchIterator, fixed_batches
 from jaxrlhf.metrics import read_metrics
-from jaxrlhf.models.build import lora_init
+from jaxrlhf.models.build import born_sharded, given_params_init, lora_init
 from jaxrlhf.models.transformer import CausalLM
 from jaxrlhf.rl import evaluation
 from jaxrlhf.settings import RunSettings
@@ -91,10 +91,11 @@ def with_reference(arrays: dict[str, np.ndarray], graphdef: nnx.GraphDef, params
 
 def build(settings: RunSettings, policy: TrainedModel, mesh: Mesh) -> supervised.Program:
     """The DPO program: the SFT policy (or adapters on it) trained on the configured loss."""
-    init, frozen, lora = (lambda: policy.params), None, settings.lora.config
+    init, frozen, lora = given_params_init(policy.params), None, settings.lora.config
     if lora is not None:
-        init, frozen = lora_init(CausalLM, policy.model_config, policy.params, lora=lora,
-                                 seed=settings.seed, base_dtype=settings.lora.base_dtype)
+        adapters, frozen = lora_init(CausalLM, policy.model_config, policy.params, lora=lora,
+                                     seed=settings.seed, base_dtype=settings.lora.base_dtype)
+        init = born_sharded(adapters)
     return supervised.build(
         loss=functools.partial(dpo_loss, objective=functools.partial(
             losses.PREFERENCE_LOSSES[settings.dpo.loss], s=settings.dpo)),

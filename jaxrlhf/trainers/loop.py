@@ -46,12 +46,15 @@ def run(*, workdir: str, train: TrainSettings, config: ml_collections.ConfigDict
         step_fn: Callable[[Any, Batch], tuple[Any, Metrics]], batches: Any,
         evaluate: Callable[[Any], Mapping[str, float]],
         count_tokens: Callable[[Mapping[str, np.ndarray]], int],
-        desc: str) -> Any:
+        desc: str, abstract_state: Any = None) -> Any:
     """Train ``train.steps`` steps from scratch or from the newest checkpoint.
 
     ``batches`` is a checkpointable iterator (``get_state`` / ``set_state``) of host
     batches; ``count_tokens`` counts the real tokens of one for the tokens/s figure;
-    ``config`` is recorded in ``config.json`` and every checkpoint. Returns the final state.
+    ``config`` is recorded in ``config.json`` and every checkpoint. ``init_state()`` returns
+    the initial state (a stage's own jitted program places it, so imported weights are never
+    constants of a compiled program); ``abstract_state``, its shapes, is the restore target
+    (``jax.eval_shape(init_state)`` when not given). Returns the final state.
     """
     t = train
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINT_DIR),
@@ -60,11 +63,12 @@ def run(*, workdir: str, train: TrainSettings, config: ml_collections.ConfigDict
     latest = ckpt.latest_step()
     if latest is None:
         workdir_lib.write_config(workdir, config)
-        state = jax.jit(init_state, out_shardings=state_shardings)()
+        state = jax.device_put(init_state(), state_shardings)
         start = 0
         writer.write(0, evaluate(state))
     else:
-        target = checkpoint.abstract_like(jax.eval_shape(init_state), state_shardings)
+        abstract = jax.eval_shape(init_state) if abstract_state is None else abstract_state
+        target = checkpoint.abstract_like(abstract, state_shardings)
         state, extras = ckpt.restore(latest, target, ("data",))
         batches.set_state(extras["data"])
         writer.truncate_after(latest)

@@ -16,7 +16,7 @@ import functools
 import json
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,8 +46,10 @@ from jaxrlhf.workdir import RewardModel, TrainedModel
 class Program:
     models: Models
     init_state: Callable[[], PPOState]
+    abstract_state: Any
     state_shardings: Any
     frozen: Frozen
+    iterate: Callable         # (state, frozen, prompt batch) -> (state, metrics)
     step: Callable[[PPOState, loop.Batch], tuple[PPOState, dict[str, jax.Array]]]
     evaluate: Callable        # (policy params, prompt batch, key) -> per-sample stats
 
@@ -66,84 +68,113 @@ def compile_iteration(phases, *, single_program: bool, state_shardings, frozen_s
     """``(state, frozen, batch) -> (state, metrics)``: the phases jitted as one program, or
     each phase jitted on its own (state donated and kept on its shardings either way)."""
     if single_program:
-        return jax.jit(functools.partial(run_phases, phases),
-                       in_shardings=(state_shardings, frozen_shardings,
-                                     parallel.batch_sharding(mesh)),
-                       out_shardings=(state_shardings, parallel.replicated(mesh)),
-                       donate_argnums=0)
+        return parallel.MeshJit(mesh, functools.partial(run_phases, phases),
+                                in_shardings=(state_shardings, frozen_shardings,
+                                              parallel.batch_sharding(mesh)),
+                                out_shardings=(state_shardings, parallel.replicated(mesh)),
+                                donate_argnums=0)
 
     def pinned(phase):
         def run(state, frozen, batch, carry):
             state, carry = phase(state, frozen, batch, carry)
             return jax.lax.with_sharding_constraint(state, state_shardings), carry
-        return jax.jit(run, donate_argnums=0)
+        return parallel.MeshJit(mesh, run, donate_argnums=0)
 
     return functools.partial(run_phases, [pinned(phase) for phase in phases])
 
 
-def value_model(settings: RunSettings, policy: TrainedModel, reward: RewardModel | None
-                ) -> tuple[nnx.GraphDef | None, Callable[[], nnx.State | None], nnx.State | None]:
-    """The value model's graph, a traceable function giving its initial trainable state,
-    and its frozen trunk (under LoRA). With a critic-free estimator there is none: (None,
-    ``lambda: None``, None).
+class Trained(NamedTuple):
+    """One trained model of PPO: its graph, ``init(weights) -> initial trainable state``
+    (traceable), the ``weights`` it starts from (arguments of the start program, never
+    constants; None when it needs none) and the parameters held frozen beside it."""
+    graphdef: nnx.GraphDef | None
+    init: Callable[[nnx.State | None], nnx.State | None]
+    weights: nnx.State | None
+    frozen: nnx.State | None
 
-    The trunk comes from the reward model (``value_init='reward'``) or the policy, under a
-    zero value head (PPO detail 15); with ``shared`` only the head is the value model's own.
-    """
+
+def policy_model(settings: RunSettings, policy: TrainedModel) -> Trained:
+    """The trained policy: the SFT parameters themselves, or zero-effect adapters under LoRA;
+    frozen beside it the reference parameters (under LoRA also the adapters' base, in
+    ``lora.base_dtype``)."""
+    lora = settings.lora.config
+    if lora is None:
+        return Trained(policy.graphdef, lambda weights: weights, policy.params, policy.params)
+    graphdef, _ = abstract_model(CausalLM, policy.model_config, lora=lora)
+    init, base = lora_init(CausalLM, policy.model_config, policy.params, lora=lora,
+                           seed=settings.seed, base_dtype=settings.lora.base_dtype)
+    return Trained(graphdef, lambda weights: init(), None, base)
+
+
+def value_model(settings: RunSettings, policy: TrainedModel,
+                reward: RewardModel | None) -> Trained:
+    """The value model: the reward model's trunk (``value_init='reward'``) or the policy's,
+    under a zero value head (PPO detail 15); with ``shared`` only the head is its own; under
+    LoRA adapters on a frozen trunk. With a critic-free estimator there is none."""
     p, lora = settings.ppo, settings.lora.config
     if not p.uses_value_model:
-        return None, lambda: None, None
+        return Trained(None, lambda weights: None, None, None)
     source = reward.model if p.value_init == "reward" else policy
     graphdef, _ = abstract_model(ScalarModel, source.model_config, head_init="zeros", lora=lora)
+    if lora is not None and not p.shared_trunk:
+        init, trunk = lora_init(ScalarModel, source.model_config, source.params, lora=lora,
+                                seed=settings.seed, base_dtype=settings.lora.base_dtype,
+                                head_init="zeros")
+        return Trained(graphdef, lambda weights: init(), None, trunk)
 
-    def init() -> nnx.State:
+    def init(trunk: nnx.State | None) -> nnx.State:
         value = random_params(ScalarModel, source.model_config, settings.seed,
                               head_init="zeros", lora=lora)
         if p.shared_trunk:   # only the head is the value model's own
             return nnx.State({"head": value["head"]})
-        value["model"] = source.params["model"]
+        value["model"] = trunk
         return value
 
-    if lora is None or p.shared_trunk:
-        return graphdef, init, None
-    init, frozen = lora_init(ScalarModel, source.model_config, source.params, lora=lora,
-                             seed=settings.seed, base_dtype=settings.lora.base_dtype,
-                             head_init="zeros")
-    return graphdef, init, frozen
+    return Trained(graphdef, init, None if p.shared_trunk else source.params["model"], None)
 
 
-def policy_model(settings: RunSettings, policy: TrainedModel
-                 ) -> tuple[nnx.GraphDef, Callable[[], nnx.State], nnx.State]:
-    """The trained policy's graph, a traceable function giving its initial trainable state
-    (the SFT parameters, or zero-effect adapters under LoRA), and the reference parameters
-    (under LoRA also the adapters' frozen base, in ``lora.base_dtype``)."""
-    lora = settings.lora.config
-    if lora is None:
-        return policy.graphdef, lambda: policy.params, policy.params
-    graphdef, _ = abstract_model(CausalLM, policy.model_config, lora=lora)
-    init, base = lora_init(CausalLM, policy.model_config, policy.params, lora=lora,
-                           seed=settings.seed, base_dtype=settings.lora.base_dtype)
-    return graphdef, init, base
+def place(tree: Any, shardings: Any) -> Any:
+    """``tree`` on ``shardings``; an abstract tree (``jax.ShapeDtypeStruct`` leaves, as a dry
+    run builds) gets the shardings attached instead."""
+    def one(x, sharding):
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+        return jax.device_put(x, sharding)
+    return jax.tree.map(one, tree, shardings)
+
+
+def cast_floats(tree: Any, dtype: str) -> Any:
+    """``tree`` with its floating-point leaves (arrays or abstract) cast to ``dtype``."""
+    def one(x):
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            return x
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(x.shape, jnp.dtype(dtype))
+        return x.astype(dtype)
+    return jax.tree.map(one, tree)
 
 
 def build(settings: RunSettings, mesh: Mesh, policy: TrainedModel, reward: RewardModel | None,
           task: Task | None) -> Program:
     """Jit one PPO iteration (single program, or phase by phase) for ``mesh``."""
     p, lora = settings.ppo, settings.lora.config
-    policy_graphdef, init_policy, ref = policy_model(settings, policy)
-    value_graphdef, init_value, value_base = value_model(settings, policy, reward)
+    trained_policy, trained_value = policy_model(settings, policy), value_model(settings, policy,
+                                                                                reward)
     models = Models(
-        policy=policy_graphdef, ref=policy.graphdef, value=value_graphdef,
+        policy=trained_policy.graphdef, ref=policy.graphdef, value=trained_value.graphdef,
         reward=reward.model.graphdef if reward is not None else None,
         gain=reward.gain if reward is not None else 1.0,
         bias=reward.bias if reward is not None else 0.0,
         gold=traceable_gold(task, policy.tokenizer) if task is not None else None,
         eos_id=policy.tokenizer.eos_token_id, pad_id=policy.tokenizer.pad_token_id,
-        lora_scale=lora.scale if lora is not None else None)
+        lora_scale=lora.scale if lora is not None else None,
+        shard_rows=functools.partial(jax.lax.with_sharding_constraint,
+                                     shardings=parallel.batch_sharding(mesh)))
     optimizers = make_optimizers(settings)
 
-    def init_state() -> PPOState:
-        trainable, value = init_policy(), init_value()
+    def make_state(policy_weights: nnx.State | None,
+                   value_weights: nnx.State | None) -> PPOState:
+        trainable, value = trained_policy.init(policy_weights), trained_value.init(value_weights)
         seed = settings.seed + jax.process_index() * 100003               # detail 18
         return PPOState(step=jnp.zeros((), jnp.int32), policy=trainable, value=value,
                         policy_opt=optimizers.policy.init(trainable),
@@ -151,17 +182,31 @@ def build(settings: RunSettings, mesh: Mesh, policy: TrainedModel, reward: Rewar
                         kl=kl_lib.init_kl_state(p.kl_coef),
                         rng=jax.random.key_data(jax.random.key(seed)))
 
-    state_shardings = parallel.state_shardings(jax.eval_shape(init_state), mesh, settings.rules)
-    frozen = Frozen(ref=ref, reward=reward.model.params if reward else None,
-                    value_base=value_base)
+    abstract_state = jax.eval_shape(make_state, trained_policy.weights, trained_value.weights)
+    state_shardings = parallel.state_shardings(abstract_state, mesh, settings.rules)
+    start = jax.jit(make_state, out_shardings=state_shardings)
+    weight_shardings = (state_shardings.policy if trained_policy.weights is not None else None,
+                        state_shardings.value["model"] if trained_value.weights is not None
+                        else None)
+
+    def init_state() -> PPOState:
+        """The initial state; the weights enter ``start`` as arguments, never as constants."""
+        return start(*jax.device_put((trained_policy.weights, trained_value.weights),
+                                     weight_shardings))
+
+    frozen = Frozen(ref=trained_policy.frozen, reward=reward.model.params if reward else None,
+                    value_base=trained_value.frozen)
+    if p.frozen_dtype:   # the reference and reward models only run forward passes
+        frozen = cast_floats(frozen, p.frozen_dtype)
     frozen_shardings = parallel.state_shardings(frozen, mesh, settings.rules)
-    frozen = jax.device_put(frozen, frozen_shardings)
+    frozen = place(frozen, frozen_shardings)
     iterate = compile_iteration(
         iteration_phases(models=models, settings=p, optimizers=optimizers),
         single_program=p.single_program, state_shardings=state_shardings,
         frozen_shardings=frozen_shardings, mesh=mesh)
-    evaluate = jax.jit(functools.partial(evaluate_policy, models=models, settings=p))
-    return Program(models, init_state, state_shardings, frozen,
+    evaluate = parallel.MeshJit(mesh, functools.partial(evaluate_policy, models=models,
+                                                        settings=p))
+    return Program(models, init_state, abstract_state, state_shardings, frozen, iterate,
                    lambda state, batch: iterate(state, frozen, batch),
                    lambda params, batch, key: evaluate(params, frozen, batch, key))
 
@@ -231,7 +276,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     loop.run(workdir=workdir, train=settings.train, config=config, mesh=mesh,
              init_state=program.init_state, state_shardings=program.state_shardings,
              step_fn=program.step, batches=batches, evaluate=evaluate_state,
-             count_tokens=lambda b: int(b["prompt_mask"].sum()), desc="ppo")
+             count_tokens=lambda b: int(b["prompt_mask"].sum()), desc="ppo",
+             abstract_state=program.abstract_state)
     rows = read_metrics(workdir)
     evals = [r for r in rows if "eval/gold" in r]
     train_rows = [r for r in rows if "objective/kl" in r]

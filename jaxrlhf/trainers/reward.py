@@ -26,8 +26,9 @@ from jax.sharding import Mesh
 from jaxrlhf import losses, pairs as pairs_lib, parallel, scoring, workdir as workdir_lib
 from jaxrlhf.data import sft as sft_data
 from jaxrlhf.data.iterator import BatchIterator, fixed_batches
-from jaxrlhf.models import lora as lora_lib
-from jaxrlhf.models.build import lora_init, random_params, resolve_config
+from jaxrlhf.models import hf, lora as lora_lib
+from jaxrlhf.models.build import (ParamsInit, born_sharded, lora_init, random_params,
+                                  random_params_init, resolve_config)
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.transformer import CausalLM, ScalarModel
 from jaxrlhf.settings import RunSettings
@@ -69,7 +70,7 @@ class Program:
 
 
 def build(settings: RunSettings, model_config: ModelConfig, mesh: Mesh,
-          init_params: Callable[[], nnx.State], frozen: nnx.State | None = None) -> Program:
+          init_params: ParamsInit, frozen: nnx.State | None = None) -> Program:
     """The reward model's program; under LoRA ``init_params`` gives the adapters and head
     and ``frozen`` the trunk they adapt."""
     r = settings.reward
@@ -81,18 +82,17 @@ def build(settings: RunSettings, model_config: ModelConfig, mesh: Mesh,
     params_sharding = program.state_shardings.params
     frozen_sharding = parallel.state_shardings(program.frozen, mesh, settings.rules)
     batch_sharding = parallel.batch_sharding(mesh)
-
-    def joined(fn):
-        return lambda params, frozen, *rows: fn(program.graphdef, lora_lib.join(frozen, params),
-                                                *rows)
-
-    pair_fn = jax.jit(joined(pair_scores),
-                      in_shardings=(params_sharding, frozen_sharding, batch_sharding))
-    score_fn = jax.jit(joined(scoring.last_token_scores),
-                       in_shardings=(params_sharding, frozen_sharding, batch_sharding,
-                                     batch_sharding))
-    return Program(program, lambda params, batch: pair_fn(params, program.frozen, batch),
-                   lambda params, ids, mask: score_fn(params, program.frozen, ids, mask))
+    pair_fn = parallel.MeshJit(
+        mesh, lambda params, batch, frozen: pair_scores(
+            program.graphdef, lora_lib.join(frozen, params), batch),
+        trailing=(program.frozen,),
+        in_shardings=(params_sharding, batch_sharding, frozen_sharding))
+    score_fn = parallel.MeshJit(
+        mesh, lambda params, ids, mask, frozen: scoring.last_token_scores(
+            program.graphdef, lora_lib.join(frozen, params), ids, mask),
+        trailing=(program.frozen,),
+        in_shardings=(params_sharding, batch_sharding, batch_sharding, frozen_sharding))
+    return Program(program, pair_fn, score_fn)
 
 
 def calibration_table(margins: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
@@ -175,14 +175,23 @@ def prepare_data(settings: RunSettings, workdir: str, policy: TrainedModel | Non
                       pairs.stats)
 
 
-def initial_params_fn(seed: int, model_config: ModelConfig,
-                      policy: TrainedModel | None) -> Callable[[], nnx.State]:
-    """Random scalar model, its trunk taken from the SFT policy when one is given."""
-    def init() -> nnx.State:
-        params = random_params(ScalarModel, model_config, seed, head_init="normal")
+def initial_params_fn(seed: int, model_config: ModelConfig, policy: TrainedModel | None,
+                      model_init: str = "") -> ParamsInit:
+    """A scalar model with a random head, its trunk taken from the SFT policy when one is
+    given, else imported from the HF directory ``model_init`` when given, else random."""
+    if policy is None and not model_init:
+        return random_params_init(ScalarModel, model_config, seed, head_init="normal")
+
+    def init(shardings: nnx.State) -> nnx.State:
+        head = jax.jit(lambda: random_params(ScalarModel, model_config, seed,
+                                             head_init="normal")["head"],
+                       out_shardings=shardings["head"])()
         if policy is not None:
-            params["model"] = policy.params["model"]
-        return params
+            trunk = jax.device_put(policy.params["model"], shardings["model"])
+        else:
+            trunk = hf.load_params(model_init, model_config,
+                                   nnx.State({"model": shardings["model"]}))["model"]
+        return nnx.merge_state(nnx.State({"model": trunk}), nnx.State({"head": head}))
     return init
 
 
@@ -197,14 +206,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         settings.model, model_init=settings.model_init, vocab_size=len(data.tokenizer)))
     workdir_lib.write_model_card(workdir, model_config, "params", lora=settings.lora.config,
                                  base=settings.policy_init, base_dtype=settings.lora.base_dtype)
-    init, frozen = initial_params_fn(settings.seed, model_config, policy), None
+    init, frozen = initial_params_fn(settings.seed, model_config, policy,
+                                     settings.model_init), None
     if settings.lora.config is not None:
         if policy is None:
             raise ValueError("config.lora.rank > 0 needs the SFT policy to adapt: set "
                              "config.policy_init")
-        init, frozen = lora_init(ScalarModel, model_config, init(), lora=settings.lora.config,
-                                 seed=settings.seed, base_dtype=settings.lora.base_dtype,
-                                 head_init="normal")
+        adapters, frozen = lora_init(ScalarModel, model_config, policy.params,
+                                     lora=settings.lora.config, seed=settings.seed,
+                                     base_dtype=settings.lora.base_dtype, head_init="normal")
+        init = born_sharded(adapters)
     program = build(settings, model_config, mesh, init, frozen)
     eval_batches = fixed_batches(data.eval, settings.train.batch_size)
     gold_labelled = not settings.reward.source
@@ -219,7 +230,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         state_shardings=program.supervised.state_shardings, step_fn=program.supervised.step,
         batches=batches, evaluate=evaluate_state,
         count_tokens=lambda b: int(b["chosen_mask"].sum() + b["rejected_mask"].sum()),
-        desc="reward")
+        desc="reward", abstract_state=program.supervised.abstract_state)
 
     metrics, margins = evaluate_pairs(state.params, program, eval_batches, mesh, gold_labelled)
     workdir_lib.write_json(workdir, workdir_lib.CALIBRATION_FILE, calibration_table(margins))

@@ -28,7 +28,8 @@ from jaxrlhf.data import records as records_lib, sft as sft_data
 from jaxrlhf.data.iterator import BatchIterator, fixed_batches
 from jaxrlhf.data.tokenizer import decode_rows, encode_prompts
 from jaxrlhf.metrics import read_metrics
-from jaxrlhf.models.build import initial_lm_params, lora_init, resolve_config
+from jaxrlhf.models.build import (abstract_model, born_sharded, given_params_init,
+                                  initial_lm_params, lora_init, resolve_config)
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.transformer import CausalLM
 from jaxrlhf.rl import evaluation
@@ -49,19 +50,21 @@ def build(settings: RunSettings, model_config: ModelConfig, mesh: Mesh,
           policy: TrainedModel | None = None) -> supervised.Program:
     """The SFT program: a causal LM from ``policy`` (the run in ``policy_init``),
     ``model_init`` or random, trained on ``sft_loss`` (under LoRA, adapters on it)."""
-    def start() -> nnx.State:
-        if policy is not None:
-            return policy.params
-        return initial_lm_params(model_config, model_init=settings.model_init,
+    if policy is not None:
+        init = given_params_init(policy.params)
+    else:
+        init = initial_lm_params(model_config, model_init=settings.model_init,
                                  seed=settings.seed)
-
-    init, frozen, lora = start, None, settings.lora.config
+    frozen, lora = None, settings.lora.config
     if lora is not None:
         if policy is None and not settings.model_init:
             raise ValueError("config.lora.rank > 0 needs a base model to adapt: set "
                              "config.policy_init (a finished run) or config.model_init")
-        init, frozen = lora_init(CausalLM, model_config, start(), lora=lora,
-                                 seed=settings.seed, base_dtype=settings.lora.base_dtype)
+        plain = parallel.state_shardings(abstract_model(CausalLM, model_config)[1], mesh,
+                                         settings.rules)
+        adapters, frozen = lora_init(CausalLM, model_config, init(plain), lora=lora,
+                                     seed=settings.seed, base_dtype=settings.lora.base_dtype)
+        init = born_sharded(adapters)
     return supervised.build(
         loss=sft_loss, model_cls=CausalLM, model_config=model_config, init_params=init,
         optim_settings=settings.optim, train=settings.train, mesh=mesh, rules=settings.rules,
@@ -181,7 +184,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         workdir=workdir, train=t, config=config, mesh=mesh, init_state=program.init_state,
         state_shardings=program.state_shardings, step_fn=program.step, batches=batches,
         evaluate=evaluate_state, count_tokens=lambda b: int(b["attention_mask"].sum()),
-        desc="sft")
+        desc="sft", abstract_state=program.abstract_state)
     evals = [row for row in read_metrics(workdir) if "eval/loss" in row]
     summary = {"eval_loss": evals[-1]["eval/loss"], "first_eval_loss": evals[0]["eval/loss"],
                "unigram_entropy": data.unigram_entropy, "step": int(state.step)}

@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 
 from jaxrlhf import optim, parallel
 from jaxrlhf.models import lora
-from jaxrlhf.models.build import abstract_model
+from jaxrlhf.models.build import ParamsInit, abstract_model
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.rl import evaluation
 from jaxrlhf.settings import OptimSettings, RunSettings, TrainSettings
@@ -46,7 +46,7 @@ class TrainState:
     opt_state: optax.OptState
 
 
-def train_step(state: TrainState, frozen: nnx.State | None, batch: Batch, *,
+def train_step(state: TrainState, batch: Batch, frozen: nnx.State | None, *,
                loss_fn: optim.LossFn, optimizer: optax.GradientTransformation,
                schedule: optax.Schedule, grad_accum: int,
                count_metric: str | None) -> tuple[TrainState, Metrics]:
@@ -67,7 +67,7 @@ def train_step(state: TrainState, frozen: nnx.State | None, batch: Batch, *,
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def summed_loss(params: nnx.State, frozen: nnx.State | None, batch: Batch, *,
+def summed_loss(params: nnx.State, batch: Batch, frozen: nnx.State | None, *,
                 loss_fn: optim.LossFn) -> tuple[Metrics, jax.Array]:
     """Evaluation sums of one batch: ``{"loss": mean x count, metric: mean x count}`` and
     the count, to be added over batches and divided by the total count."""
@@ -77,13 +77,17 @@ def summed_loss(params: nnx.State, frozen: nnx.State | None, batch: Batch, *,
 
 @dataclasses.dataclass(frozen=True)
 class Program:
-    """The compiled pieces of a supervised stage on one mesh. ``frozen`` is the placed
-    frozen part of the parameters (None when every parameter trains)."""
+    """The compiled pieces of a supervised stage on one mesh. ``init_state()`` returns the
+    placed initial state (parameters from ``init_params``, then the optimizer state made by
+    ``start``, a jitted program that takes the parameters as arguments). ``frozen`` is the
+    placed frozen part of the parameters (None when every parameter trains)."""
     graphdef: nnx.GraphDef
     init_state: Callable[[], TrainState]
+    abstract_state: Any
     state_shardings: Any
     step: Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
     eval_sums: Callable[[nnx.State, Batch], tuple[Metrics, jax.Array]]
+    start: Callable[[nnx.State], TrainState]
     frozen: nnx.State | None = None
 
     def full_params(self, params: nnx.State) -> nnx.State:
@@ -92,41 +96,51 @@ class Program:
 
 
 def build(*, loss: Loss, model_cls: Callable[..., nnx.Module], model_config: ModelConfig,
-          init_params: Callable[[], nnx.State], optim_settings: OptimSettings,
+          init_params: ParamsInit, optim_settings: OptimSettings,
           train: TrainSettings, mesh: Mesh, rules: Mapping[str, tuple[str, ...]],
           count_metric: str | None = None, frozen: nnx.State | None = None,
           **model_kwargs) -> Program:
     """Jit the step (donated state, explicit shardings) and the evaluation sums for ``mesh``.
 
-    ``init_params`` returns the starting trainable parameters (traceable; it runs under
-    ``jit`` with the state's shardings as outputs, so parameters are born sharded);
-    ``frozen`` the parameters that do not train (under LoRA), placed here once.
+    ``init_params(shardings)`` places the starting trainable parameters on the state's
+    parameter shardings (random ones are born sharded; imported ones are read onto each
+    device); ``frozen`` holds the parameters that do not train (under LoRA), placed here once
+    and passed to the compiled step as an argument.
     """
-    graphdef, _ = abstract_model(model_cls, model_config, **model_kwargs)
+    graphdef, abstract_params = abstract_model(model_cls, model_config, **model_kwargs)
+    if frozen is not None:
+        abstract_params, _ = lora.split_trainable(abstract_params)
     loss_fn = functools.partial(loss, graphdef)
     schedule = optim.warmup_cosine(optim_settings, train.steps)
     optimizer = optim.adamw(optim_settings, schedule)
 
-    def init_state() -> TrainState:
-        params = init_params()
+    def make_state(params: nnx.State) -> TrainState:
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=optimizer.init(params))
 
-    state_shardings = parallel.state_shardings(jax.eval_shape(init_state), mesh, rules)
+    abstract_state = jax.eval_shape(make_state, abstract_params)
+    state_shardings = parallel.state_shardings(abstract_state, mesh, rules)
+    start = jax.jit(make_state, in_shardings=(state_shardings.params,),
+                    out_shardings=state_shardings, donate_argnums=0)
+
+    def init_state() -> TrainState:
+        return start(init_params(state_shardings.params))
+
     frozen_shardings = parallel.state_shardings(frozen, mesh, rules)
     frozen = jax.device_put(frozen, frozen_shardings)
     batch_sharding = parallel.batch_sharding(mesh)
-    step = jax.jit(
-        functools.partial(train_step, loss_fn=loss_fn, optimizer=optimizer, schedule=schedule,
-                          grad_accum=train.grad_accum, count_metric=count_metric),
-        in_shardings=(state_shardings, frozen_shardings, batch_sharding),
+    step = parallel.MeshJit(
+        mesh, functools.partial(train_step, loss_fn=loss_fn, optimizer=optimizer,
+                                schedule=schedule, grad_accum=train.grad_accum,
+                                count_metric=count_metric),
+        trailing=(frozen,), in_shardings=(state_shardings, batch_sharding, frozen_shardings),
         out_shardings=(state_shardings, parallel.replicated(mesh)),
         donate_argnums=0)
-    eval_sums = jax.jit(functools.partial(summed_loss, loss_fn=loss_fn),
-                        in_shardings=(state_shardings.params, frozen_shardings, batch_sharding))
-    return Program(graphdef, init_state, state_shardings,
-                   lambda state, batch: step(state, frozen, batch),
-                   lambda params, batch: eval_sums(params, frozen, batch), frozen)
+    eval_sums = parallel.MeshJit(
+        mesh, functools.partial(summed_loss, loss_fn=loss_fn), trailing=(frozen,),
+        in_shardings=(state_shardings.params, batch_sharding, frozen_shardings))
+    return Program(graphdef, init_state, abstract_state, state_shardings, step, eval_sums, start,
+                   frozen)
 
 
 def policy_evaluation(settings: RunSettings, program: Program, reference: TrainedModel,

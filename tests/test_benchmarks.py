@@ -1,0 +1,136 @@
+"""Each benchmark runs at a tiny shape and writes its JSON fields; the FLOP count agrees
+with XLA's own count of the compiled forward pass; the device table resolves known
+accelerators."""
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from benchmarks import common, decode, ppo, reward, sft
+from jaxrlhf import scoring
+from jaxrlhf.models.build import abstract_model, random_params
+from jaxrlhf.models.transformer import CausalLM
+
+PEAKS = ["--peak_tflops", "2.0", "--peak_gbps", "10.0"]
+COMMON_FIELDS = ("benchmark", "model", "parameters", "peak_tflops", "peak_gbps", "peak_source",
+                 "compiled_memory", "device_peak_bytes", "options", "environment")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """One results directory for the module: each benchmark test writes NAME.json there and
+    the report test reads them all."""
+    return tmp_path_factory.mktemp("results")
+
+
+def _run(module, results, *args):
+    out = results / f"{module.__name__.split('.')[-1]}.json"
+    module.main([*args, "--repeats", "2", "--json", str(out)])
+    result = json.loads(out.read_text())
+    for field in COMMON_FIELDS:
+        assert field in result, field
+    env = result["environment"]
+    assert env["jax"] == jax.__version__ and env["devices"] == jax.device_count()
+    assert result["compiled_memory"]["peak_bytes"] > 0
+    assert result["parameters"] > 0
+    return result
+
+
+def _check_throughput(result, tokens):
+    for stat in ("min", "median"):
+        seconds = result["seconds_per_step"][stat]
+        assert seconds > 0
+        assert result[f"tokens_per_sec_{stat}"] == pytest.approx(tokens / seconds)
+        assert result[f"mfu_{stat}"] == pytest.approx(
+            result[f"model_tflops_{stat}"] / result["peak_tflops"])
+    assert result["seconds_per_step"]["min"] <= result["seconds_per_step"]["median"]
+    assert len(result["seconds_per_step"]["all"]) == 2
+
+
+def test_sft_benchmark(results):
+    r = _run(sft, results, "--model", "gpt2_1x32", "--batch", "8", "--seq", "16", *PEAKS)
+    assert r["benchmark"] == "sft" and r["tokens_per_step"] == 8 * 16
+    assert r["peak_source"] == "command line" and r["peak_tflops"] == 2.0
+    _check_throughput(r, 8 * 16)
+
+
+def test_reward_benchmark(results):
+    r = _run(reward, results, "--model", "llama_1x64", "--batch", "8", "--seq", "16",
+             "--remat", "full", "--scan_layers", *PEAKS)
+    assert r["tokens_per_step"] == 2 * 8 * 16 and r["pairs_per_sec_min"] > 0
+    _check_throughput(r, 2 * 8 * 16)
+
+
+def test_ppo_benchmark(results):
+    r = _run(ppo, results, "--model", "gpt2_1x32", "--batch", "16", "--prompt", "4",
+             "--response", "4", "--minibatches", "2", "--epochs", "1", *PEAKS)
+    for phase in ("iteration", "sampling", "rollout", "update", "scoring"):
+        assert set(r["seconds"][phase]) >= {"min", "median"}, phase
+    flops = r["model_flops"]
+    assert flops["iteration"] == pytest.approx(flops["sampling"] + flops["scoring"]
+                                               + flops["update"])
+    assert r["mfu_min"] == pytest.approx(
+        flops["iteration"] / r["seconds"]["iteration"]["min"] / 1e12 / 2.0)
+    assert r["sampling_tokens_per_sec_min"] > 0
+
+
+def test_decode_benchmark_measures_cpu_peaks(results):
+    """Without --peak_* on a CPU the peaks are measured; the roofline fraction is the
+    achieved bandwidth over that peak."""
+    r = _run(decode, results, "--model", "llama_1x64", "--batch", "8", "--prompt", "8",
+             "--new", "4", "--dtype", "bfloat16")
+    assert r["peak_source"].startswith("measured") and r["peak_gbps"] > 0
+    cfg = r["options"]
+    slots = cfg["prompt"] + cfg["new"]
+    # llama_1x64: 1 layer, 2 query heads of 32 sharing 1 KV head; bf16 cache
+    assert r["kv_cache_bytes"] == 2 * 1 * 8 * slots * 1 * 32 * 2
+    assert r["bytes_per_token"] == pytest.approx(r["bytes_per_step"] / 8)
+    for stat in ("min", "median"):
+        assert r[f"roofline_fraction_{stat}"] == pytest.approx(
+            r[f"achieved_gbps_{stat}"] / r["peak_gbps"])
+        assert r[f"decode_tokens_per_sec_{stat}"] > 0
+
+
+@pytest.mark.parametrize("name", ["gpt2_2x64", "llama_2x128"])
+def test_flop_count_matches_xla_cost_analysis(name):
+    """2 x matmul parameters + attention per token, against XLA's count of the compiled
+    forward pass (which adds a few elementwise FLOPs)."""
+    args = common.parser("").parse_args([])
+    seq, batch = 64, 4
+    cfg = common.model_config(name, seq, args)
+    graphdef, _ = abstract_model(CausalLM, cfg)
+    params = random_params(CausalLM, cfg, 0)
+    ids = jnp.zeros((batch, seq), jnp.int32)
+    fwd = jax.jit(lambda p: scoring.forward(graphdef, p, ids, jnp.ones_like(ids)))
+    xla = fwd.lower(params).compile().cost_analysis()["flops"]
+    ours = batch * seq * common.flops_per_token(cfg, seq, train=False)
+    assert 0.9 < xla / ours < 1.15, (xla, ours)
+
+
+def test_device_table_resolves_known_accelerators():
+    assert common.device_entry("NVIDIA H100 80GB HBM3")["bfloat16"] == pytest.approx(989.4)
+    assert common.device_entry("NVIDIA H100 PCIe")["hbm_gbps"] == 2000.0
+    assert common.device_entry("NVIDIA H200")["hbm_gbps"] == 4800.0
+    assert common.device_entry("TPU v5 lite")["bfloat16"] == 197.0
+    assert common.device_entry("cpu") is None
+
+
+def test_report_writes_the_tables_and_the_scaling_figures(results, tmp_path):
+    """The report turns the benchmarks' JSON (and a scaling sweep) into the README's tables
+    and two figures."""
+    from benchmarks import report
+    rows = [{"axis": axis, "model": f"gpt2_4x{w}", "seq": seq, "batch": 8,
+             "parameters": 1e6 * w, "seconds_min": 0.01 * w * seq / 1e4,
+             "seconds_median": 0.011 * w * seq / 1e4, "tokens_per_sec_min": 1.0,
+             "model_tflops_min": 0.1, "mfu_min": 0.2}
+            for axis, w, seq in [("seq", 256, 64), ("seq", 256, 128), ("size", 128, 128),
+                                 ("size", 256, 128)]]
+    (results / "scaling.json").write_text(json.dumps({"rows": rows}))
+    text = report.main(["--results", str(results), "--figures", str(tmp_path)])
+    for heading in ("Stage steps", "PPO iteration split", "Decoding", "Scaling"):
+        assert f"### {heading}" in text
+    assert text.count("| sft |") == 1 and "| ppo |" in text and "llama_1x64" in text
+    assert (results / "tables.md").read_text().strip() == text.strip()
+    for axis in ("seq", "size"):
+        assert (tmp_path / f"scaling_{axis}.png").stat().st_size > 1000
