@@ -12,6 +12,7 @@ from typing import Any
 
 import ml_collections
 
+from jaxrlhf.errors import ConfigError
 from jaxrlhf.settings import RunSettings
 
 def base_config() -> ml_collections.ConfigDict:
@@ -29,6 +30,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model_init = ""
     # Workdir of a finished SFT run: the reward and PPO stages start from its policy.
     c.policy_init = ""
+    # Workdir of a finished reward-model run: PPO's reward model (formerly ppo.reward_init).
+    c.reward_init = ""
 
     # Mesh: sizes of (data, fsdp, tensor); -1 takes the remaining devices.
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -77,7 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
     # PPO; the defaults are those of docs/design.md's PPO details (item numbers in brackets).
     c.ppo = ml_collections.ConfigDict(dict(
         reward_source="model",       # "model": the reward model; "gold": the task's gold reward
-        reward_init="",              # workdir of a finished reward-model run
+        reward_init="",              # deprecated: use the top-level reward_init
         value_init="reward",         # value trunk from the "reward" model, the "policy", or
                                      # "shared" with the policy (one trunk, two heads) [15]
         num_prompts=4096, num_eval_prompts=128, prompt_length=8, response_length=24,  # [4]
@@ -136,14 +139,14 @@ def override(config: ml_collections.ConfigDict, name: str, value: Any) -> None:
     node = config
     for part in parents:
         if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-            raise ValueError(unknown_field_message(config, name))
+            raise ConfigError(unknown_field_message(config, name))
         node = node[part]
     if leaf not in node or isinstance(node[leaf], ml_collections.ConfigDict):
-        raise ValueError(unknown_field_message(config, name))
+        raise ConfigError(unknown_field_message(config, name))
     try:
         node[leaf] = value
     except TypeError as e:
-        raise TypeError(f"config.{name}={value!r}: {e}") from None
+        raise ConfigError(f"config.{name}={value!r}: {e}") from None
 
 
 def is_pipeline(config: ml_collections.ConfigDict) -> bool:
@@ -151,8 +154,25 @@ def is_pipeline(config: ml_collections.ConfigDict) -> bool:
     return all(name in config for name in PIPELINE_STAGES)
 
 
+# Fields naming a local directory that must exist when set.
+PATH_FIELDS = {"model_init": "a local Hugging Face model directory (config.json + safetensors)",
+               "policy_init": "the workdir of a finished SFT run",
+               "reward_init": "the workdir of a finished reward-model run",
+               "data.tokenizer": "a local tokenizer directory"}
+
+
+def check_paths(settings: RunSettings) -> None:
+    """Every directory the config names exists (raises ConfigError naming the field)."""
+    values = {"model_init": settings.model_init, "policy_init": settings.policy_init,
+              "reward_init": settings.reward_init, "data.tokenizer": settings.data.tokenizer}
+    for field, value in values.items():
+        if value and not os.path.isdir(os.path.expanduser(value)):
+            raise ConfigError(f"config.{field}={value!r} is not a directory; it must be "
+                              f"{PATH_FIELDS[field]}")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
-    """Raise ValueError naming the first invalid field; runs before any compilation.
+    """Raise ConfigError naming the first invalid field; runs before any compilation.
 
     A pipeline config (with ``sft``, ``reward`` and ``ppo`` stage configs) is validated
     stage by stage, and the field names carry the stage (``config.ppo.ppo.clip``).
@@ -161,7 +181,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         for name in PIPELINE_STAGES:
             try:
                 validate(config[name], num_devices)
-            except ValueError as e:
-                raise ValueError(str(e).replace("config.", f"config.{name}.", 1)) from None
+            except ConfigError as e:
+                raise ConfigError(str(e).replace("config.", f"config.{name}.", 1)) from None
         return
-    RunSettings.from_config(config).check_mesh(num_devices)
+    settings = RunSettings.from_config(config)
+    settings.check_mesh(num_devices)
+    check_paths(settings)

@@ -13,7 +13,7 @@ from typing import Any
 
 import ml_collections
 
-from jaxrlhf import report
+from jaxrlhf import report, runfiles
 from jaxrlhf.config import PIPELINE_STAGES
 from jaxrlhf.trainers import ppo, reward, sft
 
@@ -29,7 +29,7 @@ def stage_configs(config: ml_collections.ConfigDict,
     configs = {name: copy.deepcopy(config[name]) for name in PIPELINE_STAGES}
     configs["reward"].policy_init = dirs["sft"]
     configs["ppo"].policy_init = dirs["sft"]
-    configs["ppo"].ppo.reward_init = dirs["reward"]
+    configs["ppo"].reward_init = dirs["reward"]
     return {name: (configs[name], dirs[name]) for name in PIPELINE_STAGES}
 
 
@@ -40,8 +40,8 @@ def _add_wall_time(workdir: str, seconds: float) -> float:
     if os.path.exists(path):
         with open(path) as f:
             total += json.load(f)["wall_seconds"]
-    with open(path, "w") as f:
-        json.dump({"wall_seconds": total}, f)
+    runfiles.barrier("pipeline:timing")  # every process has read it before process 0 writes
+    runfiles.write_json(path, {"wall_seconds": total})
     return total
 
 

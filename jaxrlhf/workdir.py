@@ -8,7 +8,8 @@
     WORKDIR/checkpoints/    Orbax checkpoints         (reward) reward_normalization.json, calibration.json
 
 The model card records the model's config and where the checkpoint keeps its parameters, so
-:func:`load_model` reads any stage's workdir (SFT, reward, PPO) the same way.
+:func:`load_model` reads any stage's workdir (SFT, reward, PPO) the same way. Every file is
+written through ``jaxrlhf.runfiles``: by process 0 only, and atomically.
 """
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ import jax
 import ml_collections
 from flax import nnx
 
-from jaxrlhf import checkpoint, scoring
+from jaxrlhf import checkpoint, runfiles, scoring
 from jaxrlhf.data import tokenizer as tokenizer_lib
+from jaxrlhf.errors import CheckpointError, MissingInputError
 from jaxrlhf.models.build import abstract_model
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.transformer import ScalarModel
@@ -39,10 +41,8 @@ CALIBRATION_FILE = "calibration.json"
 
 
 def write_json(workdir: str, name: str, value: Any) -> None:
-    """``value`` as indented JSON in ``workdir/name``."""
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, name), "w") as f:
-        json.dump(value, f, indent=2, default=str)
+    """``value`` as indented JSON in ``workdir/name`` (process 0, atomically)."""
+    runfiles.write_json(os.path.join(workdir, name), value)
 
 
 def read_json(workdir: str, name: str) -> Any:
@@ -71,7 +71,7 @@ def run_tokenizer(workdir: str, *, inherited=None, directory: str = "", task=Non
         tokenizer = task.tokenizer
     else:
         tokenizer = tokenizer_lib.train_bpe_tokenizer(texts, bpe_vocab_size)
-    tokenizer.save_pretrained(saved)
+    runfiles.write_dir(saved, tokenizer.save_pretrained)
     return tokenizer
 
 
@@ -97,19 +97,19 @@ def load_model(workdir: str, model_cls: Callable[..., nnx.Module], **kwargs) -> 
     SFT or PPO run, ``ScalarModel`` for a reward run), with its tokenizer and model config.
     A missing or incompatible checkpoint is a clear error."""
     if not os.path.exists(os.path.join(workdir, MODEL_CARD)):
-        raise FileNotFoundError(f"{workdir} holds no trained model (no {MODEL_CARD}); pass the "
+        raise MissingInputError(f"{workdir} holds no trained model (no {MODEL_CARD}); pass the "
                                 "workdir of a finished run of the right stage")
     card = read_json(workdir, MODEL_CARD)
     model_config = ModelConfig(**card["model"])
     tokenizer = tokenizer_lib.load_tokenizer(os.path.join(workdir, TOKENIZER_DIR))
     graphdef, abstract = abstract_model(model_cls, model_config, **kwargs)
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # this process
     _, tree = checkpoint.restore_subtree(os.path.join(workdir, CHECKPOINT_DIR),
                                          card["params_key"], sharding)
     try:
         params = checkpoint.nnx_state_from_tree(abstract, tree)
     except ValueError as e:
-        raise ValueError(f"{workdir}: {e} (expected a {model_cls.__name__})") from None
+        raise CheckpointError(f"{workdir}: {e} (expected a {model_cls.__name__})") from None
     return TrainedModel(tokenizer, model_config, graphdef, params, workdir)
 
 
@@ -132,7 +132,7 @@ def load_reward_model(workdir: str) -> RewardModel:
     """The newest reward-model checkpoint in ``workdir`` and its fitted gain and bias."""
     path = os.path.join(workdir, NORMALIZATION_FILE)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} is missing: the reward-model run in {workdir} did not "
+        raise MissingInputError(f"{path} is missing: the reward-model run in {workdir} did not "
                                 "finish; re-run it to completion")
     normalization = read_json(workdir, NORMALIZATION_FILE)
     model = load_model(workdir, ScalarModel, head_init="normal")

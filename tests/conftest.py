@@ -48,3 +48,19 @@ def read_summary(workdir):
         summary = json.load(f)
     summary.pop("wall_seconds", None)
     return summary
+
+
+FIXTURES = os.path.join(REPO, "tests", "fixtures")
+
+
+def full_dataset(relative):
+    """A ``pytest.mark.skipif`` for tests that need a full dataset under the data dir."""
+    import pytest
+    from jaxrlhf.data import paths
+    try:
+        present = (paths.data_dir() / relative).exists()
+    except FileNotFoundError:
+        present = False
+    return pytest.mark.skipif(not present, reason=(
+        f"needs the full dataset {relative}: set ${paths.ENV_VAR} to a directory holding it "
+        "(see tests/fixtures/README.md)"))

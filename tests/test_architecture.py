@@ -14,7 +14,8 @@ PACKAGE = ROOT / "jaxrlhf"
 # Bottom to top: a module may import modules of its own layer or below, never above.
 # The longest matching prefix places a module.
 LAYERS = (
-    ("jaxrlhf.metrics", "jaxrlhf.parallel", "jaxrlhf.data", "jaxrlhf.models"),
+    ("jaxrlhf.metrics", "jaxrlhf.parallel", "jaxrlhf.data", "jaxrlhf.models",
+     "jaxrlhf.errors", "jaxrlhf.runfiles"),
     ("jaxrlhf.baselines", "jaxrlhf.checkpoint", "jaxrlhf.scoring", "jaxrlhf.rl.kl"),
     ("jaxrlhf.losses", "jaxrlhf.sampling", "jaxrlhf.tasks", "jaxrlhf.settings"),
     ("jaxrlhf.optim", "jaxrlhf.rl", "jaxrlhf.config", "jaxrlhf.workdir"),

@@ -1,7 +1,7 @@
 """PPO against a reward model (or the task's gold reward), with a KL penalty to the SFT policy.
 
 ``python -m jaxrlhf ppo --config=configs/ppo/quickstart.py --workdir=DIR
-    --config.policy_init=SFT_WORKDIR --config.ppo.reward_init=RM_WORKDIR``
+    --config.policy_init=SFT_WORKDIR --config.reward_init=RM_WORKDIR``
 
 The algorithm is ``jaxrlhf.rl.ppo``; this shell loads the SFT policy and reward model,
 compiles the iteration for the mesh — by default ONE ``jax.jit`` program of ``(state,
@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +28,7 @@ from jaxrlhf import optim, parallel, workdir as workdir_lib
 from jaxrlhf.data import sft as sft_data
 from jaxrlhf.data.iterator import BatchIterator
 from jaxrlhf.data.tokenizer import decode_rows, encode_prompts
+from jaxrlhf.errors import ConfigError
 from jaxrlhf.metrics import read_metrics
 from jaxrlhf.models.build import abstract_model, random_params
 from jaxrlhf.models.transformer import CausalLM, ScalarModel
@@ -105,7 +104,7 @@ def build(settings: RunSettings, mesh: Mesh, policy: TrainedModel, reward: Rewar
             value = nnx.State({"head": value["head"]})
         else:
             value["model"] = value_source.params["model"]
-        seed = settings.seed + jax.process_index() * 100003               # detail 18
+        seed = settings.seed  # one global key, the same on every process (detail 18)
         return PPOState(step=jnp.zeros((), jnp.int32), policy=policy.params, value=value,
                         policy_opt=optimizers.policy.init(policy.params),
                         value_opt=optimizers.value.init(value), kl=kl_lib.init_kl_state(p.kl_coef),
@@ -114,7 +113,7 @@ def build(settings: RunSettings, mesh: Mesh, policy: TrainedModel, reward: Rewar
     state_shardings = parallel.state_shardings(jax.eval_shape(init_state), mesh, settings.rules)
     frozen = Frozen(ref=policy.params, reward=reward.model.params if reward else None)
     frozen_shardings = parallel.state_shardings(frozen, mesh, settings.rules)
-    frozen = jax.device_put(frozen, frozen_shardings)
+    frozen = parallel.put(frozen, frozen_shardings)
     iterate = compile_iteration(
         iteration_phases(models=models, settings=p, optimizers=optimizers),
         single_program=p.single_program, state_shardings=state_shardings,
@@ -146,19 +145,19 @@ def summarize_eval(out: dict[str, np.ndarray], prefix: str = "eval/") -> dict[st
 
 def load_inputs(settings: RunSettings) -> tuple[TrainedModel, RewardModel | None, Task]:
     """The SFT policy, the reward model (unless the gold reward is the reward) and the task."""
-    p = settings.ppo
+    p, reward_init = settings.ppo, settings.reward_init
     if not settings.policy_init:
-        raise ValueError("config.policy_init is empty: pass the workdir of a finished SFT run "
-                         "(--config.policy_init=SFT_WORKDIR)")
+        raise ConfigError("config.policy_init is empty: pass the workdir of a finished SFT run "
+                          "(--config.policy_init=SFT_WORKDIR)")
     policy = workdir_lib.load_model(settings.policy_init, CausalLM)
     reward = None
     if p.reward_source == "model":
-        if not p.reward_init:
-            raise ValueError("config.ppo.reward_init is empty: pass the workdir of a finished "
-                             "reward-model run, or set --config.ppo.reward_source=gold")
-        reward = workdir_lib.load_reward_model(p.reward_init)
+        if not reward_init:
+            raise ConfigError("config.reward_init is empty: pass the workdir of a finished "
+                              "reward-model run, or set --config.ppo.reward_source=gold")
+        reward = workdir_lib.load_reward_model(reward_init)
         if len(reward.model.tokenizer) != len(policy.tokenizer):
-            raise ValueError(f"the reward model in {p.reward_init} uses a different tokenizer "
+            raise ConfigError(f"the reward model in {reward_init} uses a different tokenizer "
                              f"({len(reward.model.tokenizer)} tokens) from the policy in "
                              f"{settings.policy_init} ({len(policy.tokenizer)}); train it with "
                              "--config.policy_init=SFT_WORKDIR")
@@ -179,23 +178,21 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     eval_prompts = task.prompts(p.num_eval_prompts, seed=settings.seed + 1)
     eval_ids, eval_mask = encode_prompts(tok, eval_prompts, p.prompt_length)
     eval_batch = parallel.shard_batch({"prompt_ids": eval_ids, "prompt_mask": eval_mask}, mesh)
-    samples_path = os.path.join(workdir, workdir_lib.SAMPLES_FILE)
 
-    def evaluate_state(state: PPOState) -> dict[str, float]:
-        out = jax.device_get(program.evaluate(state.policy, eval_batch, jax.random.key(1234)))
+    def evaluate_state(state: PPOState) -> loop.Evaluation:
+        out = parallel.fetch(program.evaluate(state.policy, eval_batch, jax.random.key(1234)))
         responses = decode_rows(tok, out["tokens"], out["mask"])
-        with open(samples_path, "a") as f:
-            for i in range(min(settings.train.num_samples, len(responses))):
-                f.write(json.dumps({"step": int(state.step), "prompt": eval_prompts[i],
-                                    "response": responses[i], "gold": float(out["gold"][i]),
-                                    "score": float(out["score"][i])}) + "\n")
-        return summarize_eval(out)
+        rows = [{"prompt": eval_prompts[i], "response": responses[i],
+                 "gold": float(out["gold"][i]), "score": float(out["score"][i])}
+                for i in range(min(settings.train.num_samples, len(responses)))]
+        return summarize_eval(out), rows
 
     batches = BatchIterator(train_prompts, p.batch_size, seed=settings.seed)
     loop.run(workdir=workdir, train=settings.train, config=config, mesh=mesh,
              init_state=program.init_state, state_shardings=program.state_shardings,
              step_fn=program.step, batches=batches, evaluate=evaluate_state,
-             count_tokens=lambda b: int(b["prompt_mask"].sum()), desc="ppo")
+             count_tokens=lambda b: int(b["prompt_mask"].sum()), desc="ppo",
+             progress_keys=("objective/scores", "objective/kl", "objective/gold"))
     rows = read_metrics(workdir)
     evals = [r for r in rows if "eval/gold" in r]
     train_rows = [r for r in rows if "objective/kl" in r]

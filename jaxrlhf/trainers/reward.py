@@ -27,6 +27,7 @@ from jaxrlhf import losses, parallel, sampling, scoring, workdir as workdir_lib
 from jaxrlhf.data import preference, records as records_lib, sft as sft_data
 from jaxrlhf.data.iterator import BatchIterator, fixed_batches
 from jaxrlhf.data.tokenizer import decode_rows, encode_prompts
+from jaxrlhf.errors import DataError
 from jaxrlhf.models.build import random_params, resolve_config
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.transformer import CausalLM, ScalarModel
@@ -115,7 +116,7 @@ def evaluate_pairs(params, program: Program, batches, mesh,
     """
     chosen, rejected = [], []
     for batch in batches:
-        r_c, r_r = jax.device_get(program.pair_scores(params, parallel.shard_batch(batch, mesh)))
+        r_c, r_r = parallel.fetch(program.pair_scores(params, parallel.shard_batch(batch, mesh)))
         chosen.append(r_c)
         rejected.append(r_r)
     r_c, r_r = np.concatenate(chosen), np.concatenate(rejected)
@@ -124,9 +125,9 @@ def evaluate_pairs(params, program: Program, batches, mesh,
                "eval/rm/chosen": float(r_c.mean()), "eval/rm/rejected": float(r_r.mean()),
                "eval/rm/margin": float(margins.mean()),
                "eval/rm/loss": float(np.mean(np.logaddexp(0.0, -margins)))}
-    if gold_labelled:
-        gold = np.concatenate([b["margin"] for b in batches])
-        decided = gold != 0
+    gold = np.concatenate([b["margin"] for b in batches])
+    decided = gold != 0
+    if gold_labelled and decided.any():
         metrics["eval/rm/gold_accuracy"] = float((margins[decided] * gold[decided] > 0).mean())
     return metrics, margins
 
@@ -146,6 +147,7 @@ class RewardData:
     eval: dict[str, np.ndarray]
     reference: dict[str, np.ndarray]     # input_ids, attention_mask of reference responses
     stats: dict[str, str]
+    counts: dict[str, dict[str, int]]    # the stats as numbers: {"train": ..., "eval": ...}
 
 
 def policy_pairs(r: RewardSettings, policy: TrainedModel,
@@ -207,15 +209,19 @@ def prepare_data(settings: RunSettings, workdir: str, policy: TrainedModel | Non
     limits = dict(max_prompt_tokens=r.max_prompt_tokens,
                   max_response_tokens=r.max_response_tokens)
     train_arrays, train_stats = preference.tokenize_pairs(train, tokenizer, **limits)
-    if len(train_arrays["margin"]) < settings.train.batch_size:
-        raise ValueError(f"only {len(train_arrays['margin'])} usable training pairs, fewer "
-                         f"than config.train.batch_size={settings.train.batch_size}")
     eval_arrays, eval_stats = preference.tokenize_pairs(evals, tokenizer, **limits)
     reference_arrays = sft_data.tokenize_sft(reference, tokenizer, r.pair_length)
     stats = {"train": train_stats.report(), "eval": eval_stats.report()}
-    print(f"[reward] train {stats['train']}; eval {stats['eval']}")
+    counts = {"train": train_stats.counts(), "eval": eval_stats.counts()}
+    print(f"[reward] train data: {counts['train']}; eval data: {counts['eval']}")
+    if len(train_arrays["margin"]) < settings.train.batch_size:
+        raise DataError(f"{r.source or 'task ' + repr(settings.data.task)}: "
+                        f"{len(train_arrays['margin'])} usable training pairs ({stats['train']}), "
+                        f"fewer than one batch of config.train.batch_size="
+                        f"{settings.train.batch_size}")
     return RewardData(tokenizer, train_arrays, eval_arrays,
-                      {k: reference_arrays[k] for k in ("input_ids", "attention_mask")}, stats)
+                      {k: reference_arrays[k] for k in ("input_ids", "attention_mask")}, stats,
+                      counts)
 
 
 def initial_params_fn(seed: int, model_config: ModelConfig,
@@ -259,12 +265,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     metrics, margins = evaluate_pairs(state.params, program, eval_batches, mesh, gold_labelled)
     workdir_lib.write_json(workdir, workdir_lib.CALIBRATION_FILE, calibration_table(margins))
     raw = np.concatenate([
-        np.asarray(jax.device_get(program.scores(state.params, *(
+        np.asarray(parallel.fetch(program.scores(state.params, *(
             parallel.shard_batch(b, mesh)[k] for k in ("input_ids", "attention_mask")))))
-        for b in fixed_batches(data.reference, settings.train.batch_size)])
+        for b in fixed_batches(data.reference, settings.train.batch_size,
+                               "the reference set (config.reward.num_reference)")])
     normalization = fit_normalization(raw)
     workdir_lib.write_json(workdir, workdir_lib.NORMALIZATION_FILE, normalization)
     summary = {"eval_accuracy": metrics["eval/rm/accuracy"], **metrics,
-               "data": data.stats, "normalization": normalization, "step": int(state.step)}
+               "data": data.stats, "normalization": normalization, "step": int(state.step),
+               "data_counts": data.counts}
     workdir_lib.write_json(workdir, workdir_lib.SUMMARY_FILE, summary)
     return summary
