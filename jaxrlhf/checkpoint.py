@@ -151,10 +151,10 @@ class Checkpointer:
     def restore(self, step: int, abstract_state: Any,
                 extra_names: tuple[str, ...]) -> tuple[Any, dict[str, Any]]:
         """Restore the state into ``abstract_state``'s shapes and shardings, plus extras."""
-        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        items = {STATE_ITEM: ocp.args.StandardRestore(abstract_state)}
         items.update({name: ocp.args.JsonRestore() for name in extra_names})
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-        return restored["state"], {name: restored[name] for name in extra_names}
+        return restored[STATE_ITEM], {name: restored[name] for name in extra_names}
 
     def wait(self) -> None:
         self._manager.wait_until_finished()

@@ -104,11 +104,11 @@ def build(settings: RunSettings, mesh: Mesh, policy: TrainedModel, reward: Rewar
             value = nnx.State({"head": value["head"]})
         else:
             value["model"] = value_source.params["model"]
-        seed = settings.seed  # one global key, the same on every process (detail 18)
         return PPOState(step=jnp.zeros((), jnp.int32), policy=policy.params, value=value,
                         policy_opt=optimizers.policy.init(policy.params),
                         value_opt=optimizers.value.init(value), kl=kl_lib.init_kl_state(p.kl_coef),
-                        rng=jax.random.key_data(jax.random.key(seed)))
+                        # one global key, the same on every process (detail 18)
+                        rng=jax.random.key_data(jax.random.key(settings.seed)))
 
     state_shardings = parallel.state_shardings(jax.eval_shape(init_state), mesh, settings.rules)
     frozen = Frozen(ref=policy.params, reward=reward.model.params if reward else None)
