@@ -27,6 +27,7 @@ setup(
         "pandas>=2.0",
         "jinja2>=3.1",
     ],
+    entry_points={"console_scripts": ["jaxrlhf=jaxrlhf.cli:run"]},
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "torch==2.13.0",
                  "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],

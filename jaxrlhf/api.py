@@ -28,7 +28,8 @@ import ml_collections
 import pandas as pd
 from tqdm.auto import tqdm
 
-from jaxrlhf import checkpoint, config as config_lib, pipeline, workdir as workdir_lib
+from jaxrlhf import checkpoint, config as config_lib, pipeline, runfiles, workdir as workdir_lib
+from jaxrlhf.errors import ConfigError
 from jaxrlhf.metrics import METRICS_FILE, read_metrics
 
 STAGES = (*config_lib.STAGES, "pipeline")
@@ -91,7 +92,7 @@ def _metrics_frame(workdir: str) -> pd.DataFrame:
 def load_result(stage: str, workdir: str) -> Result:
     """The :class:`Result` of a finished run in ``workdir`` (without running anything)."""
     if stage not in STAGES:
-        raise ValueError(f"stage {stage!r} is not one of {STAGES}")
+        raise ConfigError(f"stage {stage!r} is not one of {STAGES}")
     summary = workdir_lib.read_json(workdir, workdir_lib.SUMMARY_FILE)
     if stage == "pipeline":
         frames = [_metrics_frame(os.path.join(workdir, name)).assign(stage=name)
@@ -106,9 +107,9 @@ def run(stage: str, config: ml_collections.ConfigDict, workdir: str) -> Result:
     """Run (or resume) ``stage`` ("sft", "reward", "ppo", "dpo", "bon" or "pipeline") with
     ``config`` in ``workdir``, in this process; validates the config first."""
     if stage not in STAGES:
-        raise ValueError(f"stage {stage!r} is not one of {STAGES}")
+        raise ConfigError(f"stage {stage!r} is not one of {STAGES}")
     if (stage == "pipeline") != config_lib.is_pipeline(config):
-        raise ValueError(f"stage {stage!r} needs a {'pipeline' if stage == 'pipeline' else 'single-stage'} "
+        raise ConfigError(f"stage {stage!r} needs a {'pipeline' if stage == 'pipeline' else 'single-stage'} "
                          "config")
     config_lib.validate(config, jax.device_count())
     train = pipeline.train if stage == "pipeline" else pipeline.TRAINERS[stage]
@@ -191,12 +192,10 @@ def _claim(point_dir: str, config: ml_collections.ConfigDict, overrides: Mapping
                    if not name.endswith(INVOCATION_FIELDS)
                    and _get(held["config"], name) != _get(record["config"], name)]
         if changed:
-            raise ValueError(f"{point_dir} holds results of a different config (fields "
-                             f"{changed} differ); sweep into a new workdir or delete it")
+            raise ConfigError(f"{point_dir} holds results of a different config (fields "
+                              f"{changed} differ); sweep into a new workdir or delete it")
         return
-    os.makedirs(point_dir, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(record, f, indent=2)
+    runfiles.write_json(path, record)
 
 
 def _get(tree: Mapping[str, Any], dotted: str) -> Any:

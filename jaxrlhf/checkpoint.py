@@ -3,14 +3,67 @@
 A checkpoint holds the train-state pytree (params, optimizer state, step, RNG and, for PPO,
 the KL-controller state) plus JSON items: the data-iterator position and the config.
 Saves are asynchronous; the last ``keep`` are kept (docs/design.md, rule 5).
+
+Nothing is lost and nothing is silent: a state holding a NaN or an infinity is never
+written (``DivergedError`` names the last good checkpoint instead), and resuming skips a
+damaged checkpoint — an empty step directory, a missing item or ``_METADATA``, an array
+file that cannot be read — saying which and why, moves it aside into
+``<checkpoints>.damaged/`` (never deleting it) and restores the newest intact one
+(:meth:`Checkpointer.restore_newest`).
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+
+from jaxrlhf import parallel, runfiles
+from jaxrlhf.errors import CheckpointError, DivergedError, MissingInputError
+
+STATE_ITEM = "state"
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def all_finite(tree: Any) -> bool:
+    """Whether every floating-point value in ``tree`` is finite (one device reduction)."""
+    return bool(np.asarray(jax.device_get(_all_finite(tree))))
+
+
+def damage(step_dir: str, items: tuple[str, ...]) -> str | None:
+    """Why the checkpoint in ``step_dir`` cannot be whole, from its files alone, or None.
+
+    Catches what a crash or a careless copy leaves: an empty step directory, a missing item
+    directory or ``_METADATA``, an empty array file. A truncated array file passes this
+    check and fails when read (:meth:`Checkpointer.restore_newest` catches that).
+    """
+    if not os.path.isdir(step_dir) or not os.listdir(step_dir):
+        return "the step directory is empty"
+    for item in items:
+        if not os.path.isdir(os.path.join(step_dir, item)):
+            return f"its {item}/ item is missing"
+    if not os.path.isfile(os.path.join(step_dir, STATE_ITEM, "_METADATA")):
+        return f"{STATE_ITEM}/_METADATA is missing"
+    for root, _, files in os.walk(os.path.join(step_dir, STATE_ITEM)):
+        for name in files:
+            if os.path.getsize(os.path.join(root, name)) == 0:
+                return f"{os.path.relpath(os.path.join(root, name), step_dir)} is empty"
+    return None
+
+
+def _reason(error: Exception) -> str:
+    lines = str(error).strip().splitlines() or [""]
+    return f"it cannot be read ({type(error).__name__}: {lines[0][:160]})"
 
 
 def abstract_like(tree: Any, shardings: Any | None = None) -> Any:
@@ -37,19 +90,71 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def last_good(self) -> str:
+        """"the last good checkpoint is step N in DIR" (waits for saves in flight)."""
+        self.wait()
+        step = self.latest_step()
+        if step is None:
+            return f"no checkpoint was written before it (in {self.directory})"
+        return (f"the last good checkpoint is step {step} in {self.directory} (every value "
+                "in it is finite)")
+
     def save(self, step: int, state: Any, extras: dict[str, Any]) -> None:
-        """Save ``state`` (a pytree of arrays) and JSON-serialisable ``extras`` at ``step``."""
-        items = {"state": ocp.args.StandardSave(state)}
+        """Save ``state`` (a pytree of arrays) and JSON-serialisable ``extras`` at ``step``.
+
+        Raises DivergedError, writing nothing, if ``state`` holds a NaN or an infinity.
+        """
+        if not all_finite(state):
+            raise DivergedError(f"step {step}: the train state holds NaN or infinite values, "
+                                f"so it was not checkpointed; {self.last_good()}")
+        items = {STATE_ITEM: ocp.args.StandardSave(state)}
         items.update({name: ocp.args.JsonSave(value) for name, value in extras.items()})
         self._manager.save(step, args=ocp.args.Composite(**items))
+
+    def restore_newest(self, abstract_state: Any, extra_names: tuple[str, ...], *,
+                       say: Callable[[str], None] = print) -> tuple[int, Any, dict] | None:
+        """``(step, state, extras)`` of the newest intact checkpoint; None if there are none.
+
+        Newer damaged checkpoints are moved aside into ``<directory>.damaged/`` and each is
+        reported through ``say`` with what is wrong with it. If every checkpoint is
+        damaged, nothing is moved and CheckpointError lists them.
+        """
+        damaged: list[tuple[int, str]] = []
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            why = damage(os.path.join(self.directory, str(step)), (STATE_ITEM, *extra_names))
+            restored = None
+            if why is None:
+                try:
+                    restored = self.restore(step, abstract_state, extra_names)
+                except Exception as e:  # any failure to read this step is damage to it
+                    why = _reason(e)
+            if parallel.all_processes(why is None):
+                self._set_aside(damaged, say)
+                return (step, *restored)
+            damaged.append((step, why or "it cannot be read on another process"))
+        if damaged:
+            listed = "; ".join(f"step {s}: {why}" for s, why in damaged)
+            raise CheckpointError(
+                f"no intact checkpoint in {self.directory} ({listed}); nothing was moved or "
+                "deleted: repair or remove them to start over, or use a new workdir")
+        return None
+
+    def _set_aside(self, damaged: list[tuple[int, str]], say: Callable[[str], None]) -> None:
+        for step, why in damaged:
+            moved = runfiles.set_aside(os.path.join(self.directory, str(step)),
+                                       self.directory + ".damaged")
+            say(f"checkpoint step {step} in {self.directory} is damaged: {why}; moved it to "
+                f"{moved} and resuming from an older one")
+        if damaged:
+            self._manager.reload()
 
     def restore(self, step: int, abstract_state: Any,
                 extra_names: tuple[str, ...]) -> tuple[Any, dict[str, Any]]:
         """Restore the state into ``abstract_state``'s shapes and shardings, plus extras."""
-        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        items = {STATE_ITEM: ocp.args.StandardRestore(abstract_state)}
         items.update({name: ocp.args.JsonRestore() for name in extra_names})
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-        return restored["state"], {name: restored[name] for name in extra_names}
+        return restored[STATE_ITEM], {name: restored[name] for name in extra_names}
 
     def wait(self) -> None:
         self._manager.wait_until_finished()
@@ -78,23 +183,40 @@ def restore_subtree(directory: str, key: str, sharding: jax.sharding.Sharding,
     ``{"value": array}`` node; see ``nnx_state_from_tree``). ``step`` None: the newest.
     """
     directory = os.path.abspath(directory)
+    if not os.path.isdir(directory):
+        raise MissingInputError(f"no checkpoint under {directory}; run that stage first")
     manager = ocp.CheckpointManager(directory, item_handlers={
-        "state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+        STATE_ITEM: ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
         "config": ocp.JsonCheckpointHandler()})
     step = manager.latest_step() if step is None else step
     if step is None:
-        raise FileNotFoundError(f"no checkpoint under {directory}; run that stage first")
-    metadata = manager.item_metadata(step)["state"].tree
-    if key not in metadata:
-        raise KeyError(f"checkpoint {directory} step {step} has no {key!r}; it has "
-                       f"{sorted(metadata)}")
-    target = {key: jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), metadata[key])}
-    restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), target)
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=target, restore_args=restore_args, partial_restore=True)))
-    manager.close()
-    return step, restored["state"][key]
+        raise MissingInputError(f"no checkpoint under {directory}; run that stage first")
+    why = damage(os.path.join(directory, str(step)), (STATE_ITEM,))
+    try:
+        if why is None:
+            metadata = manager.item_metadata(step)[STATE_ITEM].tree
+            if key not in metadata:
+                raise CheckpointError(f"checkpoint {directory} step {step} has no {key!r}; "
+                                      f"it has {sorted(metadata)}")
+            target = {key: jax.tree.map(
+                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                metadata[key])}
+            restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding),
+                                        target)
+            restored = manager.restore(step, args=ocp.args.Composite(**{
+                STATE_ITEM: ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
+                                                   partial_restore=True)}))
+            return step, restored[STATE_ITEM][key]
+    except CheckpointError:
+        raise
+    except Exception as e:  # any failure to read it is damage to it
+        raise CheckpointError(f"checkpoint step {step} in {directory} is damaged: "
+                              f"{_reason(e)}; re-run that stage (it resumes from its newest "
+                              "intact checkpoint)") from e
+    finally:
+        manager.close()
+    raise CheckpointError(f"checkpoint step {step} in {directory} is damaged: {why}; re-run "
+                          "that stage (it resumes from its newest intact checkpoint)")
 
 
 def nnx_state_from_tree(abstract_state: Any, tree: Any) -> Any:

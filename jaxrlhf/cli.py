@@ -1,24 +1,43 @@
-"""Command line: ``python -m jaxrlhf STAGE --config=configs/... --workdir=DIR [--config.a.b=v]``.
+"""Command line: ``jaxrlhf STAGE --config=configs/... --workdir=DIR [--config.a.b=v]``
+(or ``python -m jaxrlhf ...``).
 
-Configs are locked ml_collections files: a misspelt override fails naming the field, and
-``jaxrlhf.config.validate`` rejects bad values before anything is compiled.
+Configs are locked ml_collections files: a misspelt override fails naming the field and the
+closest known ones, and ``jaxrlhf.config.validate`` rejects bad values before anything is
+compiled. Every error the user can cause (``jaxrlhf.errors.JaxRLHFError``) is printed as
+one line and exits with status 1; ``--debug`` (or ``JAXRLHF_DEBUG=1``) shows the traceback.
+A finished stage prints one line of headline numbers; the pipeline adds the report's path.
 """
 from __future__ import annotations
 
+import difflib
 import json
+import os
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxrlhf import config as config_lib, parallel
+from jaxrlhf.data import records as records_lib
+from jaxrlhf.errors import ConfigError, DataError, JaxRLHFError, MissingInputError
 
 COMMANDS = (*config_lib.STAGES, "pipeline", "sample", "export")
+DEBUG_ENV = "JAXRLHF_DEBUG"
+USAGE = (f"usage: jaxrlhf {{{','.join(COMMANDS[:-2])}}} --config=FILE --workdir=DIR "
+         "[--config.field=value ...] [--debug] [--dry_run]\n"
+         "   or: jaxrlhf sample --checkpoint=RUN_DIR --prompts=FILE [--output=FILE]\n"
+         "   or: jaxrlhf bon --checkpoint=RUN_DIR --reward=RM_DIR --n=16 --workdir=DIR "
+         "[--config=FILE]\n"
+         "   or: jaxrlhf export --checkpoint=RUN_DIR --output=HF_DIR")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a get_config() file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, report.")
+_DEBUG = flags.DEFINE_boolean("debug", False, "Show the traceback of every error "
+                              f"(also ${DEBUG_ENV}=1).")
 # `sample` only:
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None,
                                   "sample, bon, export: workdir of a run that trained a policy.")
@@ -32,7 +51,7 @@ _TOP_K = flags.DEFINE_integer("top_k", 0, "sample: keep the k most likely tokens
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "sample: nucleus mass (1: all).")
 _GREEDY = flags.DEFINE_boolean("greedy", False, "sample: argmax decoding.")
 _SEED = flags.DEFINE_integer("seed", 0, "sample: random seed.")
-# `bon` (they override config.policy_init, config.ppo.reward_init, config.bon.n; --config
+# `bon` (they override config.policy_init, config.reward_init, config.bon.n; --config
 # is optional for it) and `export`:
 _REWARD = flags.DEFINE_string("reward", None, "bon: workdir of a reward-model run.")
 _N = flags.DEFINE_integer("n", None, "bon: samples per prompt.")
@@ -42,27 +61,32 @@ _DRY_RUN = flags.DEFINE_boolean(
 
 
 def _stage(argv: list[str]) -> str:
-    if len(argv) != 2 or argv[1] not in COMMANDS:
-        raise app.UsageError(
-            f"usage: python -m jaxrlhf {{{','.join(COMMANDS[:-2])}}} --config=FILE --workdir=DIR "
-            "[--config.field=value ...]\n   or: python -m jaxrlhf sample --checkpoint=RUN_DIR "
-            "--prompts=FILE [--output=FILE]\n   or: python -m jaxrlhf bon --checkpoint=RUN_DIR "
-            "--reward=RM_DIR --n=16 --workdir=DIR [--config=FILE]\n   or: python -m jaxrlhf "
-            "export --checkpoint=RUN_DIR --output=HF_DIR")
-    return argv[1]
+    if len(argv) == 2 and argv[1] in COMMANDS:
+        return argv[1]
+    if len(argv) < 2:
+        raise app.UsageError(f"no command given\n{USAGE}")
+    unknown = " ".join(argv[1:])
+    close = difflib.get_close_matches(argv[1], COMMANDS, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise app.UsageError(f"unknown command {unknown!r}{hint}\n{USAGE}")
 
 
 def read_prompts(path: str) -> list[str]:
-    """One prompt per line of a text file, or the 'prompt' field of each JSONL row."""
-    with open(path) as f:
-        lines = [line.rstrip("\n") for line in f if line.strip()]
-    if not path.endswith((".jsonl", ".json")):
-        return lines
+    """One prompt per line of a text file, or the string 'prompt' field of each JSONL /
+    JSON row."""
+    if not os.path.exists(path):
+        raise MissingInputError(f"--prompts={path}: no such file")
+    if not path.endswith((".jsonl", ".jsonl.gz", ".json")):
+        prompts = [line.rstrip("\n") for _, line in records_lib.text_lines(path) if line.strip()]
+        if not prompts:
+            raise DataError(f"{path}: no prompts (the file has no non-blank line)")
+        return prompts
     prompts = []
-    for number, line in enumerate(lines, start=1):
-        row = json.loads(line)
-        if not isinstance(row, dict) or "prompt" not in row:
-            raise ValueError(f"{path}:{number}: a JSONL prompt row needs a 'prompt' field")
+    for origin, row in records_lib.load_records(path):
+        if not isinstance(row.get("prompt"), str):
+            raise DataError(f"{origin}: a prompt row needs a string 'prompt' field, got "
+                            + (records_lib.describe(row["prompt"]) if "prompt" in row
+                               else f"keys {sorted(row)}"))
         prompts.append(row["prompt"])
     return prompts
 
@@ -72,8 +96,8 @@ def sample_main() -> None:
     from jaxrlhf.models.transformer import CausalLM
     if not _CHECKPOINT.value or not _PROMPTS.value:
         raise app.UsageError("sample needs --checkpoint=RUN_DIR and --prompts=FILE")
-    policy = workdir.load_model(_CHECKPOINT.value, CausalLM)
     prompts = read_prompts(_PROMPTS.value)
+    policy = workdir.load_model(_CHECKPOINT.value, CausalLM)
     responses = sampling.complete(
         policy.graphdef, policy.params, policy.tokenizer, prompts,
         max_new_tokens=_MAX_NEW.value, seed=_SEED.value, temperature=_TEMPERATURE.value,
@@ -110,11 +134,63 @@ def bon_config():
     """The ``bon`` config: ``--config`` (or the defaults) with ``--checkpoint``,
     ``--reward`` and ``--n`` applied."""
     config = _CONFIG.value if _CONFIG.value is not None else config_lib.base_config().lock()
-    for name, flag in (("policy_init", _CHECKPOINT), ("ppo.reward_init", _REWARD),
+    for name, flag in (("policy_init", _CHECKPOINT), ("reward_init", _REWARD),
                        ("bon.n", _N)):
         if flag.value is not None:
             config_lib.override(config, name, flag.value)
     return config
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "n/a"
+
+
+def _gold(s: Mapping[str, Any]) -> str:
+    return (f"gold {_num(s.get('gold_before'))} -> {_num(s.get('gold_after'))}, "
+            f"KL {_num(s.get('kl'), 2)} nats")
+
+
+HEADLINES = {
+    "sft": lambda s: f"SFT held-out loss {_num(s.get('first_eval_loss'))} -> "
+                     f"{_num(s.get('eval_loss'))}",
+    "reward": lambda s: f"reward model held-out accuracy {_num(s.get('eval_accuracy'))}",
+    "ppo": lambda s: f"PPO {_gold(s)}",
+    "dpo": lambda s: f"{s.get('loss', 'dpo').upper()} held-out pair accuracy "
+                     f"{_num(s.get('eval_accuracy'))}" + (f", {_gold(s)}" if "gold_after" in s
+                                                          else ""),
+    "bon": lambda s: f"best-of-{s.get('n')} {_gold(s)}",
+}
+
+
+def summary_line(stage: str, summary: Mapping[str, Any], workdir: str,
+                 stages: list[tuple[str, str]] | None = None) -> str:
+    """The headline numbers of a finished stage, or of each stage of a pipeline
+    (``stages``: its ``(name, command)`` pairs; default SFT -> reward -> PPO), in one line."""
+    if stage == "pipeline":
+        stages = stages or [(name, name) for name in config_lib.PIPELINE_STAGES]
+        body = "; ".join(("" if name == command else f"{name}: ")
+                         + HEADLINES[command](summary.get(name, {})) for name, command in stages)
+        return f"pipeline done: {body}. Report: {os.path.join(workdir, 'report.md')}"
+    return f"{stage} done: {HEADLINES[stage](summary)}. Workdir: {workdir}"
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Every ``--config.NAME=VALUE`` names a field of the ``--config`` file (else a
+    ConfigError suggesting the closest), checked before absl parses the flags."""
+    names = [arg[len("--config."):].split("=", 1)[0] for arg in argv
+             if arg.startswith("--config.")]
+    paths = [arg.split("=", 1)[1] if arg.startswith("--config=") else after
+             for arg, after in zip(argv, argv[1:] + [""])
+             if arg.startswith("--config=") or arg == "--config"]
+    if not names or not paths:
+        return
+    if not os.path.isfile(paths[-1]):
+        raise MissingInputError(f"--config={paths[-1]}: no such config file")
+    config = config_lib.load_config_file(paths[-1])
+    known = set(config_lib.field_names(config))
+    for name in names:
+        if name not in known:
+            raise ConfigError(config_lib.unknown_field_message(config, name))
 
 
 def main(argv: list[str]) -> None:
@@ -136,9 +212,37 @@ def main(argv: list[str]) -> None:
         print("\n".join(dry_run.summary_lines(result)))
         return
     from jaxrlhf import pipeline
-    run = pipeline.train if stage == "pipeline" else pipeline.TRAINERS[stage]
-    print(run(config, _WORKDIR.value))
+    run_stage = pipeline.train if stage == "pipeline" else pipeline.TRAINERS[stage]
+    summary = run_stage(config, _WORKDIR.value)
+    if jax.process_index() == 0:
+        stages = config_lib.pipeline_stages(config) if stage == "pipeline" else None
+        print(summary_line(stage, summary, _WORKDIR.value, stages))
+
+
+def _debug(argv: list[str]) -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0") or "--debug" in argv
+
+
+def _fail(error: JaxRLHFError) -> None:
+    print(f"jaxrlhf: error: {error}", file=sys.stderr)
+    sys.exit(1)
 
 
 def run() -> None:
-    app.run(main, argv=sys.argv)
+    argv = list(sys.argv)
+    try:
+        check_overrides(argv)
+    except JaxRLHFError as e:
+        if _debug(argv):
+            raise
+        _fail(e)
+
+    def guarded(args: list[str]) -> None:
+        try:
+            main(args)
+        except JaxRLHFError as e:
+            if _debug(argv):
+                raise
+            _fail(e)
+
+    app.run(guarded, argv=argv)

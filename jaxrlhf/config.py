@@ -12,6 +12,7 @@ from typing import Any
 
 import ml_collections
 
+from jaxrlhf.errors import ConfigError
 from jaxrlhf.models.presets import PRESETS
 from jaxrlhf.settings import RunSettings
 
@@ -35,6 +36,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model_init = ""
     # Workdir of a finished SFT run: the reward and PPO stages start from its policy.
     c.policy_init = ""
+    # Workdir of a finished reward-model run: PPO's reward model (formerly ppo.reward_init).
+    c.reward_init = ""
 
     # Mesh: sizes of (data, fsdp, tensor); -1 takes the remaining devices.
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -83,7 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
     # PPO; the defaults are those of docs/design.md's PPO details (item numbers in brackets).
     c.ppo = ml_collections.ConfigDict(dict(
         reward_source="model",       # "model": the reward model; "gold": the task's gold reward
-        reward_init="",              # workdir of a finished reward-model run
+        reward_init="",              # deprecated: use the top-level reward_init
         value_init="reward",         # value trunk from the "reward" model, the "policy", or
                                      # "shared" with the policy (one trunk, two heads) [15]
         num_prompts=4096, num_eval_prompts=128, prompt_length=8, response_length=24,  # [4]
@@ -119,7 +122,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Best-of-n: n samples (at ppo.temperature) for each of num_prompts prompts of the task
     # ("eval": the held-out prompts every stage evaluates on; "train": PPO's training
-    # prompts), scored by the reward model in ppo.reward_init; batch_size responses at once.
+    # prompts), scored by the reward model in reward_init; batch_size responses at once.
     c.bon = ml_collections.ConfigDict(dict(n=16, num_prompts=128, split="eval", batch_size=512))
 
     # LoRA (Hu et al. 2021): rank 0 = off (every parameter trains). Otherwise only adapters
@@ -181,14 +184,14 @@ def override(config: ml_collections.ConfigDict, name: str, value: Any) -> None:
     node = config
     for part in parents:
         if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-            raise ValueError(unknown_field_message(config, name))
+            raise ConfigError(unknown_field_message(config, name))
         node = node[part]
     if leaf not in node or isinstance(node[leaf], ml_collections.ConfigDict):
-        raise ValueError(unknown_field_message(config, name))
+        raise ConfigError(unknown_field_message(config, name))
     try:
         node[leaf] = value
     except TypeError as e:
-        raise TypeError(f"config.{name}={value!r}: {e}") from None
+        raise ConfigError(f"config.{name}={value!r}: {e}") from None
 
 
 def is_pipeline(config: ml_collections.ConfigDict) -> bool:
@@ -206,13 +209,30 @@ def pipeline_stages(config: ml_collections.ConfigDict) -> list[tuple[str, str]]:
     order = [tuple(stage) for stage in config.stages]
     for entry in order:
         if len(entry) != 2 or entry[1] not in STAGES or entry[0] not in config:
-            raise ValueError(f"config.stages entry {entry!r} must be (name, command) with a "
+            raise ConfigError(f"config.stages entry {entry!r} must be (name, command) with a "
                              f"stage config config.<name> and a command in {STAGES}")
     return order
 
 
+# Fields naming a local directory that must exist when set.
+PATH_FIELDS = {"model_init": "a local Hugging Face model directory (config.json + safetensors)",
+               "policy_init": "the workdir of a finished SFT run",
+               "reward_init": "the workdir of a finished reward-model run",
+               "data.tokenizer": "a local tokenizer directory"}
+
+
+def check_paths(settings: RunSettings) -> None:
+    """Every directory the config names exists (raises ConfigError naming the field)."""
+    values = {"model_init": settings.model_init, "policy_init": settings.policy_init,
+              "reward_init": settings.reward_init, "data.tokenizer": settings.data.tokenizer}
+    for field, value in values.items():
+        if value and not os.path.isdir(os.path.expanduser(value)):
+            raise ConfigError(f"config.{field}={value!r} is not a directory; it must be "
+                              f"{PATH_FIELDS[field]}")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
-    """Raise ValueError naming the first invalid field; runs before any compilation.
+    """Raise ConfigError naming the first invalid field; runs before any compilation.
 
     A pipeline config (with ``sft``, ``reward`` and ``ppo`` stage configs, or those its
     ``stages`` names) is validated stage by stage, and the field names carry the stage
@@ -222,10 +242,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         for name, _ in pipeline_stages(config):
             try:
                 validate(config[name], num_devices)
-            except ValueError as e:
-                raise ValueError(str(e).replace("config.", f"config.{name}.", 1)) from None
+            except ConfigError as e:
+                raise ConfigError(str(e).replace("config.", f"config.{name}.", 1)) from None
         return
-    RunSettings.from_config(config).check_mesh(num_devices)
+    settings = RunSettings.from_config(config)
+    settings.check_mesh(num_devices)
+    check_paths(settings)
 
 
 # Activation checkpointing per preset: save the weight matmuls' outputs where they fit,
@@ -243,7 +265,7 @@ def preset_config(name: str) -> ml_collections.ConfigDict:
     tokens, PPO on 256 prompts of 256 tokens with 256-token responses and bf16 frozen models.
     """
     if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; the presets are {sorted(PRESETS)}")
+        raise ConfigError(f"unknown model preset {name!r}; the presets are {sorted(PRESETS)}")
     c = base_config()
     c.model.update(PRESETS[name])
     c.model.update(dtype="bfloat16", param_dtype="float32", scan_layers=True,

@@ -20,6 +20,7 @@ import ml_collections
 from jax.sharding import Mesh
 
 from jaxrlhf import config as config_lib, memory, parallel, workdir as workdir_lib
+from jaxrlhf.errors import ConfigError
 from jaxrlhf.models.build import abstract_model, resolve_config
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.transformer import CausalLM, ScalarModel
@@ -35,7 +36,7 @@ def _model_config(settings: RunSettings) -> ModelConfig:
     vocab = settings.model.vocab_size
     if not vocab and not settings.model_init:
         if settings.data.source:
-            raise ValueError("config.model.vocab_size=0 takes the vocabulary from the data's "
+            raise ConfigError("config.model.vocab_size=0 takes the vocabulary from the data's "
                              "tokenizer, which a dry run does not build: set "
                              "--config.model.vocab_size")
         vocab = len(get_task(settings.data.task).tokenizer)
@@ -91,7 +92,7 @@ def ppo_steps(settings: RunSettings, mesh: Mesh) -> dict[str, tuple]:
     p = settings.ppo
     policy_cfg = (_trained_config(settings.policy_init) if settings.policy_init
                   else _model_config(settings))
-    reward_cfg = _trained_config(p.reward_init) if p.reward_init else policy_cfg
+    reward_cfg = _trained_config(settings.reward_init) if settings.reward_init else policy_cfg
     policy = _abstract_model(CausalLM, policy_cfg)
     reward = (workdir_lib.RewardModel(_abstract_model(ScalarModel, reward_cfg,
                                                       head_init="normal"), 1.0, 0.0)

@@ -1,13 +1,23 @@
-"""Metric writers: JSONL always, TensorBoard (tensorboardX, no TensorFlow) optionally."""
+"""Metric writers: JSONL always, TensorBoard (tensorboardX, no TensorFlow) optionally.
+
+``metrics.jsonl`` holds what a run computes — the same bytes after any interruption and
+resume as in an uninterrupted run (docs/design.md, rule 5). Timing-dependent values
+(``perf/*``, e.g. ``perf/tokens_per_sec``) differ between two runs of the same config, so
+they go to ``perf.jsonl`` (and TensorBoard) instead. Only process 0 writes
+(``jaxrlhf.runfiles``).
+"""
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
 from typing import Any
 
+from jaxrlhf import runfiles
+
 METRICS_FILE = "metrics.jsonl"
+PERF_FILE = "perf.jsonl"
+PERF_PREFIX = "perf/"
 
 
 def _plain(value: Any) -> Any:
@@ -18,35 +28,37 @@ def _plain(value: Any) -> Any:
 
 
 class MetricWriter:
-    """Appends one JSON object per logged step to ``workdir/metrics.jsonl``.
-
-    On resume, ``truncate_after(step)`` drops lines logged after the restored checkpoint, so
-    an interrupted-and-resumed run leaves the same file as an uninterrupted one.
-    """
+    """One JSON object per logged step in ``metrics.jsonl`` (and ``perf.jsonl`` for
+    timings), exactly once per step across resumes: ``restart()`` for a fresh run,
+    ``keep_through(step)`` after restoring the checkpoint of ``step``."""
 
     def __init__(self, workdir: str, *, tensorboard: bool = True):
-        os.makedirs(workdir, exist_ok=True)
         self.path = os.path.join(workdir, METRICS_FILE)
+        self._logs = (runfiles.StepLog(self.path),
+                      runfiles.StepLog(os.path.join(workdir, PERF_FILE)))
         self._tb = None
-        if tensorboard:
+        if tensorboard and runfiles.is_writer():
             from tensorboardX import SummaryWriter
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
-    def truncate_after(self, step: int) -> None:
-        if not os.path.exists(self.path):
-            return
-        with open(self.path) as f:
-            rows = [line for line in f if json.loads(line)["step"] <= step]
-        with open(self.path, "w") as f:
-            f.writelines(rows)
+    def restart(self) -> None:
+        for log in self._logs:
+            log.restart()
+
+    def keep_through(self, step: int) -> None:
+        for log in self._logs:
+            log.keep_through(step)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
-        row = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        values = {k: _plain(v) for k, v in metrics.items()}
+        computed = {k: v for k, v in values.items() if not k.startswith(PERF_PREFIX)}
+        timings = {k: v for k, v in values.items() if k.startswith(PERF_PREFIX)}
+        for log, row in zip(self._logs, (computed, timings)):
+            if row:
+                log.append([{"step": int(step), **row}])
         if self._tb is not None:
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
                     self._tb.add_scalar(key, value, step)
 
     def close(self) -> None:
@@ -56,5 +68,4 @@ class MetricWriter:
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
     """All rows of ``workdir/metrics.jsonl`` (for reports, plots and tests)."""
-    with open(os.path.join(workdir, METRICS_FILE)) as f:
-        return [json.loads(line) for line in f]
+    return runfiles.StepLog(os.path.join(workdir, METRICS_FILE)).rows()

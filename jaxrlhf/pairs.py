@@ -18,6 +18,7 @@ import numpy as np
 from jaxrlhf import sampling, workdir as workdir_lib
 from jaxrlhf.data import preference, records as records_lib
 from jaxrlhf.data.tokenizer import decode_rows, encode_prompts
+from jaxrlhf.errors import DataError
 from jaxrlhf.settings import RewardSettings, RunSettings
 from jaxrlhf.tasks import get_task
 from jaxrlhf.tasks.base import Task
@@ -77,6 +78,7 @@ class Pairs:
     train_pairs: list[preference.PreferencePair]
     task: Task | None
     stats: dict[str, str]
+    counts: dict[str, dict[str, int]]    # the stats as numbers: {"train": ..., "eval": ...}
 
 
 def prepare_pairs(settings: RunSettings, workdir: str, policy: TrainedModel | None,
@@ -98,10 +100,13 @@ def prepare_pairs(settings: RunSettings, workdir: str, policy: TrainedModel | No
     limits = dict(max_prompt_tokens=r.max_prompt_tokens,
                   max_response_tokens=r.max_response_tokens)
     train_arrays, train_stats = preference.tokenize_pairs(train, tokenizer, **limits)
-    if len(train_arrays["margin"]) < settings.train.batch_size:
-        raise ValueError(f"only {len(train_arrays['margin'])} usable training pairs, fewer "
-                         f"than config.train.batch_size={settings.train.batch_size}")
     eval_arrays, eval_stats = preference.tokenize_pairs(evals, tokenizer, **limits)
     stats = {"train": train_stats.report(), "eval": eval_stats.report()}
-    print(f"[{stage}] train {stats['train']}; eval {stats['eval']}")
-    return Pairs(tokenizer, train_arrays, eval_arrays, train, task, stats)
+    counts = {"train": train_stats.counts(), "eval": eval_stats.counts()}
+    print(f"[{stage}] train data: {counts['train']}; eval data: {counts['eval']}")
+    if len(train_arrays["margin"]) < settings.train.batch_size:
+        raise DataError(f"{r.source or 'task ' + repr(settings.data.task)}: "
+                        f"{len(train_arrays['margin'])} usable training pairs ({stats['train']}), "
+                        f"fewer than one batch of config.train.batch_size="
+                        f"{settings.train.batch_size}")
+    return Pairs(tokenizer, train_arrays, eval_arrays, train, task, stats, counts)

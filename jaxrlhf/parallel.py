@@ -43,6 +43,14 @@ def initialize_distributed() -> None:
     jax.distributed.initialize(coordinator, **kwargs)
 
 
+def all_processes(flag: bool) -> bool:
+    """Whether ``flag`` holds on every process (no communication on one process)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(bool(flag)))))
+
+
 def mesh_shape(axes: Mapping[str, int], num_devices: int) -> dict[str, int]:
     """Resolve a ``{data, fsdp, tensor}`` spec where one axis may be -1 ("the rest").
 
@@ -151,7 +159,7 @@ def state_shardings(abstract_state: Any, mesh: Mesh, rules: Mapping[str, tuple[s
 def place(state: Any, mesh: Mesh, rules: Mapping[str, tuple[str, ...]]) -> Any:
     """``state`` (an NNX state whose Variables carry logical names) on ``mesh``, each
     parameter sharded by the rules."""
-    return jax.device_put(state, state_shardings(state, mesh, rules))
+    return put(state, state_shardings(state, mesh, rules))
 
 
 def constrain_batch(x: jax.Array) -> jax.Array:
@@ -194,6 +202,28 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) axis over ``('data', 'fsdp')``, the rest replicated; any rank >= 1."""
     return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def fetch(tree: Any) -> Any:
+    """Host copies of a tree of arrays, each whole on every process, however it is sharded
+    (``jax.device_get`` cannot read another process's shards)."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def put(tree: Any, shardings: Any) -> Any:
+    """Place a tree whose every process holds the whole value (host or one local device)
+    onto ``shardings``; unlike ``jax.device_put`` this works across processes, where no
+    device holds a shard of another process's devices. An abstract tree
+    (``jax.ShapeDtypeStruct`` leaves, as a dry run builds) gets the shardings attached."""
+    def one(x, sharding):
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+        host = np.asarray(jax.device_get(x))
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    return jax.tree.map(one, tree, shardings)
 
 
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

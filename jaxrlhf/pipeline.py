@@ -19,7 +19,7 @@ from typing import Any
 
 import ml_collections
 
-from jaxrlhf import report, workdir as workdir_lib
+from jaxrlhf import report, runfiles, workdir as workdir_lib
 from jaxrlhf.config import PIPELINE_STAGES, pipeline_stages
 from jaxrlhf.trainers import bon, dpo, ppo, reward, sft
 
@@ -38,7 +38,7 @@ def wire(command: str, config: ml_collections.ConfigDict, policy: str | None,
     if policy is not None and command in ("sft", "reward", "ppo", "dpo", "bon"):
         config.policy_init = policy
     if reward_model is not None and command in ("ppo", "bon"):
-        config.ppo.reward_init = reward_model
+        config.reward_init = reward_model
     if chosen is not None and command == "sft":
         config.data.source = chosen
 
@@ -69,8 +69,8 @@ def _add_wall_time(workdir: str, seconds: float) -> float:
     if os.path.exists(path):
         with open(path) as f:
             total += json.load(f)["wall_seconds"]
-    with open(path, "w") as f:
-        json.dump({"wall_seconds": total}, f)
+    runfiles.barrier("pipeline:timing")  # every process has read it before process 0 writes
+    runfiles.write_json(path, {"wall_seconds": total})
     return total
 
 

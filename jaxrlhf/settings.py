@@ -4,12 +4,17 @@ The command line and experiment files speak ``ml_collections.ConfigDict`` (locke
 misspelt field is an error); everything below the stage shells receives these dataclasses
 instead. They are immutable and hashable, so jitted code can close over them (or take them
 as static arguments) without reading a mutable dict. Every check names the offending config
-field (``config.ppo.clip=-1 must be >= 0``).
+field (``config.ppo.clip=-1 must be >= 0``) and raises ``ConfigError``. Every field's
+value must have its declared type (an ``int`` field an integer, a ``float`` field a finite
+number, ...) before any range is checked.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import typing
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,20 +22,50 @@ import ml_collections
 
 from jaxrlhf import parallel
 from jaxrlhf.data.preference import LABEL_MODES
+from jaxrlhf.errors import ConfigError
 from jaxrlhf.losses import PREFERENCE_LOSSES
 from jaxrlhf.models.config import DTYPES, ModelConfig
 from jaxrlhf.models.lora import LoRAConfig
 from jaxrlhf.rl.advantages import ESTIMATORS as ADVANTAGE_ESTIMATORS
 from jaxrlhf.rl.kl import ESTIMATORS
+from jaxrlhf.tasks import TASKS
 
 REWARD_SOURCES = ("model", "gold")
 VALUE_INITS = ("reward", "policy", "shared")
 BON_SPLITS = ("eval", "train")
 FROZEN_DTYPES = ("", "bfloat16", "float32")
+MIN_BPE_VOCAB = 258  # the 256 byte-level symbols, <|pad|> and <|endoftext|>
 
 
 def _fail(field: str, value: Any, why: str):
-    raise ValueError(f"config.{field}={value!r} {why}")
+    raise ConfigError(f"config.{field}={value!r} {why}")
+
+
+def _in_range(section: Any, prefix: str, fields: Sequence[str], lo: float, hi: float, *,
+              hi_open: bool = False) -> None:
+    for name in fields:
+        value = getattr(section, name)
+        if not lo <= value <= hi or (hi_open and value == hi):
+            _fail(f"{prefix}.{name}", value, f"must lie in [{lo}, {hi}{')' if hi_open else ']'}")
+
+
+def _check_types(cls, values: Mapping[str, Any], prefix: str) -> None:
+    """Each value has its field's declared type: an integer for ``int`` (not a bool), a
+    finite number for ``float``, true/false for ``bool``, a string for ``str``."""
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        want, field = hints.get(name), f"{prefix}{name}"
+        if want is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                _fail(field, value, "must be a number")
+            if not math.isfinite(value):
+                _fail(field, value, "must be finite")
+        elif want is int and (isinstance(value, bool) or not isinstance(value, int)):
+            _fail(field, value, "must be an integer")
+        elif want is bool and not isinstance(value, bool):
+            _fail(field, value, "must be True or False")
+        elif want is str and not isinstance(value, str):
+            _fail(field, value, "must be a string")
 
 
 def _positive(section: Any, prefix: str, fields: Sequence[str], *,
@@ -55,9 +90,10 @@ class OptimSettings:
 
     def __post_init__(self):
         _positive(self, "optim", ("learning_rate",))
-        _positive(self, "optim", ("warmup_steps", "grad_clip"), allow_zero=True)
-        if not 0.0 <= self.end_lr_ratio <= 1.0:
-            _fail("optim.end_lr_ratio", self.end_lr_ratio, "must lie in [0, 1]")
+        _positive(self, "optim", ("warmup_steps", "grad_clip", "weight_decay", "eps"),
+                  allow_zero=True)
+        _in_range(self, "optim", ("end_lr_ratio",), 0.0, 1.0)
+        _in_range(self, "optim", ("b1", "b2"), 0.0, 1.0, hi_open=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +116,8 @@ class TrainSettings:
     def __post_init__(self):
         _positive(self, "train", ("steps", "batch_size", "grad_accum", "log_every",
                                   "eval_every", "checkpoint_every", "keep_checkpoints"))
-        _positive(self, "train", ("run_steps",), allow_zero=True)
+        _positive(self, "train", ("run_steps", "num_samples"), allow_zero=True)
+        _positive(self, "train", ("sample_tokens",))
         if self.batch_size % self.grad_accum:
             _fail("train.batch_size", self.batch_size,
                   f"must be divisible by train.grad_accum={self.grad_accum}")
@@ -99,6 +136,17 @@ class DataSettings:
     max_len: int
     num_train: int
     num_eval: int
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            _fail("data.task", self.task, f"is not a built-in task; choose from {sorted(TASKS)}")
+        _positive(self, "data", ("num_train", "num_eval"))
+        if self.max_len < 2:
+            _fail("data.max_len", self.max_len, "must be at least 2 (a token to read and one "
+                  "to predict)")
+        if self.bpe_vocab_size < MIN_BPE_VOCAB:
+            _fail("data.bpe_vocab_size", self.bpe_vocab_size, f"must be at least "
+                  f"{MIN_BPE_VOCAB} (the byte alphabet and the pad and EOS tokens)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +185,7 @@ class RewardSettings:
 class PPOSettings:
     """PPO with the options of docs/design.md's PPO details (item numbers in the docs)."""
     reward_source: str
-    reward_init: str
+    reward_init: str   # deprecated spelling of the top-level reward_init (RunSettings)
     value_init: str
     num_prompts: int
     num_eval_prompts: int
@@ -192,7 +240,11 @@ class PPOSettings:
                                 "ppo_epochs", "grad_accum", "temperature", "learning_rate",
                                 "adam_eps", "kl_target", "kl_horizon", "num_generations"))
         _positive(self, "ppo", ("kl_coef", "clip", "value_clip", "vf_coef", "ent_coef",
-                                "ptx_coef"), allow_zero=True)
+                                "ptx_coef", "top_k", "truncate_min_length"), allow_zero=True)
+        _in_range(self, "ppo", ("gamma", "lam"), 0.0, 1.0)
+        if self.truncate_token_id < -1:
+            _fail("ppo.truncate_token_id", self.truncate_token_id, "must be a token id or -1 "
+                  "(no truncation token)")
         if self.batch_size % self.num_generations:
             _fail("ppo.batch_size", self.batch_size,
                   f"must be divisible by ppo.num_generations={self.num_generations} (it counts "
@@ -297,13 +349,49 @@ class LoRASettings:
         return LoRAConfig(self.rank, self.alpha, self.targets) if self.rank else None
 
 
+def _section_dict(config: ml_collections.ConfigDict, name: str) -> dict[str, Any]:
+    section = config.get(name)
+    if not isinstance(section, ml_collections.ConfigDict):
+        raise ConfigError(f"config.{name} must be a section of fields, got {section!r}")
+    return dict(section.to_dict())
+
+
 def _section(cls, config: ml_collections.ConfigDict, name: str):
-    values = config[name].to_dict()
+    """``cls`` from the config section ``name``: every field present, known and typed."""
+    values = _section_dict(config, name)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - fields)
     if unknown:
-        raise ValueError(f"config.{name} has fields {unknown} that no stage reads; remove them")
+        raise ConfigError(f"config.{name} has fields {unknown} that no stage reads; remove them")
+    missing = sorted(f.name for f in dataclasses.fields(cls) if f.name not in values
+                     and f.default is dataclasses.MISSING)
+    if missing:
+        raise ConfigError(f"config.{name} lacks the fields {missing}; start the config from "
+                          "jaxrlhf.config.base_config()")
+    _check_types(cls, values, f"{name}.")
     return cls(**values)
+
+
+def _reward_init(config: ml_collections.ConfigDict) -> str:
+    """The reward model's workdir: ``config.reward_init``, or its deprecated spelling
+    ``config.ppo.reward_init`` (with a warning naming the new field)."""
+    new, old = config.get("reward_init", ""), config.ppo.get("reward_init", "")
+    if old and new and old != new:
+        raise ConfigError(f"config.reward_init={new!r} and config.ppo.reward_init={old!r} "
+                          "disagree; set only config.reward_init (ppo.reward_init is its "
+                          "deprecated spelling)")
+    if old and not new:
+        warnings.warn("config.ppo.reward_init is deprecated: set config.reward_init (beside "
+                      "config.policy_init) instead", FutureWarning, stacklevel=3)
+    return new or old
+
+
+class _TopLevel:
+    """The declared types of the top-level fields, for ``_check_types``."""
+    seed: int
+    model_init: str
+    policy_init: str
+    reward_init: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,6 +401,7 @@ class RunSettings:
     model: ModelConfig          # vocab_size 0: the tokenizer's size (models.build.resolve_config)
     model_init: str             # a local HF directory to start from ("" = random init)
     policy_init: str            # workdir of a finished SFT run ("" = none)
+    reward_init: str            # workdir of a finished reward-model run (PPO; "" = none)
     mesh: Mapping[str, int]
     axis_rules: tuple[tuple[str, tuple[str, ...]], ...]
     optim: OptimSettings
@@ -326,15 +415,27 @@ class RunSettings:
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> RunSettings:
-        """Typed settings of a single-stage config; raises ValueError naming the first bad
+        """Typed settings of a single-stage config; raises ConfigError naming the first bad
         field. Checks that depend on the device count are in :meth:`check_mesh`."""
+        top = {name: config.get(name, "") for name in typing.get_type_hints(_TopLevel)}
+        _check_types(_TopLevel, top, "")
+        _check_types(_TopLevel, {"reward_init": config.ppo.get("reward_init", "")}, "ppo.")
+        model = _section(ModelConfig, config, "model")
         try:
-            model = ModelConfig(**config.model.to_dict()).validate(vocab_known=False)
+            model.validate(vocab_known=False)
         except ValueError as e:
-            raise ValueError(f"config.{e}") from None
-        rules = parallel.rules_table(config.axis_rules)
+            raise ConfigError(f"config.{e}") from None
+        mesh = _section_dict(config, "mesh")
+        for axis, size in mesh.items():
+            if isinstance(size, bool) or not isinstance(size, int):
+                _fail(f"mesh.{axis}", size, "must be an integer (or -1: the remaining devices)")
+        try:
+            rules = parallel.rules_table(config.axis_rules)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"config.axis_rules={config.get('axis_rules')!r}: {e}; each rule "
+                              "is (logical axis, mesh axis | tuple of mesh axes | None)") from None
         return cls(seed=config.seed, model=model, model_init=config.model_init,
-                   policy_init=config.policy_init, mesh=dict(config.mesh.to_dict()),
+                   policy_init=config.policy_init, reward_init=_reward_init(config), mesh=mesh,
                    axis_rules=tuple(rules.items()),
                    optim=_section(OptimSettings, config, "optim"),
                    train=_section(TrainSettings, config, "train"),
@@ -371,7 +472,8 @@ class RunSettings:
         try:
             dp = parallel.data_parallel_size(self.mesh, num_devices)
         except ValueError as e:
-            raise ValueError(f"config.mesh: {e}") from None
+            sizes = ", ".join(f"mesh.{axis}={size}" for axis, size in self.mesh.items())
+            raise ConfigError(f"config.{sizes}: {str(e).removeprefix('mesh: ')}") from None
         t = self.train
         micro = t.batch_size // t.grad_accum
         if micro % dp:

@@ -11,6 +11,7 @@ The model card records the model's config and where the checkpoint keeps its par
 :func:`load_model` reads any stage's workdir (SFT, reward, PPO, DPO) the same way. A LoRA
 run's checkpoint holds only what trained (adapters, a scalar head); its card points to the
 base (a workdir or a local HF directory), and :func:`load_model` returns the merged model.
+Every file is written through ``jaxrlhf.runfiles``: by process 0 only, and atomically.
 """
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ import jax
 import ml_collections
 from flax import nnx
 
-from jaxrlhf import checkpoint, scoring
+from jaxrlhf import checkpoint, runfiles, scoring
 from jaxrlhf.data import tokenizer as tokenizer_lib
+from jaxrlhf.errors import CheckpointError, MissingInputError
 from jaxrlhf.models import hf, lora as lora_lib
 from jaxrlhf.models.build import abstract_model
 from jaxrlhf.models.config import ModelConfig
@@ -43,10 +45,8 @@ CALIBRATION_FILE = "calibration.json"
 
 
 def write_json(workdir: str, name: str, value: Any) -> None:
-    """``value`` as indented JSON in ``workdir/name``."""
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, name), "w") as f:
-        json.dump(value, f, indent=2, default=str)
+    """``value`` as indented JSON in ``workdir/name`` (process 0, atomically)."""
+    runfiles.write_json(os.path.join(workdir, name), value)
 
 
 def read_json(workdir: str, name: str) -> Any:
@@ -75,7 +75,7 @@ def run_tokenizer(workdir: str, *, inherited=None, directory: str = "", task=Non
         tokenizer = task.tokenizer
     else:
         tokenizer = tokenizer_lib.train_bpe_tokenizer(texts, bpe_vocab_size)
-    tokenizer.save_pretrained(saved)
+    runfiles.write_dir(saved, tokenizer.save_pretrained)
     return tokenizer
 
 
@@ -119,7 +119,7 @@ def load_model(workdir: str, model_cls: Callable[..., nnx.Module], **kwargs) -> 
     SFT or PPO run, ``ScalarModel`` for a reward run), with its tokenizer and model config.
     A missing or incompatible checkpoint is a clear error."""
     if not os.path.exists(os.path.join(workdir, MODEL_CARD)):
-        raise FileNotFoundError(f"{workdir} holds no trained model (no {MODEL_CARD}); pass the "
+        raise MissingInputError(f"{workdir} holds no trained model (no {MODEL_CARD}); pass the "
                                 "workdir of a finished run of the right stage")
     card = read_json(workdir, MODEL_CARD)
     model_config = ModelConfig(**card["model"])
@@ -129,13 +129,13 @@ def load_model(workdir: str, model_cls: Callable[..., nnx.Module], **kwargs) -> 
     if lora is not None:   # the checkpoint holds only what trained
         abstract, abstract_frozen = lora_lib.split_trainable(
             abstract_model(model_cls, model_config, lora=lora, **kwargs)[1])
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # this process
     _, tree = checkpoint.restore_subtree(os.path.join(workdir, CHECKPOINT_DIR),
                                          card["params_key"], sharding)
     try:
         params = checkpoint.nnx_state_from_tree(abstract, tree)
     except ValueError as e:
-        raise ValueError(f"{workdir}: {e} (expected a {model_cls.__name__})") from None
+        raise CheckpointError(f"{workdir}: {e} (expected a {model_cls.__name__})") from None
     if lora is not None:
         base = lora_lib.cast(load_base_params(card["base"], model_config), card["base_dtype"])
         merged = lora_lib.merge(lora_lib.join(lora_lib.frozen_part(abstract_frozen, base), params),
@@ -163,7 +163,7 @@ def load_reward_model(workdir: str) -> RewardModel:
     """The newest reward-model checkpoint in ``workdir`` and its fitted gain and bias."""
     path = os.path.join(workdir, NORMALIZATION_FILE)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} is missing: the reward-model run in {workdir} did not "
+        raise MissingInputError(f"{path} is missing: the reward-model run in {workdir} did not "
                                 "finish; re-run it to completion")
     normalization = read_json(workdir, NORMALIZATION_FILE)
     model = load_model(workdir, ScalarModel, head_init="normal")

@@ -83,3 +83,19 @@ def smoke_root(tmp_path_factory):
 def smoke_env(smoke_root):
     """Extra environment for SMOKE subprocesses and kernels: a shared compilation cache."""
     return {"JAX_COMPILATION_CACHE_DIR": str(smoke_root / "xla_cache")}
+
+
+FIXTURES = os.path.join(REPO, "tests", "fixtures")
+
+
+def full_dataset(relative):
+    """A ``pytest.mark.skipif`` for tests that need a full dataset under the data dir."""
+    import pytest
+    from jaxrlhf.data import paths
+    try:
+        present = (paths.data_dir() / relative).exists()
+    except FileNotFoundError:
+        present = False
+    return pytest.mark.skipif(not present, reason=(
+        f"needs the full dataset {relative}: set ${paths.ENV_VAR} to a directory holding it "
+        "(see tests/fixtures/README.md)"))

@@ -40,7 +40,7 @@ def test_dpo_quickstart_raises_gold(sft_workdir, tmp_path):
 def test_critic_free_quickstart_raises_gold_and_stores_no_value_model(
         method, sft_workdir, reward_workdir, tmp_path):
     run_cli("ppo", f"configs/{method}/quickstart.py", tmp_path,
-            f"--config.policy_init={sft_workdir}", f"--config.ppo.reward_init={reward_workdir}")
+            f"--config.policy_init={sft_workdir}", f"--config.reward_init={reward_workdir}")
     assert_raises_gold(read_summary(tmp_path))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     ckpt = os.path.join(tmp_path, "checkpoints")
@@ -72,7 +72,7 @@ def test_expert_iteration_pipeline_is_wired_bon_then_sft():
     stages = pipeline.stage_configs(config, "/runs/ei")
     assert [command for _, _, command in stages.values()] == ["sft", "reward", "bon", "sft"]
     assert stages["bon"][0].policy_init == "/runs/ei/sft"
-    assert stages["bon"][0].ppo.reward_init == "/runs/ei/reward"
+    assert stages["bon"][0].reward_init == "/runs/ei/reward"
     assert stages["bon"][0].bon.split == "train"
     assert stages["rs_sft"][0].policy_init == "/runs/ei/sft"
     assert stages["rs_sft"][0].data.source == "/runs/ei/bon/best_of_n.jsonl"
@@ -91,7 +91,7 @@ def test_api_sweeps_best_of_n_and_runs_reference_free_dpo(sft_workdir, reward_wo
     """What the algorithms comparison needs: each method from a config at a chosen strength
     and seed, with PPO's summary keys."""
     base = jaxrlhf.load_config("configs/bon/quickstart.py", policy_init=sft_workdir,
-                               **{"ppo.reward_init": reward_workdir, "bon.num_prompts": 32,
+                               **{"reward_init": reward_workdir, "bon.num_prompts": 32,
                                   "bon.batch_size": 128})
     table = jaxrlhf.sweep("bon", base, {"bon.n": [1, 4]}, str(tmp_path / "bon"), progress=False)
     keys = ("gold_before", "gold_before_stderr", "gold_after", "gold_after_stderr", "kl")

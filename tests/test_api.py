@@ -4,6 +4,7 @@ import pytest
 
 import jaxrlhf
 from jaxrlhf import api, pipeline
+from jaxrlhf.errors import ConfigError
 
 SFT = "configs/sft/quickstart.py"
 TINY = {"model.d_model": 32, "model.d_ff": 64, "data.num_train": 64, "data.num_eval": 32,
@@ -18,7 +19,7 @@ def test_load_config_applies_dotted_overrides():
     with pytest.raises(ValueError, match=r"unknown config field 'kl_coef'; did you mean "
                                          r"'ppo.kl_coef'\?"):
         jaxrlhf.load_config("configs/ppo/quickstart.py", kl_coef=0.2)
-    with pytest.raises(TypeError, match="config.ppo.kl_estimator=3"):
+    with pytest.raises(ConfigError, match="config.ppo.kl_estimator=3"):
         jaxrlhf.load_config("configs/ppo/quickstart.py", **{"ppo.kl_estimator": 3})
     with pytest.raises(AttributeError):
         config.new_field = 1  # locked

@@ -15,7 +15,7 @@ PACKAGE = ROOT / "jaxrlhf"
 # The longest matching prefix places a module.
 LAYERS = (
     ("jaxrlhf.metrics", "jaxrlhf.parallel", "jaxrlhf.data", "jaxrlhf.models", "jaxrlhf.memory",
-     "jaxrlhf.analysis"),
+     "jaxrlhf.analysis", "jaxrlhf.errors", "jaxrlhf.runfiles"),
     ("jaxrlhf.baselines", "jaxrlhf.checkpoint", "jaxrlhf.scoring", "jaxrlhf.rl.kl"),
     ("jaxrlhf.losses", "jaxrlhf.sampling", "jaxrlhf.tasks", "jaxrlhf.settings",
      "jaxrlhf.rl.advantages"),

@@ -9,7 +9,7 @@ from scipy.special import expit
 from jaxrlhf.baselines import bow, imdb_gold, pairwise
 from jaxrlhf.baselines.logistic import LogisticRegression
 from jaxrlhf.baselines.text_classifier import TextClassifier
-from jaxrlhf.data import paths
+from conftest import full_dataset
 
 
 def newton_logreg(X, y, l2, fit_intercept=True, iters=50):
@@ -218,14 +218,7 @@ def test_balanced_subset():
         imdb_gold.balanced_subset(texts, labels, 7)
 
 
-def _have_imdb():
-    try:
-        return (paths.data_dir() / "imdb" / "test.jsonl.gz").exists()
-    except FileNotFoundError:
-        return False
-
-
-needs_imdb = pytest.mark.skipif(not _have_imdb(), reason="IMDb data not found")
+needs_imdb = full_dataset("imdb/train.jsonl.gz")
 
 
 @needs_imdb

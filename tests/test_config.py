@@ -46,18 +46,70 @@ def test_config_is_locked_against_new_fields():
         config.optim.learning_rat = 1.0
 
 
-@pytest.mark.parametrize("override, message", [
-    ("--config.optim.learning_rat=0.1", "learning_rat"),
-    ("--config.optim.learning_rate=-1", "config.optim.learning_rate=-1.0 must be positive"),
+@pytest.mark.parametrize("stage, override, message", [
+    ("sft", "--config.optim.learning_rat=0.1",
+     "unknown config field 'optim.learning_rat'; did you mean 'optim.learning_rate'"),
+    ("sft", "--config.optim.learning_rate=-1", "config.optim.learning_rate=-1.0 must be positive"),
+    ("ppo", "--config.kl_coef=0.1", "unknown config field 'kl_coef'; did you mean 'ppo.kl_coef'"),
+    ("pipeline", "--config.sft.train.stepz=3",
+     "unknown config field 'sft.train.stepz'; did you mean 'sft.train.steps'"),
 ])
-def test_cli_rejects_bad_overrides_before_compiling(tmp_path, override, message):
+def test_cli_rejects_bad_overrides_before_compiling(tmp_path, stage, override, message):
+    """One line on stderr, no traceback, exit status 1, nothing written."""
+    config = "configs/pipeline/quickstart.py" if stage == "pipeline" else f"configs/{stage}/quickstart.py"
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxrlhf", stage, f"--config={config}", f"--workdir={tmp_path}",
+         override], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(f"jaxrlhf: error: {message}")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "jaxrlhf", "sft", "--config=configs/sft/quickstart.py",
-         f"--workdir={tmp_path}", override],
+         f"--workdir={tmp_path}", "--config.data.max_len=0", "--debug"],
         capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0
-    assert message in result.stderr
-    assert not (tmp_path / "checkpoints").exists()
+    assert result.returncode != 0 and "Traceback" in result.stderr
+    assert "ConfigError: config.data.max_len=0 must be at least 2" in result.stderr
+
+
+def test_reward_init_has_one_place_and_the_old_spelling_still_works():
+    from jaxrlhf.errors import ConfigError
+    from jaxrlhf.settings import RunSettings
+    config = config_lib.load_config_file("configs/ppo/quickstart.py")
+    config.reward_init = "/runs/rm"
+    assert RunSettings.from_config(config).reward_init == "/runs/rm"
+    config.reward_init, config.ppo.reward_init = "", "/runs/old"
+    with pytest.warns(FutureWarning, match=r"config.ppo.reward_init is deprecated: set "
+                                           r"config.reward_init"):
+        assert RunSettings.from_config(config).reward_init == "/runs/old"
+    config.reward_init = "/runs/rm"
+    with pytest.raises(ConfigError, match="disagree"):
+        RunSettings.from_config(config)
+
+
+def test_summary_lines():
+    from jaxrlhf.cli import summary_line
+    line = summary_line("pipeline", {"sft": {"first_eval_loss": 4.2, "eval_loss": 1.6},
+                                     "reward": {"eval_accuracy": 0.9},
+                                     "ppo": {"gold_before": 0.07, "gold_after": 0.99, "kl": 2.44}},
+                        "runs/q")
+    assert line == ("pipeline done: SFT held-out loss 4.200 -> 1.600; reward model held-out "
+                    "accuracy 0.900; PPO gold 0.070 -> 0.990, KL 2.44 nats. Report: "
+                    "runs/q/report.md")
+    assert summary_line("sft", {"first_eval_loss": 4.2, "eval_loss": 1.6}, "w") == (
+        "sft done: SFT held-out loss 4.200 -> 1.600. Workdir: w")
+    assert summary_line("dpo", {"loss": "ipo", "eval_accuracy": 0.75, "gold_before": 0.1,
+                                "gold_after": 0.5, "kl": 1.0}, "w") == (
+        "dpo done: IPO held-out pair accuracy 0.750, gold 0.100 -> 0.500, KL 1.00 nats. "
+        "Workdir: w")
+    line = summary_line("pipeline", {"bon": {"n": 16, "gold_before": 0.1, "gold_after": 0.6,
+                                             "kl": 1.77}, "sft2": {"eval_loss": 1.5}},
+                        "w", [("bon", "bon"), ("sft2", "sft")])
+    assert line == ("pipeline done: best-of-16 gold 0.100 -> 0.600, KL 1.77 nats; sft2: SFT "
+                    "held-out loss n/a -> 1.500. Report: w/report.md")
 
 
 def test_pipeline_config_names_the_stage():
@@ -98,6 +150,6 @@ def test_pipeline_stage_configs_leave_the_callers_config_alone():
     config = config_lib.load_config_file("configs/pipeline/quickstart.py")
     config.lock()
     stages = pipeline.stage_configs(config, "/runs/x")
-    assert stages["ppo"][0].ppo.reward_init == "/runs/x/reward"
+    assert stages["ppo"][0].reward_init == "/runs/x/reward"
     assert stages["reward"][0].policy_init == "/runs/x/sft"
-    assert config.ppo.ppo.reward_init == "" and config.reward.policy_init == ""
+    assert config.ppo.reward_init == "" and config.reward.policy_init == ""

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import FIXTURES
 from jaxrlhf.data import iterator, paths, records, sft, tokenizer as tokenizer_lib
 from jaxrlhf.tasks import get_task
 
@@ -136,11 +137,7 @@ def test_data_dir_env_var(tmp_path, monkeypatch):
 
 
 def test_reads_real_hh_row():
-    try:
-        paths.resolve("hh-rlhf/harmless-base-test.jsonl.gz")
-    except FileNotFoundError:
-        pytest.skip("shared data not present")
-    rows = records.load_records("hh-rlhf/harmless-base-test.jsonl.gz")
+    rows = records.load_records(f"{FIXTURES}/hh_harmless_base_sample.jsonl.gz")
     origin, row = rows[0]
-    assert origin.endswith("harmless-base-test.jsonl.gz:1")
+    assert origin.endswith("hh_harmless_base_sample.jsonl.gz:1") and len(rows) == 40
     assert {"chosen", "rejected"} <= set(row)

@@ -5,17 +5,18 @@ import json
 import numpy as np
 import pytest
 
-from jaxrlhf.data import imdb, paths
+from conftest import FIXTURES, full_dataset
+from jaxrlhf.data import imdb
 
 
-def _have_imdb():
-    try:
-        return (paths.data_dir() / "imdb" / "test.jsonl.gz").exists()
-    except FileNotFoundError:
-        return False
+def test_load_imdb_reads_the_file_layout():
+    texts, labels = imdb.load_imdb("test", source=f"{FIXTURES}/imdb_synthetic.jsonl")
+    assert len(texts) == 24 and labels.dtype == np.int64 and labels.tolist() == [0, 1] * 12
+    assert texts[0].startswith("A dull, lifeless mess.  ") and not any("<br" in t for t in texts)
+    assert imdb.load_imdb("test", limit=5, source=f"{FIXTURES}/imdb_synthetic.jsonl")[0] == texts[:5]
 
 
-needs_data = pytest.mark.skipif(not _have_imdb(), reason="IMDb data not found")
+needs_data = full_dataset("imdb/test.jsonl.gz")
 
 
 @needs_data

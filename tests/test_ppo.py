@@ -134,9 +134,9 @@ def test_sample_cli_writes_completions(sft_workdir, tmp_path):
 def test_missing_reward_model_is_a_clear_error(sft_workdir, tmp_path):
     config = quickstart.get_config()
     config.policy_init = sft_workdir
-    config.ppo.reward_init = str(tmp_path / "nothing")
+    config.reward_init = str(tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match="reward_normalization.json is missing"):
         ppo.load_inputs(RunSettings.from_config(config))
-    config.ppo.reward_init = sft_workdir  # an SFT run is not a reward model
+    config.reward_init = sft_workdir  # an SFT run is not a reward model
     with pytest.raises(FileNotFoundError, match="reward-model run"):
         ppo.load_inputs(RunSettings.from_config(config))

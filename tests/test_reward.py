@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs.reward import quickstart
-from conftest import read_summary, run_cli
+from conftest import FIXTURES, full_dataset, read_summary, run_cli
 from jaxrlhf import parallel, workdir as workdir_lib
 from jaxrlhf.data import paths, preference, sft as sft_data
 from jaxrlhf.models.build import resolve_config
@@ -17,16 +17,16 @@ from jaxrlhf.tasks import get_task
 from jaxrlhf.trainers import reward
 
 HH = "hh-rlhf/harmless-base-test.jsonl.gz"
+HH_SAMPLE = f"{FIXTURES}/hh_harmless_base_sample.jsonl.gz"  # 40 real rows, 5 diverging
 
 
-def _hh_rows(n=None):
-    with gzip.open(paths.resolve(HH), "rt") as f:
-        rows = [json.loads(line) for line in f]
-    return rows if n is None else rows[:n]
+def _hh_rows(path):
+    with gzip.open(path, "rt") as f:
+        return [json.loads(line) for line in f]
 
 
-def test_hh_split_on_real_rows_including_multi_turn():
-    rows = _hh_rows()
+def _split_counts(rows):
+    """Check every row's split; return (multi-turn prompts, dialogues diverging early)."""
     multi_turn = diverging = 0
     for row in rows:
         prompt, chosen, rejected = preference.split_hh_dialogue(row["chosen"], row["rejected"])
@@ -38,6 +38,17 @@ def test_hh_split_on_real_rows_including_multi_turn():
         else:  # the usual case: the prompt is everything up to the last Assistant turn
             assert row["chosen"].rfind("\n\nAssistant:") + len("\n\nAssistant:") == len(prompt)
         multi_turn += prompt.count("\n\nHuman:") > 1
+    return multi_turn, diverging
+
+
+def test_hh_split_on_real_rows_including_multi_turn():
+    multi_turn, diverging = _split_counts(_hh_rows(HH_SAMPLE))
+    assert multi_turn >= 20 and diverging == 5  # the fixture's make-up (its README)
+
+
+@full_dataset(HH)
+def test_hh_split_on_the_whole_file():
+    multi_turn, diverging = _split_counts(_hh_rows(paths.resolve(HH)))
     assert multi_turn > 500  # HH harmless-base has many multi-turn dialogues
     assert diverging < 10
 

@@ -2,7 +2,7 @@
 no value model, KL as a k3 loss term (Shao et al. 2024), CPU-sized.
 
 python -m jaxrlhf ppo --config=configs/grpo/quickstart.py --workdir=runs/grpo \
-    --config.policy_init=runs/sft --config.ppo.reward_init=runs/reward
+    --config.policy_init=runs/sft --config.reward_init=runs/reward
 """
 import os
 

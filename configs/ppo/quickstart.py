@@ -1,7 +1,7 @@
 """PPO on the built-in sentiment task, CPU-sized.
 
 python -m jaxrlhf ppo --config=configs/ppo/quickstart.py --workdir=runs/ppo \
-    --config.policy_init=runs/sft --config.ppo.reward_init=runs/reward
+    --config.policy_init=runs/sft --config.reward_init=runs/reward
 """
 from jaxrlhf.config import base_config
 

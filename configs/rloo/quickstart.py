@@ -2,7 +2,7 @@
 Ahmadian et al. (2024) and no value model, the KL penalty in the reward, CPU-sized.
 
 python -m jaxrlhf ppo --config=configs/rloo/quickstart.py --workdir=runs/rloo \
-    --config.policy_init=runs/sft --config.ppo.reward_init=runs/reward
+    --config.policy_init=runs/sft --config.reward_init=runs/reward
 """
 import os
 

@@ -47,7 +47,7 @@ def run(config: ml_collections.ConfigDict, root: str) -> dict[str, Any]:
     series = []
     for _, row in proxies.iterrows():
         pairs = int(row["reward.num_train_pairs"])
-        bon = with_overrides(config.bon, {"policy_init": sft, "ppo.reward_init": row["workdir"]})
+        bon = with_overrides(config.bon, {"policy_init": sft, "reward_init": row["workdir"]})
         result = jaxrlhf.run_once("bon", bon, os.path.join(root, NAME, f"pairs={pairs}"))
         curve = result.metrics
         series.append({"pairs": pairs, "rm_accuracy": float(row["eval/rm/accuracy"]),

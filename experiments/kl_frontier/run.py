@@ -43,7 +43,7 @@ def run(config: ml_collections.ConfigDict, root: str) -> dict[str, Any]:
     for source in config.reward_sources:
         reward_init = proxy["workdir"] if source == "model" else ""
         table = common.ppo_runs(config, root, os.path.join(NAME, source), grid, sft,
-                                {"ppo.reward_source": source, "ppo.reward_init": reward_init})
+                                {"ppo.reward_source": source, "reward_init": reward_init})
         points += [{"source": source, "kl_coef": float(row["ppo.kl_coef"]),
                     "seed": int(row["seed"]), "kl": float(row["kl"]),
                     "gold": float(row["gold_after"]),

@@ -60,7 +60,7 @@ def run(config: ml_collections.ConfigDict, root: str) -> dict[str, Any]:
                                  {"reward.num_train_pairs": [config.proxy_pairs]}, sft).iloc[0]
     table = common.ppo_runs(config, root, NAME,
                             {"ppo.ptx_coef": list(config.ptx_coefs), "seed": list(config.seeds)},
-                            sft, {"ppo.reward_init": proxy["workdir"]})
+                            sft, {"reward_init": proxy["workdir"]})
     demos = get_task(config.ppo.data.task).demonstrations(config.heldout_demos,
                                                           seed=config.heldout_seed)
     max_len = config.ppo.data.max_len

@@ -44,7 +44,7 @@ def run(config: ml_collections.ConfigDict, root: str) -> dict[str, Any]:
         pairs = int(row["reward.num_train_pairs"])
         table = common.ppo_runs(config, root, os.path.join(NAME, f"pairs={pairs}"),
                                 {"seed": list(config.seeds)}, sft,
-                                {"ppo.reward_init": row["workdir"]})
+                                {"reward_init": row["workdir"]})
         runs = [{"seed": int(seed), **common.eval_series(workdir)}
                 for seed, workdir in zip(table["seed"], table["workdir"])]
         series.append({"pairs": pairs, "rm_accuracy": float(row["eval/rm/accuracy"]),

@@ -6,7 +6,8 @@ import re
 
 import numpy as np
 
-from jaxrlhf.data.records import load_records
+from jaxrlhf.data.records import describe, load_records
+from jaxrlhf.errors import DataError
 
 SPLITS = ("train", "test")
 _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
@@ -32,9 +33,10 @@ def load_imdb(split: str, limit: int | None = None, source: str | None = None
     for origin, row in records:
         text, label = row.get("text"), row.get("label")
         if not isinstance(text, str):
-            raise ValueError(f"{origin}: IMDb row needs a string 'text'; got keys {sorted(row)}")
+            raise DataError(f"{origin}: field 'text' must be a string (the review), got "
+                            f"{describe(text) if 'text' in row else 'nothing'}")
         if label not in (0, 1) or isinstance(label, bool):
-            raise ValueError(f"{origin}: IMDb 'label' must be 0 or 1, got {label!r}")
+            raise DataError(f"{origin}: field 'label' must be 0 or 1, got {describe(label)}")
         texts.append(clean_review(text))
         labels.append(label)
     return texts, np.asarray(labels, np.int64)

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from jaxrlhf.errors import DataError
+
 
 class BatchIterator:
     """Endless batches; epoch ``e`` uses the permutation from ``default_rng([seed, e])``.
@@ -57,7 +59,16 @@ class BatchIterator:
         self._order = self._permutation(self.epoch)
 
 
-def fixed_batches(arrays: Mapping[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
-    """Consecutive full batches in order (the remainder, fewer than one batch, is left out)."""
-    n = len(next(iter(arrays.values()))) // batch_size * batch_size
+def fixed_batches(arrays: Mapping[str, np.ndarray], batch_size: int,
+                  what: str = "the evaluation set") -> list[dict[str, np.ndarray]]:
+    """Consecutive full batches in order (the remainder, fewer than one batch, is left out).
+
+    Raises DataError when not even one batch is full: an evaluation over no rows would
+    report a meaningless number.
+    """
+    rows = len(next(iter(arrays.values())))
+    if rows < batch_size:
+        raise DataError(f"{what} has {rows} usable rows, fewer than one batch of "
+                        f"config.train.batch_size={batch_size}; give it more rows")
+    n = rows // batch_size * batch_size
     return [{k: v[i:i + batch_size] for k, v in arrays.items()} for i in range(0, n, batch_size)]

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import pathlib
 
+from jaxrlhf.errors import MissingInputError
+
 ENV_VAR = "JAXRLHF_DATA_DIR"
 _REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -15,13 +17,13 @@ def data_dir() -> pathlib.Path:
     if env:
         path = pathlib.Path(env).expanduser()
         if not path.is_dir():
-            raise FileNotFoundError(f"{ENV_VAR}={env!r} is not a directory")
+            raise MissingInputError(f"{ENV_VAR}={env!r} is not a directory")
         return path
     candidates = [_REPO_ROOT.parent / "shared" / "data", pathlib.Path.cwd().parent / "shared" / "data"]
     for path in candidates:
         if path.is_dir():
             return path
-    raise FileNotFoundError(
+    raise MissingInputError(
         f"no data directory found (tried {[str(c) for c in candidates]}); "
         f"set {ENV_VAR} to the directory holding the datasets")
 

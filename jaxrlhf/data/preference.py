@@ -7,9 +7,13 @@ the rejected response, so a reward model scores both at their EOS, the last real
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
+
+from jaxrlhf.data.records import describe
+from jaxrlhf.errors import DataError
 
 HH_ASSISTANT = "\n\nAssistant:"
 LABEL_MODES = ("bradley_terry", "max")
@@ -26,14 +30,21 @@ class PreferencePair:
 
 @dataclasses.dataclass
 class PairStats:
-    """What the truncation policy did; printed by the trainer and saved in the workdir."""
+    """What the truncation policy did; printed by the trainer and saved in the workdir
+    (``counts()``). Pairs with an empty (or whitespace-only) prompt or response are kept
+    and counted."""
     pairs_in: int = 0
     truncated: int = 0
     identical_dropped: int = 0
+    empty_prompt: int = 0
+    empty_response: int = 0
 
     def report(self) -> str:
         return (f"{self.pairs_in} pairs: {self.truncated} truncated, "
                 f"{self.identical_dropped} dropped because chosen == rejected")
+
+    def counts(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
 
 
 def split_hh_dialogue(chosen: str, rejected: str, origin: str = "") -> tuple[str, str, str]:
@@ -51,21 +62,37 @@ def split_hh_dialogue(chosen: str, rejected: str, origin: str = "") -> tuple[str
         shared += 1
     cut = chosen.rfind(HH_ASSISTANT, 0, shared)  # the marker lies wholly in the shared part
     if cut < 0:
-        raise ValueError(f"{origin}: HH dialogues share no {HH_ASSISTANT!r} turn; a pair "
+        raise DataError(f"{origin}: HH dialogues share no {HH_ASSISTANT!r} turn; a pair "
                          "needs a common prompt ending in an Assistant turn")
     end = cut + len(HH_ASSISTANT)
     return chosen[:end], chosen[end:], rejected[end:]
 
 
+def _margin(row: dict, origin: str) -> float:
+    margin = row.get("margin", 0.0)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) \
+            or not math.isfinite(margin):
+        raise DataError(f"{origin}: field 'margin' must be a finite number, got "
+                        f"{describe(margin)}")
+    return float(margin)
+
+
 def pair_from_row(row: dict, origin: str) -> PreferencePair:
-    """A TRL row ``{prompt, chosen, rejected[, margin]}`` or an HH row ``{chosen, rejected}``."""
-    if not isinstance(row, dict) or not {"chosen", "rejected"} <= set(row):
-        raise ValueError(f"{origin}: a preference row needs 'chosen' and 'rejected' "
-                         f"(and optionally 'prompt', 'margin'); got {sorted(row) if isinstance(row, dict) else type(row).__name__}")
-    chosen, rejected = row["chosen"], row["rejected"]
-    if not isinstance(chosen, str) or not isinstance(rejected, str):
-        raise ValueError(f"{origin}: 'chosen' and 'rejected' must be strings")
-    margin = float(row.get("margin", 0.0))
+    """A TRL row ``{prompt, chosen, rejected[, margin]}`` or an HH row ``{chosen, rejected}``
+    (strings; ``margin`` a finite number). Anything else is a DataError naming the field."""
+    if not isinstance(row, dict):
+        raise DataError(f"{origin}: a preference row must be a JSON object, got "
+                        f"{describe(row)}")
+    for field in ("chosen", "rejected"):
+        if field not in row:
+            raise DataError(f"{origin}: a preference row needs 'chosen' and 'rejected' (and "
+                            f"optionally 'prompt', 'margin'); '{field}' is missing (keys: "
+                            f"{sorted(row)})")
+    for field in ("prompt", "chosen", "rejected"):
+        if field in row and not isinstance(row[field], str):
+            raise DataError(f"{origin}: field '{field}' must be a string, got "
+                            f"{describe(row[field])}")
+    chosen, rejected, margin = row["chosen"], row["rejected"], _margin(row, origin)
     if "prompt" in row:
         return PreferencePair(row["prompt"], chosen, rejected, margin, origin)
     return PreferencePair(*split_hh_dialogue(chosen, rejected, origin), margin, origin)
@@ -92,6 +119,8 @@ def tokenize_pairs(pairs: Sequence[PreferencePair], tokenizer, *, max_prompt_tok
     stats = PairStats(pairs_in=len(pairs))
     rows: dict[str, list] = {"chosen": [], "rejected": [], "margin": [], "prompt_length": []}
     for pair in pairs:
+        stats.empty_prompt += not pair.prompt.strip()
+        stats.empty_response += not (pair.chosen.strip() and pair.rejected.strip())
         prompt = tokenizer(pair.prompt, add_special_tokens=False)["input_ids"]
         cut_prompt = len(prompt) > max_prompt_tokens
         prompt = prompt[len(prompt) - min(len(prompt), max_prompt_tokens):]

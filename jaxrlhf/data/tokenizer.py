@@ -56,8 +56,9 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, *,
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int,
              length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Left-pad token lists into ``(ids, mask)``, each [batch, length] int32; a longer list
-    keeps its last ``length`` tokens. ``length`` None: the longest list's."""
-    length = length or max(len(s) for s in sequences)
+    keeps its last ``length`` tokens. ``length`` None: the longest list's (at least 1, so
+    that all-empty prompts still make a generation batch)."""
+    length = length or max(1, max((len(s) for s in sequences), default=0))
     ids = np.full((len(sequences), length), pad_id, np.int32)
     mask = np.zeros((len(sequences), length), np.int32)
     for row, seq in enumerate(sequences):

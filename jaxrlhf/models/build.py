@@ -11,6 +11,8 @@ from collections.abc import Callable
 import jax
 from flax import nnx
 
+from jaxrlhf import parallel
+from jaxrlhf.errors import ConfigError
 from jaxrlhf.models import hf, lora as lora_lib
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.lora import LoRAConfig
@@ -31,7 +33,7 @@ def resolve_config(model: ModelConfig, *, model_init: str, vocab_size: int) -> M
     if model.vocab_size == 0:
         return model.replace(vocab_size=vocab_size)
     if model.vocab_size < vocab_size:
-        raise ValueError(f"config.model.vocab_size={model.vocab_size} is smaller than the "
+        raise ConfigError(f"config.model.vocab_size={model.vocab_size} is smaller than the "
                          f"tokenizer's {vocab_size} tokens; set it to 0 to follow the tokenizer")
     return model.validate()
 
@@ -61,7 +63,7 @@ def born_sharded(init: Callable[[], nnx.State]) -> ParamsInit:
 
 def given_params_init(params: nnx.State) -> ParamsInit:
     """Parameters already in hand (a finished run's), put on the shardings."""
-    return lambda shardings: jax.device_put(params, shardings)
+    return lambda shardings: parallel.put(params, shardings)
 
 
 def random_params_init(model_cls: Callable[..., nnx.Module], cfg: ModelConfig, seed: int,

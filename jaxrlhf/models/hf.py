@@ -31,6 +31,7 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from jaxrlhf.errors import DataError, MissingInputError, UnsupportedModelError
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.hf_config import hf_dict_from_model_config, model_config_from_hf
 from jaxrlhf.models.transformer import CausalLM
@@ -48,7 +49,7 @@ Index = tuple[slice, ...]
 
 def _check_local(path: str) -> None:
     if not os.path.isdir(path):
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{path!r} is not a local directory. jaxrlhf never downloads from the hub: "
             "pass a local directory holding config.json and *.safetensors.")
 
@@ -62,7 +63,7 @@ def load_hf_config(path: str, **overrides) -> ModelConfig:
         try:
             return model_config_from_hf(json.load(f), **overrides)
         except ValueError as e:
-            raise ValueError(f"{file}: {e}") from None
+            raise DataError(f"{file}: {e}") from None
 
 
 class SafetensorsDir:
@@ -71,7 +72,7 @@ class SafetensorsDir:
     def __init__(self, path: str):
         files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
         if not files:
-            raise FileNotFoundError(f"no *.safetensors in {path!r}")
+            raise MissingInputError(f"no *.safetensors in {path!r}")
         self.path = path
         self._handles = [safe_open(f, framework="numpy") for f in files]
         self._where = {name: h for h in self._handles for name in h.keys()}
@@ -225,7 +226,7 @@ def load_params(path: str, cfg: ModelConfig, shardings: nnx.State | None = None)
     for key, sharding in wanted.items():
         source, shape = sources[key], tuple(shapes[key].get_value().shape)
         if source.shape(ckpt) != shape:
-            raise ValueError(f"{path!r}: {source.names[0]} has shape {source.shape(ckpt)} in "
+            raise UnsupportedModelError(f"{path!r}: {source.names[0]} has shape {source.shape(ckpt)} in "
                              f"our layout, but the model's {'.'.join(map(str, key))} is {shape}")
         array = jax.make_array_from_callback(
             shape, sharding.get_value(),
@@ -234,7 +235,7 @@ def load_params(path: str, cfg: ModelConfig, shardings: nnx.State | None = None)
     used = {name for key in wanted for name in sources[key].names}
     unused = _unused(cfg, ckpt, used, with_head=("lm_head", "kernel") in wanted)
     if unused:
-        raise ValueError(f"{path!r}: tensors this model has no place for (would be silently "
+        raise UnsupportedModelError(f"{path!r}: tensors this model has no place for (would be silently "
                          f"dropped): {unused[:8]}{' ...' if len(unused) > 8 else ''}")
     return nnx.from_flat_state(loaded)
 

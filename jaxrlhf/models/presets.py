@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from jaxrlhf.errors import ConfigError
 from jaxrlhf.models.config import ModelConfig
 
 _LLAMA3 = dict(family="llama", vocab_size=128256, n_kv_heads=8, norm_eps=1e-5,
@@ -38,6 +39,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 def preset(name: str, **overrides: Any) -> ModelConfig:
     """The ``ModelConfig`` of preset ``name`` with ``overrides`` (dtypes, remat, ...)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; the presets are {sorted(PRESETS)}")
+        raise ConfigError(f"unknown model preset {name!r}; the presets are {sorted(PRESETS)}")
     return ModelConfig(**{**PRESETS[name], **overrides}).validate()
 

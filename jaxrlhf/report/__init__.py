@@ -30,7 +30,9 @@ import json
 import os
 from typing import Any
 
+from jaxrlhf import runfiles
 from jaxrlhf.config import PIPELINE_STAGES as STAGES
+from jaxrlhf.errors import MissingInputError
 from jaxrlhf.metrics import METRICS_FILE, read_metrics
 from jaxrlhf.report import figures, markdown
 from jaxrlhf.workdir import CALIBRATION_FILE, SAMPLES_FILE, SUMMARY_FILE
@@ -70,12 +72,12 @@ def _read_jsonl(path: str) -> list[dict[str, Any]]:
 def _stage_dir(workdir: str, stage: str) -> str:
     path = os.path.join(workdir, stage)
     if not os.path.isdir(path):
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"report: stage directory {path!r} is missing; a pipeline run dir must hold "
             f"{', '.join(STAGES)} sub-directories")
     summary = os.path.join(path, SUMMARY_FILE)
     if not os.path.isfile(summary):
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"report: {summary!r} is missing; did the {stage} stage finish?")
     return path
 
@@ -119,7 +121,6 @@ def write_report(workdir: str, wall_seconds: float, title: str = DEFAULT_TITLE) 
     samples = _read_jsonl(samples_path) if os.path.isfile(samples_path) else []
 
     fig_dir = os.path.join(workdir, FIGURES_DIR)
-    os.makedirs(fig_dir, exist_ok=True)
     plotters = {
         "sft_eval_loss.png": lambda p: figures.plot_sft(metrics["sft"], stage_summaries["sft"], p),
         "reward_accuracy.png": lambda p: figures.plot_reward_accuracy(metrics["reward"], p),
@@ -131,8 +132,7 @@ def write_report(workdir: str, wall_seconds: float, title: str = DEFAULT_TITLE) 
     skipped: dict[str, str] = {}
     for name, _ in FIGURES:
         path = os.path.join(fig_dir, name)
-        if os.path.exists(path):  # never leave a stale figure from an earlier report
-            os.remove(path)
+        runfiles.remove(path)  # never leave a stale figure from an earlier report
         why = plotters[name](path)
         if why is None:
             written[name] = f"{FIGURES_DIR}/{name}"
@@ -145,8 +145,7 @@ def write_report(workdir: str, wall_seconds: float, title: str = DEFAULT_TITLE) 
         "wall_seconds": float(wall_seconds),
         "figures": written,
     }
-    with open(os.path.join(workdir, SUMMARY_FILE), "w") as f:
-        json.dump(summary, f, indent=2)
+    runfiles.write_json(os.path.join(workdir, SUMMARY_FILE), summary)
 
     lines = [f"# {title}", "", "## Key numbers", ""]
     lines += markdown.key_numbers(summary)
@@ -165,6 +164,5 @@ def write_report(workdir: str, wall_seconds: float, title: str = DEFAULT_TITLE) 
     else:
         lines.append("*No ppo/samples.jsonl: no samples to show.*")
     lines.append("")
-    with open(os.path.join(workdir, REPORT_FILE), "w") as f:
-        f.write("\n".join(lines))
+    runfiles.write_text(os.path.join(workdir, REPORT_FILE), "\n".join(lines))
     return summary

@@ -14,6 +14,8 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from jaxrlhf import runfiles
+
 DPI = 150
 
 
@@ -39,7 +41,7 @@ def _new_figure(figsize: tuple[float, float]) -> Figure:
 
 
 def _save(fig: Figure, path: str) -> None:
-    fig.savefig(path, dpi=DPI)
+    runfiles.write_file(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
 
 
 def plot_sft(rows, summary, path) -> str | None:

@@ -1,7 +1,7 @@
 """Best-of-n sampling and the data of rejection-sampling fine-tuning.
 
 ``python -m jaxrlhf bon --checkpoint=POLICY_DIR --reward=RM_DIR --n=16 --workdir=DIR``
-(or ``--config=configs/bon/quickstart.py`` with ``policy_init``, ``ppo.reward_init`` and
+(or ``--config=configs/bon/quickstart.py`` with ``policy_init``, ``reward_init`` and
 ``bon.*``)
 
 Samples ``bon.n`` responses to each of ``bon.num_prompts`` prompts of the task from the
@@ -29,8 +29,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxrlhf import parallel, workdir as workdir_lib
+from jaxrlhf import parallel, runfiles, workdir as workdir_lib
 from jaxrlhf.data.tokenizer import decode_rows, encode_prompts
+from jaxrlhf.errors import ConfigError
 from jaxrlhf.metrics import METRICS_FILE, MetricWriter
 from jaxrlhf.models.transformer import CausalLM
 from jaxrlhf.rl import best_of_n, evaluation
@@ -93,13 +94,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     settings = RunSettings.from_config(config)
     p, b = settings.ppo, settings.bon
     if not settings.policy_init:
-        raise ValueError("no policy: pass --checkpoint=POLICY_DIR (config.policy_init)")
-    if p.reward_source == "model" and not p.reward_init:
-        raise ValueError("no reward model: pass --reward=RM_DIR (config.ppo.reward_init), or "
+        raise ConfigError("no policy: pass --checkpoint=POLICY_DIR (config.policy_init)")
+    if p.reward_source == "model" and not settings.reward_init:
+        raise ConfigError("no reward model: pass --reward=RM_DIR (config.reward_init), or "
                          "select by the gold reward with --config.ppo.reward_source=gold")
     mesh = parallel.make_mesh(settings.mesh)
     policy = workdir_lib.load_model(settings.policy_init, CausalLM)
-    reward = (workdir_lib.load_reward_model(p.reward_init) if p.reward_source == "model"
+    reward = (workdir_lib.load_reward_model(settings.reward_init) if p.reward_source == "model"
               else None)
     task, tok = get_task(settings.data.task), policy.tokenizer
     ev = evaluation.Evaluator(
@@ -118,15 +119,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     responses = decode_rows(tok, pick(pool["tokens"]), pick(pool["mask"]))
     os.makedirs(workdir, exist_ok=True)
     workdir_lib.write_config(workdir, config)
-    with open(os.path.join(workdir, CHOSEN_FILE), "w") as f:
+    runfiles.write_text(os.path.join(workdir, CHOSEN_FILE), "".join(
+        json.dumps({"prompt": prompt, "completion": response, "score": float(score),
+                    "gold": float(gold)}) + "\n"
         for prompt, response, score, gold in zip(prompts, responses, pick(pool["score"]),
-                                                 pick(pool["gold"])):
-            f.write(json.dumps({"prompt": prompt, "completion": response,
-                                "score": float(score), "gold": float(gold)}) + "\n")
-    np.savez(os.path.join(workdir, POOL_FILE), score=pool["score"], gold=pool["gold"])
+                                                 pick(pool["gold"]))))
+
+    def save_pool(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, score=pool["score"], gold=pool["gold"])
+
+    runfiles.write_file(os.path.join(workdir, POOL_FILE), save_pool)
     rows = curve(pool["score"], pool["gold"])
-    if os.path.exists(os.path.join(workdir, METRICS_FILE)):      # a re-run replaces it
-        os.remove(os.path.join(workdir, METRICS_FILE))
+    runfiles.remove(os.path.join(workdir, METRICS_FILE))      # a re-run replaces it
     writer = MetricWriter(workdir, tensorboard=False)
     for row in rows:
         writer.write(row["bon/n"], row)

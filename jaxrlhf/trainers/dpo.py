@@ -28,6 +28,7 @@ from jax.sharding import Mesh
 
 from jaxrlhf import losses, pairs as pairs_lib, parallel, scoring, workdir as workdir_lib
 from jaxrlhf.data.iterator import BatchIterator, fixed_batches
+from jaxrlhf.errors import ConfigError
 from jaxrlhf.metrics import read_metrics
 from jaxrlhf.models.build import born_sharded, given_params_init, lora_init
 from jaxrlhf.models.transformer import CausalLM
@@ -119,7 +120,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Run (or resume) DPO from the SFT policy in ``policy_init``."""
     settings = RunSettings.from_config(config)
     if not settings.policy_init:
-        raise ValueError("config.policy_init is empty: pass the workdir of a finished SFT run "
+        raise ConfigError("config.policy_init is empty: pass the workdir of a finished SFT run "
                          "(--config.policy_init=SFT_WORKDIR)")
     mesh = parallel.make_mesh(settings.mesh)
     policy = workdir_lib.load_model(settings.policy_init, CausalLM)
@@ -147,7 +148,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         state_shardings=program.state_shardings, step_fn=program.step, batches=batches,
         evaluate=evaluate_state,
         count_tokens=lambda b: int(b["chosen_mask"].sum() + b["rejected_mask"].sum()),
-        desc="dpo")
+        desc="dpo", abstract_state=program.abstract_state)
     evals = [row for row in read_metrics(workdir) if "eval/loss" in row]
     summary = {**(evaluation.before_after(evals) if data.task is not None else {}),
                "eval_accuracy": evals[-1]["eval/rewards/accuracies"],

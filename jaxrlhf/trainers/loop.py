@@ -4,14 +4,20 @@ A stage supplies a pure jitted ``step(state, batch) -> (state, metrics)``, a fun
 builds its initial state, and an ``evaluate(state)``. This loop does only what cannot be
 pure (docs/design.md): reading batches, fetching metrics once per log interval, writing
 checkpoints, the progress bar. Killing it at any moment and re-running the same command
-resumes from the newest checkpoint with the data iterator where it was, bit for bit.
+resumes from the newest intact checkpoint with the data iterator where it was, bit for bit,
+and leaves ``metrics.jsonl`` and ``samples.jsonl`` byte-identical to an uninterrupted
+run's: a fresh start empties them, a resume cuts them back to the restored step.
+
+A NaN or infinity — in a logged metric, an evaluation, or the state about to be
+checkpointed — stops the run with ``DivergedError`` naming the last good checkpoint, which
+by construction holds only finite values.
 """
 from __future__ import annotations
 
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -20,63 +26,97 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from jaxrlhf import checkpoint, parallel, workdir as workdir_lib
-from jaxrlhf.metrics import MetricWriter
+from jaxrlhf import checkpoint, parallel, runfiles, workdir as workdir_lib
+from jaxrlhf.errors import DivergedError
+from jaxrlhf.metrics import PERF_PREFIX, MetricWriter
 from jaxrlhf.settings import TrainSettings
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
+# What ``evaluate`` returns: its metrics, or its metrics and sample rows for samples.jsonl.
+Evaluation = Mapping[str, float] | tuple[Mapping[str, float], Sequence[Mapping[str, Any]]]
 
 
-def _check_finite(step: int, metrics: Mapping[str, float], ckpt: checkpoint.Checkpointer):
-    for key, value in metrics.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            ckpt.wait()
-            raise FloatingPointError(
-                f"step {step}: metric {key!r} is {value}; stopping. The last good checkpoint "
-                f"is step {ckpt.latest_step()} in {ckpt.directory}.")
+def _check_finite(step: int, row: Mapping[str, float], ckpt: checkpoint.Checkpointer):
+    bad = [key for key, value in row.items()
+           if isinstance(value, float) and not math.isfinite(value)]
+    if bad:
+        raise DivergedError(f"step {step}: {', '.join(f'{k}={row[k]}' for k in bad)} is not "
+                            f"finite; stopping, and {ckpt.last_good()}")
 
 
 def _host_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(np.asarray(v)) for k, v in jax.device_get(dict(metrics)).items()}
 
 
+class _Logs:
+    """The run's step logs: metrics (+ perf timings) and decoded samples."""
+
+    def __init__(self, workdir: str, tensorboard: bool):
+        self.metrics = MetricWriter(workdir, tensorboard=tensorboard)
+        self.samples = runfiles.StepLog(os.path.join(workdir, workdir_lib.SAMPLES_FILE))
+
+    def restart(self) -> None:
+        self.metrics.restart()
+        self.samples.restart()
+
+    def keep_through(self, step: int) -> None:
+        self.metrics.keep_through(step)
+        self.samples.keep_through(step)
+
+    def evaluation(self, step: int, result: Evaluation) -> Mapping[str, float]:
+        """Log an evaluation's sample rows; return its metrics."""
+        if isinstance(result, tuple):
+            result, rows = result
+            self.samples.append({"step": step, **row} for row in rows)
+        return result
+
+
+def _bar_text(row: Mapping[str, float], keys: Sequence[str]) -> dict[str, str]:
+    shown = {key.rsplit("/", 1)[-1]: f"{row[key]:.4g}" for key in keys if key in row}
+    shown["tok_s"] = f"{row[PERF_PREFIX + 'tokens_per_sec']:.0f}"
+    return shown
+
+
 def run(*, workdir: str, train: TrainSettings, config: ml_collections.ConfigDict, mesh: Mesh,
         init_state: Callable[[], Any], state_shardings: Any,
         step_fn: Callable[[Any, Batch], tuple[Any, Metrics]], batches: Any,
-        evaluate: Callable[[Any], Mapping[str, float]],
+        evaluate: Callable[[Any], Evaluation],
         count_tokens: Callable[[Mapping[str, np.ndarray]], int],
-        desc: str, abstract_state: Any = None) -> Any:
-    """Train ``train.steps`` steps from scratch or from the newest checkpoint.
+        desc: str, abstract_state: Any, progress_keys: Sequence[str] = ("loss",)) -> Any:
+    """Train ``train.steps`` steps from scratch or from the newest intact checkpoint.
 
     ``batches`` is a checkpointable iterator (``get_state`` / ``set_state``) of host
     batches; ``count_tokens`` counts the real tokens of one for the tokens/s figure;
-    ``config`` is recorded in ``config.json`` and every checkpoint. ``init_state()`` returns
-    the initial state (a stage's own jitted program places it, so imported weights are never
-    constants of a compiled program); ``abstract_state``, its shapes, is the restore target
-    (``jax.eval_shape(init_state)`` when not given). Returns the final state.
+    ``evaluate`` returns metrics, or ``(metrics, sample rows)`` to log in samples.jsonl;
+    ``progress_keys`` are the metrics the progress bar shows; ``config`` is recorded in
+    ``config.json`` and every checkpoint. ``init_state()`` returns the initial state (a
+    stage's own jitted program places it, so imported weights are never constants of a
+    compiled program); ``abstract_state``, its shapes, is the restore target. Returns the
+    final state.
     """
     t = train
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINT_DIR),
                                    keep=t.keep_checkpoints)
-    writer = MetricWriter(workdir, tensorboard=t.tensorboard)
-    latest = ckpt.latest_step()
-    if latest is None:
+    logs = _Logs(workdir, t.tensorboard)
+    target = checkpoint.abstract_like(abstract_state, state_shardings)
+    restored = ckpt.restore_newest(target, ("data",), say=lambda m: print(f"[{desc}] {m}"))
+    if restored is None:
+        logs.restart()
         workdir_lib.write_config(workdir, config)
         state = jax.device_put(init_state(), state_shardings)
         start = 0
-        writer.write(0, evaluate(state))
+        row = dict(logs.evaluation(0, evaluate(state)))
+        _check_finite(0, row, ckpt)
+        logs.metrics.write(0, row)
     else:
-        abstract = jax.eval_shape(init_state) if abstract_state is None else abstract_state
-        target = checkpoint.abstract_like(abstract, state_shardings)
-        state, extras = ckpt.restore(latest, target, ("data",))
+        start, state, extras = restored
         batches.set_state(extras["data"])
-        writer.truncate_after(latest)
-        start = latest
-        print(f"[{desc}] resuming from step {latest} in {ckpt.directory}")
+        logs.keep_through(start)
+        print(f"[{desc}] resuming from step {start} in {ckpt.directory}")
 
     bar = tqdm(total=t.steps, initial=start, desc=desc, dynamic_ncols=True,
-               disable=os.environ.get("JAXRLHF_NO_PROGRESS") == "1")
+               disable=os.environ.get("JAXRLHF_NO_PROGRESS") == "1" or not runfiles.is_writer())
     tokens, tick = 0, time.perf_counter()
     end = min(t.steps, start + t.run_steps) if t.run_steps else t.steps
     for step in range(start + 1, end + 1):
@@ -89,19 +129,21 @@ def run(*, workdir: str, train: TrainSettings, config: ml_collections.ConfigDict
         if step % t.log_every == 0 or last:
             row.update(_host_scalars(metrics))
             elapsed = time.perf_counter() - tick
-            row["perf/tokens_per_sec"] = tokens / elapsed
+            row[PERF_PREFIX + "tokens_per_sec"] = tokens / elapsed
             tokens, tick = 0, time.perf_counter()
             _check_finite(step, row, ckpt)
-            bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}",
-                            tok_s=f"{row['perf/tokens_per_sec']:.0f}")
+            bar.set_postfix(_bar_text(row, progress_keys))
         if step % t.eval_every == 0 or last:
-            row.update(evaluate(state))
+            evaluation = logs.evaluation(step, evaluate(state))
+            _check_finite(step, evaluation, ckpt)
+            row.update(evaluation)
             tick = time.perf_counter()  # evaluation time is not training throughput
         if row:
-            writer.write(step, row)
+            logs.metrics.write(step, row)
         if step % t.checkpoint_every == 0 or step == end:
             ckpt.save(step, state, {"data": batches.get_state(), "config": config.to_dict()})
     bar.close()
     ckpt.close()
-    writer.close()
+    logs.metrics.close()
+    runfiles.barrier(f"{desc}:logs")  # every process may now read what process 0 wrote
     return state

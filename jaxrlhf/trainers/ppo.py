@@ -1,7 +1,7 @@
 """PPO against a reward model (or the task's gold reward), with a KL penalty to the SFT policy.
 
 ``python -m jaxrlhf ppo --config=configs/ppo/quickstart.py --workdir=DIR
-    --config.policy_init=SFT_WORKDIR --config.ppo.reward_init=RM_WORKDIR``
+    --config.policy_init=SFT_WORKDIR --config.reward_init=RM_WORKDIR``
 
 The algorithm is ``jaxrlhf.rl.ppo``; this shell loads the SFT policy and reward model,
 compiles the iteration for the mesh — by default ONE ``jax.jit`` program of ``(state,
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -29,6 +27,7 @@ from jaxrlhf import optim, parallel, workdir as workdir_lib
 from jaxrlhf.data import sft as sft_data
 from jaxrlhf.data.iterator import BatchIterator
 from jaxrlhf.data.tokenizer import decode_rows, encode_prompts
+from jaxrlhf.errors import ConfigError
 from jaxrlhf.metrics import read_metrics
 from jaxrlhf.models.build import abstract_model, lora_init, random_params
 from jaxrlhf.models.transformer import CausalLM, ScalarModel
@@ -133,16 +132,6 @@ def value_model(settings: RunSettings, policy: TrainedModel,
     return Trained(graphdef, init, None if p.shared_trunk else source.params["model"], None)
 
 
-def place(tree: Any, shardings: Any) -> Any:
-    """``tree`` on ``shardings``; an abstract tree (``jax.ShapeDtypeStruct`` leaves, as a dry
-    run builds) gets the shardings attached instead."""
-    def one(x, sharding):
-        if isinstance(x, jax.ShapeDtypeStruct):
-            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
-        return jax.device_put(x, sharding)
-    return jax.tree.map(one, tree, shardings)
-
-
 def cast_floats(tree: Any, dtype: str) -> Any:
     """``tree`` with its floating-point leaves (arrays or abstract) cast to ``dtype``."""
     def one(x):
@@ -175,12 +164,12 @@ def build(settings: RunSettings, mesh: Mesh, policy: TrainedModel, reward: Rewar
     def make_state(policy_weights: nnx.State | None,
                    value_weights: nnx.State | None) -> PPOState:
         trainable, value = trained_policy.init(policy_weights), trained_value.init(value_weights)
-        seed = settings.seed + jax.process_index() * 100003               # detail 18
         return PPOState(step=jnp.zeros((), jnp.int32), policy=trainable, value=value,
                         policy_opt=optimizers.policy.init(trainable),
                         value_opt=optimizers.value.init(value) if value is not None else None,
                         kl=kl_lib.init_kl_state(p.kl_coef),
-                        rng=jax.random.key_data(jax.random.key(seed)))
+                        # one global key, the same on every process (detail 18)
+                        rng=jax.random.key_data(jax.random.key(settings.seed)))
 
     abstract_state = jax.eval_shape(make_state, trained_policy.weights, trained_value.weights)
     state_shardings = parallel.state_shardings(abstract_state, mesh, settings.rules)
@@ -191,15 +180,15 @@ def build(settings: RunSettings, mesh: Mesh, policy: TrainedModel, reward: Rewar
 
     def init_state() -> PPOState:
         """The initial state; the weights enter ``start`` as arguments, never as constants."""
-        return start(*jax.device_put((trained_policy.weights, trained_value.weights),
-                                     weight_shardings))
+        return start(*parallel.put((trained_policy.weights, trained_value.weights),
+                                   weight_shardings))
 
     frozen = Frozen(ref=trained_policy.frozen, reward=reward.model.params if reward else None,
                     value_base=trained_value.frozen)
     if p.frozen_dtype:   # the reference and reward models only run forward passes
         frozen = cast_floats(frozen, p.frozen_dtype)
     frozen_shardings = parallel.state_shardings(frozen, mesh, settings.rules)
-    frozen = place(frozen, frozen_shardings)
+    frozen = parallel.put(frozen, frozen_shardings)
     iterate = compile_iteration(
         iteration_phases(models=models, settings=p, optimizers=optimizers),
         single_program=p.single_program, state_shardings=state_shardings,
@@ -225,19 +214,19 @@ def prompt_arrays(tokenizer, examples: list[dict], settings: RunSettings) -> dic
 
 def load_inputs(settings: RunSettings) -> tuple[TrainedModel, RewardModel | None, Task]:
     """The SFT policy, the reward model (unless the gold reward is the reward) and the task."""
-    p = settings.ppo
+    p, reward_init = settings.ppo, settings.reward_init
     if not settings.policy_init:
-        raise ValueError("config.policy_init is empty: pass the workdir of a finished SFT run "
-                         "(--config.policy_init=SFT_WORKDIR)")
+        raise ConfigError("config.policy_init is empty: pass the workdir of a finished SFT run "
+                          "(--config.policy_init=SFT_WORKDIR)")
     policy = workdir_lib.load_model(settings.policy_init, CausalLM)
     reward = None
     if p.reward_source == "model":
-        if not p.reward_init:
-            raise ValueError("config.ppo.reward_init is empty: pass the workdir of a finished "
-                             "reward-model run, or set --config.ppo.reward_source=gold")
-        reward = workdir_lib.load_reward_model(p.reward_init)
+        if not reward_init:
+            raise ConfigError("config.reward_init is empty: pass the workdir of a finished "
+                              "reward-model run, or set --config.ppo.reward_source=gold")
+        reward = workdir_lib.load_reward_model(reward_init)
         if len(reward.model.tokenizer) != len(policy.tokenizer):
-            raise ValueError(f"the reward model in {p.reward_init} uses a different tokenizer "
+            raise ConfigError(f"the reward model in {reward_init} uses a different tokenizer "
                              f"({len(reward.model.tokenizer)} tokens) from the policy in "
                              f"{settings.policy_init} ({len(policy.tokenizer)}); train it with "
                              "--config.policy_init=SFT_WORKDIR")
@@ -260,24 +249,22 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     eval_prompts, eval_arrays = evaluation.held_out_prompts(task, tok, p.prompt_length,
                                                             p.num_eval_prompts, settings.seed)
     eval_batch = parallel.shard_batch(eval_arrays, mesh)
-    samples_path = os.path.join(workdir, workdir_lib.SAMPLES_FILE)
 
-    def evaluate_state(state: PPOState) -> dict[str, float]:
-        out = jax.device_get(program.evaluate(state.policy, eval_batch, jax.random.key(1234)))
+    def evaluate_state(state: PPOState) -> loop.Evaluation:
+        out = parallel.fetch(program.evaluate(state.policy, eval_batch, jax.random.key(1234)))
         responses = decode_rows(tok, out["tokens"], out["mask"])
-        with open(samples_path, "a") as f:
-            for i in range(min(settings.train.num_samples, len(responses))):
-                f.write(json.dumps({"step": int(state.step), "prompt": eval_prompts[i],
-                                    "response": responses[i], "gold": float(out["gold"][i]),
-                                    "score": float(out["score"][i])}) + "\n")
-        return evaluation.summarize(out)
+        rows = [{"prompt": eval_prompts[i], "response": responses[i],
+                 "gold": float(out["gold"][i]), "score": float(out["score"][i])}
+                for i in range(min(settings.train.num_samples, len(responses)))]
+        return evaluation.summarize(out), rows
 
     batches = BatchIterator(train_prompts, p.prompts_per_iteration, seed=settings.seed)
     loop.run(workdir=workdir, train=settings.train, config=config, mesh=mesh,
              init_state=program.init_state, state_shardings=program.state_shardings,
              step_fn=program.step, batches=batches, evaluate=evaluate_state,
              count_tokens=lambda b: int(b["prompt_mask"].sum()), desc="ppo",
-             abstract_state=program.abstract_state)
+             abstract_state=program.abstract_state,
+             progress_keys=("objective/scores", "objective/kl", "objective/gold"))
     rows = read_metrics(workdir)
     evals = [r for r in rows if "eval/gold" in r]
     train_rows = [r for r in rows if "objective/kl" in r]

@@ -26,6 +26,7 @@ from jax.sharding import Mesh
 from jaxrlhf import losses, pairs as pairs_lib, parallel, scoring, workdir as workdir_lib
 from jaxrlhf.data import sft as sft_data
 from jaxrlhf.data.iterator import BatchIterator, fixed_batches
+from jaxrlhf.errors import ConfigError
 from jaxrlhf.models import hf, lora as lora_lib
 from jaxrlhf.models.build import (ParamsInit, born_sharded, lora_init, random_params,
                                   random_params_init, resolve_config)
@@ -125,7 +126,7 @@ def evaluate_pairs(params, program: Program, batches, mesh,
     """
     chosen, rejected = [], []
     for batch in batches:
-        r_c, r_r = jax.device_get(program.pair_scores(params, parallel.shard_batch(batch, mesh)))
+        r_c, r_r = parallel.fetch(program.pair_scores(params, parallel.shard_batch(batch, mesh)))
         chosen.append(r_c)
         rejected.append(r_r)
     r_c, r_r = np.concatenate(chosen), np.concatenate(rejected)
@@ -134,9 +135,9 @@ def evaluate_pairs(params, program: Program, batches, mesh,
                "eval/rm/chosen": float(r_c.mean()), "eval/rm/rejected": float(r_r.mean()),
                "eval/rm/margin": float(margins.mean()),
                "eval/rm/loss": float(np.mean(np.logaddexp(0.0, -margins)))}
-    if gold_labelled:
-        gold = np.concatenate([b["margin"] for b in batches])
-        decided = gold != 0
+    gold = np.concatenate([b["margin"] for b in batches])
+    decided = gold != 0
+    if gold_labelled and decided.any():
         metrics["eval/rm/gold_accuracy"] = float((margins[decided] * gold[decided] > 0).mean())
     return metrics, margins
 
@@ -156,6 +157,7 @@ class RewardData:
     eval: dict[str, np.ndarray]
     reference: dict[str, np.ndarray]     # input_ids, attention_mask of reference responses
     stats: dict[str, str]
+    counts: dict[str, dict[str, int]]    # the stats as numbers: {"train": ..., "eval": ...}
 
 
 def prepare_data(settings: RunSettings, workdir: str, policy: TrainedModel | None) -> RewardData:
@@ -172,7 +174,7 @@ def prepare_data(settings: RunSettings, workdir: str, policy: TrainedModel | Non
     reference_arrays = sft_data.tokenize_sft(reference, pairs.tokenizer, r.pair_length)
     return RewardData(pairs.tokenizer, pairs.train, pairs.eval,
                       {k: reference_arrays[k] for k in ("input_ids", "attention_mask")},
-                      pairs.stats)
+                      pairs.stats, pairs.counts)
 
 
 def initial_params_fn(seed: int, model_config: ModelConfig, policy: TrainedModel | None,
@@ -187,7 +189,7 @@ def initial_params_fn(seed: int, model_config: ModelConfig, policy: TrainedModel
                                              head_init="normal")["head"],
                        out_shardings=shardings["head"])()
         if policy is not None:
-            trunk = jax.device_put(policy.params["model"], shardings["model"])
+            trunk = parallel.put(policy.params["model"], shardings["model"])
         else:
             trunk = hf.load_params(model_init, model_config,
                                    nnx.State({"model": shardings["model"]}))["model"]
@@ -210,7 +212,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                      settings.model_init), None
     if settings.lora.config is not None:
         if policy is None:
-            raise ValueError("config.lora.rank > 0 needs the SFT policy to adapt: set "
+            raise ConfigError("config.lora.rank > 0 needs the SFT policy to adapt: set "
                              "config.policy_init")
         adapters, frozen = lora_init(ScalarModel, model_config, policy.params,
                                      lora=settings.lora.config, seed=settings.seed,
@@ -235,12 +237,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     metrics, margins = evaluate_pairs(state.params, program, eval_batches, mesh, gold_labelled)
     workdir_lib.write_json(workdir, workdir_lib.CALIBRATION_FILE, calibration_table(margins))
     raw = np.concatenate([
-        np.asarray(jax.device_get(program.scores(state.params, *(
+        np.asarray(parallel.fetch(program.scores(state.params, *(
             parallel.shard_batch(b, mesh)[k] for k in ("input_ids", "attention_mask")))))
-        for b in fixed_batches(data.reference, settings.train.batch_size)])
+        for b in fixed_batches(data.reference, settings.train.batch_size,
+                               "the reference set (config.reward.num_reference)")])
     normalization = fit_normalization(raw)
     workdir_lib.write_json(workdir, workdir_lib.NORMALIZATION_FILE, normalization)
     summary = {"eval_accuracy": metrics["eval/rm/accuracy"], **metrics,
-               "data": data.stats, "normalization": normalization, "step": int(state.step)}
+               "data": data.stats, "normalization": normalization, "step": int(state.step),
+               "data_counts": data.counts}
     workdir_lib.write_json(workdir, workdir_lib.SUMMARY_FILE, summary)
     return summary

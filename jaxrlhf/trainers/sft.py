@@ -11,8 +11,6 @@ tokenizer it then keeps; with ``lora.rank`` > 0 only adapters on that base train
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,6 +25,7 @@ from jaxrlhf import losses, parallel, sampling, workdir as workdir_lib
 from jaxrlhf.data import records as records_lib, sft as sft_data
 from jaxrlhf.data.iterator import BatchIterator, fixed_batches
 from jaxrlhf.data.tokenizer import decode_rows, encode_prompts
+from jaxrlhf.errors import ConfigError, DataError
 from jaxrlhf.metrics import read_metrics
 from jaxrlhf.models.build import (abstract_model, born_sharded, given_params_init,
                                   initial_lm_params, lora_init, resolve_config)
@@ -58,7 +57,7 @@ def build(settings: RunSettings, model_config: ModelConfig, mesh: Mesh,
     frozen, lora = None, settings.lora.config
     if lora is not None:
         if policy is None and not settings.model_init:
-            raise ValueError("config.lora.rank > 0 needs a base model to adapt: set "
+            raise ConfigError("config.lora.rank > 0 needs a base model to adapt: set "
                              "config.policy_init (a finished run) or config.model_init")
         plain = parallel.state_shardings(abstract_model(CausalLM, model_config)[1], mesh,
                                          settings.rules)
@@ -83,30 +82,27 @@ def evaluate(params: nnx.State, program: supervised.Program,
     return {"eval/loss": loss, "eval/perplexity": float(np.exp(loss))}
 
 
-def sample_writer(graphdef: nnx.GraphDef, tokenizer, prompts: Sequence[str], num_samples: int,
-                  sample_tokens: int, workdir: str) -> Callable[[Any, int], None]:
-    """A callback that greedily completes the first ``num_samples`` ``prompts`` and appends
-    them to samples.jsonl."""
+def sampler(graphdef: nnx.GraphDef, tokenizer, prompts: Sequence[str], num_samples: int,
+            sample_tokens: int) -> Callable[[Any, int], list[dict[str, str]]]:
+    """A callback that greedily completes the first ``num_samples`` ``prompts``, prints them
+    and returns them as rows for samples.jsonl."""
     if not prompts or num_samples <= 0:
-        return lambda params, step: None
+        return lambda params, step: []
     prompts = list(prompts[:num_samples])
     ids, mask = encode_prompts(tokenizer, prompts)
     generate = jax.jit(lambda params: sampling.generate(
         graphdef, params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0),
         max_new_tokens=sample_tokens, eos_id=tokenizer.eos_token_id,
         pad_id=tokenizer.pad_token_id, greedy=True))
-    path = os.path.join(workdir, workdir_lib.SAMPLES_FILE)
 
-    def write(params, step: int) -> None:
+    def sample(params, step: int) -> list[dict[str, str]]:
         completion = generate(params)
         responses = decode_rows(tokenizer, completion.tokens, completion.mask)
-        with open(path, "a") as f:
-            for prompt, response in zip(prompts, responses):
-                f.write(json.dumps({"step": step, "prompt": prompt, "response": response}) + "\n")
         print(f"\n[step {step}] " + " | ".join(f"{p!r} -> {r!r}" for p, r in
                                                 zip(prompts, responses)))
+        return [{"prompt": p, "response": r} for p, r in zip(prompts, responses)]
 
-    return write
+    return sample
 
 
 @dataclasses.dataclass
@@ -117,6 +113,7 @@ class SFTData:
     eval: dict[str, np.ndarray]
     eval_prompts: list[str]
     unigram_entropy: float | None  # of the task's responses, when the task can say
+    counts: dict[str, dict[str, int]]  # what tokenization did: {"train": ..., "eval": ...}
 
 
 def prepare_data(settings: RunSettings, workdir: str, inherited=None) -> SFTData:
@@ -133,21 +130,37 @@ def prepare_data(settings: RunSettings, workdir: str, inherited=None) -> SFTData
         evals = task.demonstrations(d.num_eval, seed=settings.seed + 1)
     else:
         records = records_lib.load_records(d.source, d.split)
-        eval_records = (records_lib.load_records(d.eval_source, d.eval_split) if d.eval_source
-                        else records[-d.num_eval:])
-        if not d.eval_source:
-            records = records[:-d.num_eval]
+        if d.eval_source:
+            eval_records = records_lib.load_records(d.eval_source, d.eval_split)
+        else:
+            _check_holdout(len(records), settings)
+            records, eval_records = records[:-d.num_eval], records[-d.num_eval:]
         tokenizer = workdir_lib.run_tokenizer(workdir, texts=sft_data.record_texts(records),
                                               **tokenizer_kw)
         train = sft_data.sft_examples(records[: d.num_train], tokenizer)
         evals = sft_data.sft_examples(eval_records[: d.num_eval], tokenizer)
     train_arrays = sft_data.tokenize_sft(train, tokenizer, d.max_len)
-    print(f"[sft] train data: {train_arrays.stats.report()}")
+    eval_arrays = sft_data.tokenize_sft(evals, tokenizer, d.max_len)
+    counts = {"train": train_arrays.stats.report(), "eval": eval_arrays.stats.report()}
+    print(f"[sft] train data: {counts['train']}; eval data: {counts['eval']}")
+    if len(train) < settings.train.batch_size:
+        raise DataError(f"{d.source or 'task ' + repr(d.task)}: {len(train)} training examples, "
+                        f"fewer than one batch of config.train.batch_size="
+                        f"{settings.train.batch_size}; add rows or lower the batch size")
     return SFTData(
-        tokenizer=tokenizer, train=train_arrays,
-        eval=sft_data.tokenize_sft(evals, tokenizer, d.max_len),
+        tokenizer=tokenizer, train=train_arrays, eval=eval_arrays,
         eval_prompts=[e["prompt"] for e in evals],
-        unigram_entropy=task.unigram_entropy() if task is not None else None)
+        unigram_entropy=task.unigram_entropy() if task is not None else None, counts=counts)
+
+
+def _check_holdout(rows: int, settings: RunSettings) -> None:
+    """A file without ``data.eval_source`` must hold the held-out rows and a batch more."""
+    d, batch = settings.data, settings.train.batch_size
+    if rows < d.num_eval + batch:
+        raise DataError(f"{d.source}: {rows} rows, too few to hold out config.data.num_eval="
+                        f"{d.num_eval} for evaluation and train on a batch of "
+                        f"config.train.batch_size={batch}; add rows, lower data.num_eval or "
+                        "set data.eval_source")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -163,10 +176,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                  base=settings.policy_init or settings.model_init,
                                  base_dtype=settings.lora.base_dtype)
     program = build(settings, model_config, mesh, policy)
-    eval_batches = fixed_batches(data.eval, settings.train.batch_size)
+    eval_batches = fixed_batches(
+        data.eval, settings.train.batch_size,
+        f"the SFT evaluation set ({settings.data.eval_source or settings.data.source or 'task'})")
     t = settings.train
-    show_samples = sample_writer(program.graphdef, data.tokenizer, data.eval_prompts,
-                                 t.num_samples, t.sample_tokens, workdir)
+    sample = sampler(program.graphdef, data.tokenizer, data.eval_prompts, t.num_samples,
+                     t.sample_tokens)
 
     # From a policy, report the task's gold reward and KL from it, as every stage that
     # trains a policy does (rejection-sampling fine-tuning lands on PPO's reward-KL plot).
@@ -174,10 +189,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                                 get_task(settings.data.task), mesh)
                    if policy is not None else lambda params: {})
 
-    def evaluate_state(state: supervised.TrainState) -> dict[str, float]:
-        show_samples(program.full_params(state.params), int(state.step))
+    def evaluate_state(state: supervised.TrainState) -> loop.Evaluation:
+        rows = sample(program.full_params(state.params), int(state.step))
         return {**evaluate(state.params, program, eval_batches, mesh),
-                **sample_eval(state.params)}
+                **sample_eval(state.params)}, rows
 
     batches = BatchIterator(data.train, t.batch_size, seed=settings.seed)
     state = loop.run(
@@ -187,7 +202,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         desc="sft", abstract_state=program.abstract_state)
     evals = [row for row in read_metrics(workdir) if "eval/loss" in row]
     summary = {"eval_loss": evals[-1]["eval/loss"], "first_eval_loss": evals[0]["eval/loss"],
-               "unigram_entropy": data.unigram_entropy, "step": int(state.step)}
+               "unigram_entropy": data.unigram_entropy, "step": int(state.step),
+               "data_counts": data.counts}
     if policy is not None:
         summary.update(evaluation.before_after(evals))
     workdir_lib.write_json(workdir, workdir_lib.SUMMARY_FILE, summary)

@@ -127,7 +127,7 @@ def build(*, loss: Loss, model_cls: Callable[..., nnx.Module], model_config: Mod
         return start(init_params(state_shardings.params))
 
     frozen_shardings = parallel.state_shardings(frozen, mesh, rules)
-    frozen = jax.device_put(frozen, frozen_shardings)
+    frozen = parallel.put(frozen, frozen_shardings)
     batch_sharding = parallel.batch_sharding(mesh)
     step = parallel.MeshJit(
         mesh, functools.partial(train_step, loss_fn=loss_fn, optimizer=optimizer,
