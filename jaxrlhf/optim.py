@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxrlhf.settings import OptimSettings, PPOSettings
+from jaxrlhf.sections import OptimSettings, PPOSettings
 
 Metrics = dict[str, jax.Array]
 # (params, micro-batch) -> (mean loss, {metric: mean}, count): the means are over ``count``

@@ -19,7 +19,8 @@ from jaxrlhf import sampling, workdir as workdir_lib
 from jaxrlhf.data import preference, records as records_lib
 from jaxrlhf.data.tokenizer import decode_rows, encode_prompts
 from jaxrlhf.errors import DataError
-from jaxrlhf.settings import RewardSettings, RunSettings
+from jaxrlhf.sections import RewardSettings
+from jaxrlhf.settings import RunSettings
 from jaxrlhf.tasks import get_task
 from jaxrlhf.tasks.base import Task
 from jaxrlhf.workdir import TrainedModel

@@ -18,7 +18,7 @@ LAYERS = (
      "jaxrlhf.analysis", "jaxrlhf.errors", "jaxrlhf.runfiles"),
     ("jaxrlhf.baselines", "jaxrlhf.checkpoint", "jaxrlhf.scoring", "jaxrlhf.rl.kl"),
     ("jaxrlhf.losses", "jaxrlhf.sampling", "jaxrlhf.tasks", "jaxrlhf.settings",
-     "jaxrlhf.rl.advantages"),
+     "jaxrlhf.sections", "jaxrlhf.rl.advantages"),
     ("jaxrlhf.optim", "jaxrlhf.rl", "jaxrlhf.config", "jaxrlhf.workdir", "jaxrlhf.pairs"),
     ("jaxrlhf.trainers",),
     ("jaxrlhf.pipeline", "jaxrlhf.report", "jaxrlhf.dry_run"),

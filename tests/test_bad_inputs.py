@@ -17,7 +17,7 @@ import ml_collections
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from jaxrlhf import config as config_lib, settings as settings_lib
+from jaxrlhf import config as config_lib, sections, settings as settings_lib
 from jaxrlhf.data import preference, records, sft
 from jaxrlhf.errors import ConfigError, DataError
 from jaxrlhf.models.config import ModelConfig
@@ -249,9 +249,9 @@ config_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.tuples(inner, inner)
     | st.dictionaries(st.from_regex(r"[a-z]{1,5}", fullmatch=True), inner, max_size=2),
     max_leaves=4)
-SECTIONS = {"optim": settings_lib.OptimSettings, "train": settings_lib.TrainSettings,
-            "data": settings_lib.DataSettings, "reward": settings_lib.RewardSettings,
-            "ppo": settings_lib.PPOSettings, "model": ModelConfig}
+SECTIONS = {"optim": sections.OptimSettings, "train": sections.TrainSettings,
+            "data": sections.DataSettings, "reward": sections.RewardSettings,
+            "ppo": sections.PPOSettings, "model": ModelConfig}
 
 
 def _declared_type(name: str):

@@ -15,7 +15,7 @@ import jax
 
 from jaxrlhf import losses
 from jaxrlhf.rl.kl import kl_estimate
-from jaxrlhf.settings import PPOSettings
+from jaxrlhf.sections import PPOSettings
 
 Metrics = dict[str, jax.Array]
 

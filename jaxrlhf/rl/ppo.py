@@ -29,7 +29,7 @@ from jaxrlhf.models import lora as lora_lib
 from jaxrlhf.rl import advantages as adv_lib, kl as kl_lib, rewards as rewards_lib
 from jaxrlhf.rl.evaluation import Evaluator, evaluate_policy as evaluate_samples
 from jaxrlhf.rl.objectives import TermInputs, combine, objective_terms
-from jaxrlhf.settings import PPOSettings
+from jaxrlhf.sections import PPOSettings
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]

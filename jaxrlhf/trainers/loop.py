@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from jaxrlhf import checkpoint, parallel, runfiles, workdir as workdir_lib
 from jaxrlhf.errors import DivergedError
 from jaxrlhf.metrics import PERF_PREFIX, MetricWriter
-from jaxrlhf.settings import TrainSettings
+from jaxrlhf.sections import TrainSettings
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]

@@ -29,7 +29,8 @@ from jaxrlhf.models import lora
 from jaxrlhf.models.build import ParamsInit, abstract_model
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.rl import evaluation
-from jaxrlhf.settings import OptimSettings, RunSettings, TrainSettings
+from jaxrlhf.sections import OptimSettings, TrainSettings
+from jaxrlhf.settings import RunSettings
 from jaxrlhf.tasks.base import Task, traceable_gold
 from jaxrlhf.workdir import TrainedModel
 
