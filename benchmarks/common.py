@@ -218,7 +218,9 @@ def compile_with_memory(jitted: Any, *args: Any) -> tuple[Any, dict[str, int]]:
     """``jitted`` compiled for these arguments, and XLA's memory analysis of it (per
     device). Timing the compiled object itself compiles once."""
     compiled = jitted.lower(*args).compile()
-    return compiled, memory.compiled_memory(compiled)
+    trailing = getattr(jitted, "trailing", ())      # a parallel.MeshJit's bound arguments
+    run = (lambda *given: compiled(*given, *trailing)) if trailing else compiled
+    return run, memory.compiled_memory(compiled)
 
 
 def finish(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:

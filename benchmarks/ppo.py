@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     calls = {"sampling": lambda: generate(state.policy, batch["prompt_ids"],
                                           batch["prompt_mask"], key),
              "rollout": lambda: rollout(state, program.frozen, batch),
-             "update": lambda: update(state, data, None)}
+             "update": lambda: update(state, program.frozen, data, None)}
     for name, call in calls.items():
         times[name] = common.time_calls(call, warmup=args.warmup, repeats=args.repeats)
     times["scoring"] = {s: times["rollout"][s] - times["sampling"][s] for s in ("min", "median")}

@@ -251,7 +251,8 @@ config_values = st.recursive(
     max_leaves=4)
 SECTIONS = {"optim": sections.OptimSettings, "train": sections.TrainSettings,
             "data": sections.DataSettings, "reward": sections.RewardSettings,
-            "ppo": sections.PPOSettings, "model": ModelConfig}
+            "ppo": sections.PPOSettings, "dpo": sections.DPOSettings,
+            "bon": sections.BestOfNSettings, "lora": sections.LoRASettings, "model": ModelConfig}
 
 
 def _declared_type(name: str):

@@ -12,7 +12,7 @@ from conftest import metric_rows, run_cli
 from jaxrlhf import parallel, scoring, workdir as workdir_lib
 from jaxrlhf.config import base_config
 from jaxrlhf.models import lora as lora_lib
-from jaxrlhf.models.build import abstract_model, lora_init, random_params
+from jaxrlhf.models.build import abstract_model, born_sharded, lora_init, random_params
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.lora import LoRAConfig
 from jaxrlhf.models.transformer import CausalLM, ScalarModel
@@ -104,7 +104,7 @@ def test_only_adapters_receive_gradients_and_optimizer_state():
     policy = workdir_lib.TrainedModel(None, cfg, abstract_model(CausalLM, cfg)[0], params, "")
     mesh = parallel.make_mesh({"data": 1}, jax.devices()[:1])
     program = sft.build(settings, cfg, mesh, policy)
-    state = jax.jit(program.init_state, out_shardings=program.state_shardings)()
+    state = program.init_state()
     variables = _variables(state.params)
     assert variables and all(isinstance(v, nnx.LoRAParam) for v in variables)
     adapter_shapes = sorted(v.get_value().shape for v in variables)
@@ -128,13 +128,12 @@ def test_only_adapters_receive_gradients_and_optimizer_state():
 def test_reward_model_trains_adapters_and_its_head():
     settings = _settings(targets="q|v")
     cfg = ModelConfig.preset("gpt2", vocab_size=64)
-    start = reward.initial_params_fn(0, cfg, None)()
+    start = random_params(ScalarModel, cfg, 0, head_init="normal")
     init, frozen = lora_init(ScalarModel, cfg, start, lora=settings.lora.config, seed=0,
                              base_dtype="bfloat16", head_init="normal")
     mesh = parallel.make_mesh({"data": 1}, jax.devices()[:1])
-    program = reward.build(settings, cfg, mesh, init, frozen)
-    state = jax.jit(program.supervised.init_state,
-                    out_shardings=program.supervised.state_shardings)()
+    program = reward.build(settings, cfg, mesh, born_sharded(init), frozen)
+    state = program.supervised.init_state()
     paths = [p for p, _ in nnx.to_flat_state(state.params)]
     assert {p[-1] for p in paths} == {"lora_a", "lora_b", "kernel", "bias"}
     assert all(p[-1].startswith("lora") or p[0] == "head" for p in paths)

@@ -97,8 +97,8 @@ def _ppo_inputs(cfg, rng, batch=4, prompt=5, response=6):
     from jaxrlhf.rl.ppo import Models
     policy, params = _model(cfg)
     value, value_params = _model(cfg, ScalarModel, head_init="normal")
-    models = Models(policy=policy, value=value, reward=None, gain=1.0, bias=0.0, gold=None,
-                    eos_id=1, pad_id=0)
+    models = Models(policy=policy, ref=policy, value=value, reward=None, gain=1.0, bias=0.0,
+                    gold=None, eos_id=1, pad_id=0)
     f = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)  # noqa: E731
     mask = jnp.asarray(np.arange(response)[None] < rng.integers(1, response + 1, (batch, 1)),
                        jnp.int32)
@@ -129,13 +129,13 @@ def _stage_loss(stage, cfg):
                  "margin": jnp.ones(3)}
         return lambda p: reward_loss(graphdef, p, batch, use_margin=True,
                                      center_coef=0.01)[0], params
-    from jaxrlhf.rl.ppo import ppo_loss
+    from jaxrlhf.rl.ppo import Frozen, ppo_loss
     import dataclasses
     settings = dataclasses.replace(RunSettings.from_config(base_config()).ppo, ent_coef=0.01,
                                    kl_in_reward=False)
     models, params, data = _ppo_inputs(cfg, rng)
-    return lambda p: ppo_loss(p, data, models=models, settings=settings,
-                              kl_coef=0.05)[0], params
+    return lambda p: ppo_loss(p, data, models=models, settings=settings, kl_coef=0.05,
+                              frozen=Frozen(ref=None, reward=None))[0], params
 
 
 # Every stage, every policy and both layer layouts, in 6 cases (the full product is slow).
