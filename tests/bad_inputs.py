@@ -270,6 +270,55 @@ def cases(tmp: str) -> list[Case]:
                                                   "--config.train.steps=6",
                                                   "--config.train.checkpoint_every=1"],
                     ["checkpoint"]))
+    # --- methods beyond PPO, adapters, imported models -----------------------------------
+    dpo = ["dpo", "--config=configs/dpo/quickstart.py", *TINY]
+    grpo = ["ppo", "--config=configs/grpo/quickstart.py"]
+    cfg("dpo.loss", "kto", base=dpo)
+    cfg("dpo.beta", -1.0, base=dpo)
+    cfg("dpo.label_smoothing", 0.7, base=dpo)
+    cfg("lora.rank", -1)
+    cfg("lora.targets", "(q", expect=["lora.targets"])
+    cfg("lora.base_dtype", "int8")
+    cfg("ppo.advantage", "vtrace", base=grpo)
+    cfg("ppo.num_generations", 1, base=grpo, expect=["ppo.num_generations"])
+    cfg("ppo.num_generations", 3, base=grpo, expect=["num_generations"])
+    cfg("ppo.frozen_dtype", "float8", base=grpo)
+    cfg("bon.split", "test", base=["bon", "--config=configs/bon/quickstart.py"])
+    out.append(Case("dpo/without_policy", dpo, ["policy_init"]))
+    out.append(Case("sft/lora_without_base", [*SFT, "--config.lora.rank=4"],
+                    ["lora.rank", "policy_init"]))
+    out.append(Case("bon/without_policy", ["bon", "--n=4"], ["policy_init"]))
+    out.append(Case("bon/n_zero", ["bon", "--n=0"], ["bon.n"]))
+    out.append(Case("export/not_a_run", ["export", f"--checkpoint={tmp}",
+                                         f"--output={tmp}/hf_out"], [tmp]))
+
+    def hf_dir(name: str, config: dict) -> str:
+        path = os.path.join(tmp, name)
+        os.makedirs(path, exist_ok=True)
+        write(os.path.join(name, "config.json"), json.dumps(config).encode())
+        return path
+
+    gpt2 = {"model_type": "gpt2", "vocab_size": 512, "n_embd": 32, "n_layer": 1, "n_head": 2,
+            "n_positions": 64, "layer_norm_epsilon": 1e-5}
+    llama = {"model_type": "llama", "vocab_size": 512, "hidden_size": 32,
+             "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "num_key_value_heads": 2, "max_position_embeddings": 64, "rms_norm_eps": 1e-5,
+             "rope_theta": 10000.0, "hidden_act": "silu"}
+    for name, config, field in [
+            ("hf_relu", {**gpt2, "activation_function": "relu"}, "activation_function"),
+            ("hf_layer_idx_scaling", {**gpt2, "scale_attn_by_inverse_layer_idx": True},
+             "scale_attn_by_inverse_layer_idx"),
+            ("hf_llama_gelu", {**llama, "hidden_act": "gelu"}, "hidden_act"),
+            ("hf_rope_dynamic", {**llama, "rope_scaling": {"rope_type": "dynamic",
+                                                           "factor": 2.0}}, "dynamic"),
+            ("hf_rope_yarn", {**llama, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}},
+             "yarn"),
+            ("hf_mlp_bias", {**llama, "mlp_bias": True}, "mlp_bias"),
+            ("hf_mistral", {**llama, "model_type": "mistral"}, "mistral"),
+            ("hf_qwen2_sliding", {**llama, "model_type": "qwen2", "use_sliding_window": True},
+             "use_sliding_window")]:
+        directory = hf_dir(f"hf_case_{len(out)}", config)   # a name that does not give it away
+        out.append(Case(f"hf/{name}", [*SFT, f"--config.model_init={directory}"], [field]))
     out.append(Case("cli/unknown_stage", ["sfft"], ["sfft"]))
     out.append(Case("cli/sample_missing_prompts", [
         "sample", f"--checkpoint={tmp}", f"--prompts={tmp}/no_prompts.txt"], ["no_prompts.txt"]))

@@ -62,7 +62,9 @@ def load_hf_config(path: str, **overrides) -> ModelConfig:
     with open(file) as f:
         try:
             return model_config_from_hf(json.load(f), **overrides)
-        except ValueError as e:
+        except UnsupportedModelError as e:
+            raise UnsupportedModelError(f"{file}: {e}") from None
+        except ValueError as e:     # not JSON, or values of the wrong kind
             raise DataError(f"{file}: {e}") from None
 
 

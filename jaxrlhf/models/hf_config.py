@@ -114,7 +114,7 @@ _ROPE_KEYS = {
 
 
 def _refuse(field: str, value: Any, why: str) -> UnsupportedModelError:
-    return UnsupportedModelError(f"config.json: {field}={value!r} {why}; loading it would give wrong "
+    return UnsupportedModelError(f"{field}={value!r} {why}; loading it would give wrong "
                       "logits, so the checkpoint is refused")
 
 
@@ -123,7 +123,7 @@ def check_supported(d: Mapping[str, Any]) -> str:
     one whose value it implements, or one that cannot change the computation."""
     family = d.get("model_type")
     if family not in READ:
-        raise UnsupportedModelError(f"config.json: model_type={family!r} is not supported "
+        raise UnsupportedModelError(f"model_type={family!r} is not supported "
                          f"(supported: {', '.join(READ)})")
     required = REQUIRED[family]
     for field, value in d.items():
@@ -170,7 +170,7 @@ def _rope_fields(d: Mapping[str, Any]) -> dict[str, Any]:
                                                     "high_freq_factor")
     missing = [k for k in needed if k not in rope]
     if missing:
-        raise UnsupportedModelError(f"config.json: {where} of rope_type {kind!r} lacks {missing}")
+        raise UnsupportedModelError(f"{where} of rope_type {kind!r} lacks {missing}")
     out["rope_factor"] = float(rope["factor"])
     if kind == "llama3":   # transformers prefers a top-level original_max_position_embeddings
         original = d.get("original_max_position_embeddings") or rope.get(
