@@ -14,7 +14,8 @@ from conftest import REPO
 from experiments import common
 from notebooks.run import kernel_environment
 
-EXPERIMENTS = ["rl_overoptimization", "kl_frontier", "rm_margin", "ptx_alignment_tax"]
+EXPERIMENTS = ["rl_overoptimization", "kl_frontier", "rm_margin", "ptx_alignment_tax",
+               "algorithms_frontier"]
 
 
 def module(name):
@@ -132,3 +133,51 @@ def test_ptx_alignment_tax_criterion():
     assert not criterion(_ptx_series({0.0: 0.4, 0.1: 0.3}, {0.0: 0.9, 0.1: 0.85}))["passed"]
     assert not criterion(_ptx_series({0.0: 0.4, 0.1: 0.1}, {0.0: 0.9, 0.1: 0.5}))["passed"]
     assert not criterion(_ptx_series({0.0: -0.1, 0.1: -0.2}, {0.0: 0.9, 0.1: 0.9}))["passed"]
+
+
+def _algorithms_series(dpo_gain, dpo_kls=(0.3, 1.0, 3.0)):
+    """Every method at three strengths and two seeds, gold = SFT gold + gain(KL); PPO's gain
+    is sqrt(KL) / 2 at KL 0.2, 0.8, 2.5; DPO's is ``dpo_gain`` at ``dpo_kls``."""
+    sft = {0: 0.0, 1: 0.02}
+    shapes = {m: ((0.2, 0.8, 2.5), lambda kl: 0.5 * np.sqrt(kl))
+              for m in ("ppo", "grpo", "rloo", "ipo")}
+    shapes["dpo"] = (dpo_kls, dpo_gain)
+    shapes["bon"] = ((0.2, 0.6), lambda kl: 0.5 * np.sqrt(kl))          # never reaches 1 nat
+    points = [{"method": m, "strength": float(i), "seed": seed, "kl": kl * (1 + 0.01 * seed),
+               "gold": sft[seed] + gain(kl), "score": None}
+              for m, (kls, gain) in shapes.items() for i, kl in enumerate(kls)
+              for seed in sft]
+    return {"sft": [{"seed": s, "gold": g} for s, g in sft.items()], "reward_models": [],
+            "points": points}
+
+
+def test_algorithms_frontier_criterion():
+    experiment = module("algorithms_frontier")
+    criterion = experiment.criterion
+    above = criterion(_algorithms_series(lambda kl: 0.6 * np.sqrt(kl)))
+    assert above["passed"] and len(above["measured"]["matched_points"]) == 4  # 0.3, 0.8, 1, 2.5
+    assert above["measured"]["most_gold_per_nat"] == "dpo"
+    below = criterion(_algorithms_series(lambda kl: 0.4 * np.sqrt(kl)))
+    assert not below["passed"] and below["measured"]["matched_points"]
+    crossing = criterion(_algorithms_series(lambda kl: 0.3 + 0.1 * kl))   # above, then below
+    assert not crossing["passed"]
+    assert any(m["dpo_above"] for m in crossing["measured"]["matched_points"])
+    apart = criterion(_algorithms_series(lambda kl: kl, dpo_kls=(3.0, 4.0, 5.0)))
+    assert not apart["passed"] and not apart["measured"]["matched_points"]  # no overlap
+
+
+def test_gold_per_nat_interpolates_from_the_sft_policy():
+    per_nat = module("algorithms_frontier").gold_per_nat(
+        _algorithms_series(lambda kl: 0.6 * np.sqrt(kl)))
+    # seed 0, PPO: between (0.8, 0.5 sqrt 0.8) and (2.5, 0.5 sqrt 2.5), linear at KL 1.
+    a, b = 0.5 * np.sqrt(0.8), 0.5 * np.sqrt(2.5)
+    assert per_nat["ppo"]["per_seed"][0] == pytest.approx(a + (b - a) * 0.2 / 1.7)
+    # seed 1: KLs scaled by 1.01, gold shifted by the seed's SFT gold, which is subtracted.
+    a1 = per_nat["ppo"]["per_seed"][1]
+    assert a1 == pytest.approx(a + (b - a) * (1 - 0.808) / (2.525 - 0.808))
+    assert per_nat["ppo"]["mean"] == pytest.approx((per_nat["ppo"]["per_seed"][0] + a1) / 2)
+    assert per_nat["ppo"]["se"] == pytest.approx(abs(per_nat["ppo"]["per_seed"][0] - a1) / 2)
+    assert per_nat["bon"] == {"mean": None, "se": None, "per_seed": [None, None]}
+    short = module("algorithms_frontier").gold_per_nat(
+        _algorithms_series(lambda kl: kl), budget=0.1)         # below every first point
+    assert short["ppo"]["per_seed"][0] == pytest.approx(0.5 * np.sqrt(0.2) / 0.2)

@@ -19,9 +19,9 @@ from experiments import common
 from jaxrlhf import scoring, workdir as workdir_lib
 from jaxrlhf.data import preference
 from jaxrlhf.models.transformer import CausalLM
+from jaxrlhf.pairs import gold_pairs
 from jaxrlhf.settings import RunSettings
 from jaxrlhf.tasks import get_task
-from jaxrlhf.pairs import gold_pairs
 
 NAME = "rm_margin"
 PAPER = ("Touvron et al. (2023), Llama 2: Open Foundation and Fine-Tuned Chat Models, eq. 2 "
