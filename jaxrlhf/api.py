@@ -106,11 +106,7 @@ def load_result(stage: str, workdir: str) -> Result:
 def run(stage: str, config: ml_collections.ConfigDict, workdir: str) -> Result:
     """Run (or resume) ``stage`` ("sft", "reward", "ppo", "dpo", "bon" or "pipeline") with
     ``config`` in ``workdir``, in this process; validates the config first."""
-    if stage not in STAGES:
-        raise ConfigError(f"stage {stage!r} is not one of {STAGES}")
-    if (stage == "pipeline") != config_lib.is_pipeline(config):
-        raise ConfigError(f"stage {stage!r} needs a {'pipeline' if stage == 'pipeline' else 'single-stage'} "
-                         "config")
+    config_lib.check_stage(stage, config)
     config_lib.validate(config, jax.device_count())
     train = pipeline.train if stage == "pipeline" else pipeline.TRAINERS[stage]
     train(config, workdir)

@@ -20,7 +20,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxrlhf import config as config_lib, parallel
+from jaxrlhf import config as config_lib, parallel, runfiles
 from jaxrlhf.data import records as records_lib
 from jaxrlhf.errors import ConfigError, DataError, JaxRLHFError, MissingInputError
 
@@ -104,8 +104,7 @@ def sample_main() -> None:
         top_k=_TOP_K.value, top_p=_TOP_P.value, greedy=_GREEDY.value)
     rows = [{"prompt": p, "completion": r} for p, r in zip(prompts, responses)]
     if _OUTPUT.value:
-        with open(_OUTPUT.value, "w") as f:
-            f.writelines(json.dumps(row) + "\n" for row in rows)
+        runfiles.write_text(_OUTPUT.value, "".join(json.dumps(row) + "\n" for row in rows))
     else:
         for row in rows:
             print(f"{row['prompt']!r} -> {row['completion']!r}")
@@ -119,8 +118,9 @@ def export(run_dir: str, output: str) -> None:
     from jaxrlhf.models import hf
     from jaxrlhf.models.transformer import CausalLM
     policy = workdir.load_model(run_dir, CausalLM)
-    hf.save_causal_lm(nnx.merge(policy.graphdef, policy.params), output)
-    policy.tokenizer.save_pretrained(output)
+    if runfiles.is_writer():     # one process writes the checkpoint
+        hf.save_causal_lm(nnx.merge(policy.graphdef, policy.params), output)
+        policy.tokenizer.save_pretrained(output)
 
 
 def export_main() -> None:
@@ -184,8 +184,6 @@ def check_overrides(argv: list[str]) -> None:
              if arg.startswith("--config=") or arg == "--config"]
     if not names or not paths:
         return
-    if not os.path.isfile(paths[-1]):
-        raise MissingInputError(f"--config={paths[-1]}: no such config file")
     config = config_lib.load_config_file(paths[-1])
     known = set(config_lib.field_names(config))
     for name in names:
@@ -204,6 +202,7 @@ def main(argv: list[str]) -> None:
     config = bon_config() if stage == "bon" else _CONFIG.value
     if config is None or (_WORKDIR.value is None and not _DRY_RUN.value):
         raise app.UsageError("--config and --workdir are required")
+    config_lib.check_stage(stage, config)
     config_lib.validate(config, jax.device_count())
     if _DRY_RUN.value:
         from jaxrlhf import dry_run
@@ -214,7 +213,7 @@ def main(argv: list[str]) -> None:
     from jaxrlhf import pipeline
     run_stage = pipeline.train if stage == "pipeline" else pipeline.TRAINERS[stage]
     summary = run_stage(config, _WORKDIR.value)
-    if jax.process_index() == 0:
+    if runfiles.is_writer():
         stages = config_lib.pipeline_stages(config) if stage == "pipeline" else None
         print(summary_line(stage, summary, _WORKDIR.value, stages))
 

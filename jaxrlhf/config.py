@@ -12,7 +12,7 @@ from typing import Any
 
 import ml_collections
 
-from jaxrlhf.errors import ConfigError
+from jaxrlhf.errors import ConfigError, MissingInputError
 from jaxrlhf.models.presets import PRESETS
 from jaxrlhf.settings import RunSettings
 
@@ -148,11 +148,29 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     import importlib.util
     stem, colon, arg = path.partition(".py:")
     path = stem + ".py" if colon else path
+    if not os.path.isfile(path):
+        raise MissingInputError(f"--config={path}: no such config file")
     spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0],
                                                   path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"--config={path}: not a Python config file (FILE.py defining "
+                          "get_config())")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"--config={path} defines no get_config()")
     return module.get_config(arg) if arg else module.get_config()
+
+
+def check_stage(stage: str, config: ml_collections.ConfigDict) -> None:
+    """``stage`` is a stage command (or ``pipeline``) and ``config`` is of its kind: a
+    pipeline config for ``pipeline``, a single-stage config otherwise."""
+    if stage not in (*STAGES, "pipeline"):
+        raise ConfigError(f"stage {stage!r} is not one of {(*STAGES, 'pipeline')}")
+    if (stage == "pipeline") != is_pipeline(config):
+        kind = "pipeline" if stage == "pipeline" else "single-stage"
+        raise ConfigError(f"the {stage!r} command needs a {kind} config (configs/pipeline/ "
+                          "holds pipeline configs, configs/<stage>/ single-stage ones)")
 
 
 def field_names(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:

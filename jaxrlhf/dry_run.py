@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh
 
-from jaxrlhf import config as config_lib, memory, parallel, workdir as workdir_lib
+from jaxrlhf import checkpoint, config as config_lib, memory, parallel, workdir as workdir_lib
 from jaxrlhf.errors import ConfigError
 from jaxrlhf.models.build import abstract_model, resolve_config
 from jaxrlhf.models.config import ModelConfig
@@ -37,8 +37,8 @@ def _model_config(settings: RunSettings) -> ModelConfig:
     if not vocab and not settings.model_init:
         if settings.data.source:
             raise ConfigError("config.model.vocab_size=0 takes the vocabulary from the data's "
-                             "tokenizer, which a dry run does not build: set "
-                             "--config.model.vocab_size")
+                              "tokenizer, which a dry run does not build: set "
+                              "--config.model.vocab_size")
         vocab = len(get_task(settings.data.task).tokenizer)
     return resolve_config(settings.model, model_init=settings.model_init, vocab_size=vocab)
 
@@ -61,12 +61,20 @@ def _abstract_model(cls, cfg: ModelConfig, **kwargs) -> workdir_lib.TrainedModel
 
 
 def _state(program) -> Any:
-    return memory.abstract(program.abstract_state, program.state_shardings)
+    return checkpoint.abstract_like(program.abstract_state, program.state_shardings)
+
+
+def _policy_config(settings: RunSettings) -> ModelConfig:
+    """The config of the policy a stage starts from: ``policy_init``'s, else the run's own."""
+    return (_trained_config(settings.policy_init) if settings.policy_init
+            else _model_config(settings))
 
 
 def sft_steps(settings: RunSettings, mesh: Mesh) -> dict[str, tuple]:
     from jaxrlhf.trainers import sft
-    program = sft.build(settings, _model_config(settings), mesh)
+    cfg = _policy_config(settings)
+    policy = _abstract_model(CausalLM, cfg) if settings.policy_init else None
+    program = sft.build(settings, cfg, mesh, policy)
     t, n = settings.train, settings.data.max_len
     batch = _batch(mesh, **{k: ((t.batch_size, n), jnp.int32)
                             for k in ("input_ids", "attention_mask", "loss_mask")})
@@ -75,8 +83,7 @@ def sft_steps(settings: RunSettings, mesh: Mesh) -> dict[str, tuple]:
 
 def reward_steps(settings: RunSettings, mesh: Mesh) -> dict[str, tuple]:
     from jaxrlhf.trainers import reward
-    cfg = (_trained_config(settings.policy_init) if settings.policy_init
-           else _model_config(settings))
+    cfg = _policy_config(settings)
     program = reward.build(settings, cfg, mesh, init_params=None).supervised
     b, n = settings.train.batch_size, settings.reward.pair_length
     batch = _batch(mesh, chosen_ids=((b, n), jnp.int32), chosen_mask=((b, n), jnp.int32),
@@ -90,8 +97,7 @@ def ppo_steps(settings: RunSettings, mesh: Mesh) -> dict[str, tuple]:
     from jaxrlhf.rl.ppo import PTX_FIELDS, iteration_phases
     from jaxrlhf.trainers import ppo
     p = settings.ppo
-    policy_cfg = (_trained_config(settings.policy_init) if settings.policy_init
-                  else _model_config(settings))
+    policy_cfg = _policy_config(settings)
     reward_cfg = _trained_config(settings.reward_init) if settings.reward_init else policy_cfg
     policy = _abstract_model(CausalLM, policy_cfg)
     reward = (workdir_lib.RewardModel(_abstract_model(ScalarModel, reward_cfg,
@@ -101,10 +107,11 @@ def ppo_steps(settings: RunSettings, mesh: Mesh) -> dict[str, tuple]:
     if task is not None:
         policy = dataclasses.replace(policy, tokenizer=task.tokenizer)
     program = ppo.build(settings, mesh, policy, reward, task)
-    fields = {"prompt_ids": ((p.batch_size, p.prompt_length), jnp.int32),
-              "prompt_mask": ((p.batch_size, p.prompt_length), jnp.int32)}
+    n = p.prompts_per_iteration    # each answered ppo.num_generations times
+    fields = {"prompt_ids": ((n, p.prompt_length), jnp.int32),
+              "prompt_mask": ((n, p.prompt_length), jnp.int32)}
     if p.ptx_coef > 0:
-        fields.update({k: ((p.batch_size, settings.data.max_len), jnp.int32)
+        fields.update({k: ((n, settings.data.max_len), jnp.int32)
                        for k in PTX_FIELDS})
     args = (_state(program), program.frozen, _batch(mesh, **fields))
     params = program.abstract_state.policy
@@ -113,11 +120,10 @@ def ppo_steps(settings: RunSettings, mesh: Mesh) -> dict[str, tuple]:
     steps, carry = {}, {}
     phases = iteration_phases(models=program.models, settings=p,
                               optimizers=ppo.make_optimizers(settings))
-    for phase in phases:
-        steps[phase.__name__] = (parallel.MeshJit(mesh, phase, donate_argnums=0),
-                                 (*args, carry), params)
+    for phase, pinned in zip(phases, ppo.pinned_phases(phases, program.state_shardings, mesh)):
+        steps[phase.__name__] = (pinned, (*args, carry), params)
         state, carry = jax.eval_shape(phase, *args, carry)
-        args = (memory.abstract(state, program.state_shardings), *args[1:])
+        args = (checkpoint.abstract_like(state, program.state_shardings), *args[1:])
     return steps
 
 
@@ -128,7 +134,11 @@ def report(stage: str, config: ml_collections.ConfigDict) -> dict[str, Any]:
     """{stage: {program: per-device memory}} for ``stage`` (or each stage of a pipeline
     config), compiled for the current devices without running anything."""
     if stage == "pipeline":
-        return {name: report(name, config[name])[name] for name in config_lib.PIPELINE_STAGES}
+        return {name: report(command, config[name])[command]
+                for name, command in config_lib.pipeline_stages(config)}
+    if stage not in STEPS:
+        raise ConfigError(f"--dry_run compiles the {sorted(STEPS)} stages; {stage!r} has no "
+                          "step table (its programs are those of the stages it runs)")
     settings = RunSettings.from_config(config)
     settings.check_mesh(jax.device_count())
     mesh = parallel.make_mesh(settings.mesh)

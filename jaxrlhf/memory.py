@@ -9,10 +9,7 @@ compiled it: a CPU compile of an accelerator config is a close proxy, not the GP
 """
 from __future__ import annotations
 
-import math
 from typing import Any
-
-import jax
 
 
 def compiled_memory(compiled: Any) -> dict[str, int]:
@@ -25,21 +22,3 @@ def compiled_memory(compiled: Any) -> dict[str, int]:
     out["peak_bytes"] = (out["argument_bytes"] + out["output_bytes"] - out["alias_bytes"]
                          + out["temp_bytes"] + out["code_bytes"])
     return out
-
-
-def abstract(tree: Any, shardings: Any = None) -> Any:
-    """``jax.ShapeDtypeStruct`` leaves of ``tree`` (arrays or abstract values), carrying the
-    matching leaf of ``shardings`` (or the arrays' own shardings)."""
-    def one(x, sharding=None):
-        sharding = sharding if sharding is not None else getattr(x, "sharding", None)
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
-    return jax.tree.map(one, tree) if shardings is None else jax.tree.map(one, tree, shardings)
-
-
-def bytes_per_device(tree: Any) -> int:
-    """Bytes one device holds of ``tree``'s sharded (abstract or concrete) arrays: the
-    largest shard of each."""
-    def one(x):
-        shape = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) else x.shape
-        return math.prod(shape) * jax.numpy.dtype(x.dtype).itemsize
-    return sum(one(x) for x in jax.tree.leaves(tree))

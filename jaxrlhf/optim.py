@@ -36,7 +36,8 @@ def _clipped(grad_clip: float, *transforms: optax.GradientTransformation):
 
 
 def adamw(optim: OptimSettings, schedule: optax.Schedule) -> optax.GradientTransformation:
-    """Global-norm clipping followed by AdamW (the SFT and reward-model optimizer)."""
+    """Global-norm clipping followed by AdamW (the supervised stages' optimizer: SFT,
+    reward modelling, DPO)."""
     return _clipped(optim.grad_clip, optax.adamw(
         schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay))
 

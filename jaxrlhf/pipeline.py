@@ -35,7 +35,7 @@ def wire(command: str, config: ml_collections.ConfigDict, policy: str | None,
          reward_model: str | None, chosen: str | None) -> None:
     """Point a stage's config at the latest earlier policy, reward model and best-of-n
     choices (each None when no earlier stage made one)."""
-    if policy is not None and command in ("sft", "reward", "ppo", "dpo", "bon"):
+    if policy is not None:
         config.policy_init = policy
     if reward_model is not None and command in ("ppo", "bon"):
         config.reward_init = reward_model
@@ -75,7 +75,8 @@ def _add_wall_time(workdir: str, seconds: float) -> float:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Run (or resume) the three stages, then write ``report.md``, figures and summary.json."""
+    """Run (or resume) the stages, then write summary.json (and, for SFT -> reward -> PPO,
+    ``report.md`` and its figures)."""
     start = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
     stages = stage_configs(config, workdir)

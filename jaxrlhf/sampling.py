@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxrlhf.data.tokenizer import decode_rows, left_pad
+from jaxrlhf.data.tokenizer import decode_rows, encode_prompts
 from jaxrlhf.models.transformer import init_cache
 from jaxrlhf.scoring import positions_from_mask
 
@@ -116,11 +116,10 @@ def complete(graphdef: nnx.GraphDef, params: nnx.State, tokenizer, prompts: Sequ
     generate_fn = jax.jit(functools.partial(
         generate, graphdef, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_token_id,
         pad_id=tokenizer.pad_token_id, **sampling_kwargs))
-    encoded = [tokenizer(p)["input_ids"] for p in prompts]
-    length = max(len(e) for e in encoded)
+    ids, mask = encode_prompts(tokenizer, prompts)          # [n, longest prompt]
     responses: list[str] = []
-    for start in range(0, len(encoded), batch_size):
-        ids, mask = left_pad(encoded[start:start + batch_size], tokenizer.pad_token_id, length)
-        out = generate_fn(params, ids, mask, jax.random.key(seed + start))
+    for start in range(0, len(prompts), batch_size):
+        rows = slice(start, start + batch_size)
+        out = generate_fn(params, ids[rows], mask[rows], jax.random.key(seed + start))
         responses += decode_rows(tokenizer, out.tokens, out.mask)
     return responses

@@ -126,8 +126,8 @@ def chunked_token_stats(head: Callable, head_params, hidden: jax.Array, targets:
                         chunk: int, temperature: float = 1.0, with_entropy: bool = False
                         ) -> tuple[jax.Array, jax.Array | None]:
     """``token_log_probs`` and (``with_entropy``, else None) ``token_entropies`` of
-    ``head(head_params, hidden) / temperature``, ``chunk`` positions at a time, so that neither pass holds more than one
-    [batch, chunk, vocab] block of logits: the forward pass is a ``lax.scan`` over chunks,
+    ``head(head_params, hidden) / temperature``, ``chunk`` positions at a time, so that
+    neither pass holds more than one [batch, chunk, vocab] block of logits: the forward pass is a ``lax.scan`` over chunks,
     and the backward pass (a custom VJP) recomputes each block's logits, returns the hidden
     states' gradient chunk by chunk and sums the head's over chunks — the gradient of the
     unchunked computation, up to the order of that sum.
@@ -207,10 +207,9 @@ def sequence_log_probs(graphdef: nnx.GraphDef, params: nnx.State, ids: jax.Array
     """log pi(response | prompt) of right-padded rows — the sum of the response tokens'
     log-probs, EOS included — and the number of those tokens, each [batch].
 
-    ids, mask: [batch, seq]; prompt_length: [batch]. ``logits[:, :-1]`` predict
-    ``ids[:, 1:]``, counted where the target is a response token.
+    ids, mask: [batch, seq]; prompt_length: [batch]. Position t predicts ``ids[:, t + 1]``,
+    counted where the target is a response token (chunked like every log-prob here).
     """
-    logits = forward(graphdef, params, ids, mask)                        # [batch, seq, vocab]
-    logp = token_log_probs(logits[:, :-1], ids[:, 1:])                   # [batch, seq - 1]
+    logp, _ = predicted_token_stats(graphdef, params, ids, mask)         # [batch, seq - 1]
     targets = response_token_mask(mask, prompt_length)[:, 1:].astype(jnp.float32)
     return (logp * targets).sum(-1), targets.sum(-1)

@@ -115,7 +115,7 @@ class TrainSettings:
         _positive(self, "train", ("sample_tokens",))
         if self.batch_size % self.grad_accum:
             fail("train.batch_size", self.batch_size,
-                  f"must be divisible by train.grad_accum={self.grad_accum}")
+                 f"must be divisible by train.grad_accum={self.grad_accum}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,10 +138,10 @@ class DataSettings:
         _positive(self, "data", ("num_train", "num_eval"))
         if self.max_len < 2:
             fail("data.max_len", self.max_len, "must be at least 2 (a token to read and one "
-                  "to predict)")
+                 "to predict)")
         if self.bpe_vocab_size < MIN_BPE_VOCAB:
             fail("data.bpe_vocab_size", self.bpe_vocab_size, f"must be at least "
-                  f"{MIN_BPE_VOCAB} (the byte alphabet and the pad and EOS tokens)")
+                 f"{MIN_BPE_VOCAB} (the byte alphabet and the pad and EOS tokens)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,24 +239,28 @@ class PPOSettings:
         _in_range(self, "ppo", ("gamma", "lam"), 0.0, 1.0)
         if self.truncate_token_id < -1:
             fail("ppo.truncate_token_id", self.truncate_token_id, "must be a token id or -1 "
-                  "(no truncation token)")
+                 "(no truncation token)")
         if self.batch_size % self.num_generations:
             fail("ppo.batch_size", self.batch_size,
-                  f"must be divisible by ppo.num_generations={self.num_generations} (it counts "
-                  "responses: batch_size / num_generations prompts per iteration)")
+                 f"must be divisible by ppo.num_generations={self.num_generations} (it counts "
+                 "responses: batch_size / num_generations prompts per iteration)")
         if ADVANTAGE_ESTIMATORS[self.advantage].needs_group and self.num_generations < 2:
             fail("ppo.num_generations", self.num_generations,
-                  f"must be >= 2 for ppo.advantage={self.advantage!r}, whose baseline is the "
-                  "other responses to the same prompt")
+                 f"must be >= 2 for ppo.advantage={self.advantage!r}, whose baseline is the "
+                 "other responses to the same prompt")
         if self.uses_value_model and self.reward_source == "gold" and self.value_init == "reward":
             fail("ppo.value_init", self.value_init,
-                  "needs a reward model, but ppo.reward_source='gold' trains without one; "
-                  "set --config.ppo.value_init=policy")
+                 "needs a reward model, but ppo.reward_source='gold' trains without one; "
+                 "set --config.ppo.value_init=policy")
         if self.batch_size % self.num_minibatches:
             fail("ppo.batch_size", self.batch_size,
-                  f"must be divisible by ppo.num_minibatches={self.num_minibatches}")
+                 f"must be divisible by ppo.num_minibatches={self.num_minibatches}")
         if not 0.0 < self.top_p <= 1.0:
             fail("ppo.top_p", self.top_p, "must lie in (0, 1]")
+        if not self.kl_in_reward and self.kl_estimator == "k1":
+            fail("ppo.kl_estimator", self.kl_estimator,
+                 "has no KL gradient as a loss term (its expectation under the sampling "
+                 "policy is 0); with ppo.kl_in_reward=False use 'k3' (DeepSeekMath) or 'k2'")
 
     @property
     def minibatch_size(self) -> int:
@@ -300,7 +304,7 @@ class DPOSettings:
         if not (0.0 < self.label_smoothing < 0.5 if self.loss == "cdpo"
                 else self.label_smoothing == 0.0):
             fail("dpo.label_smoothing", self.label_smoothing,
-                  "must lie in (0, 0.5) for dpo.loss='cdpo' and be 0 for the other losses")
+                 "must lie in (0, 0.5) for dpo.loss='cdpo' and be 0 for the other losses")
 
 
 @dataclasses.dataclass(frozen=True)

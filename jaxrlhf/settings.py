@@ -65,7 +65,7 @@ def _reward_init(config: ml_collections.ConfigDict) -> str:
 
 
 class _TopLevel:
-    """The declared types of the top-level fields, for ``_check_types``."""
+    """The declared types of the top-level fields, for ``sections.check_types``."""
     seed: int
     model_init: str
     policy_init: str
@@ -128,17 +128,21 @@ class RunSettings:
         m = self.model
         if self.data.max_len > m.max_seq_len:
             fail("data.max_len", self.data.max_len,
-                  f"exceeds model.max_seq_len={m.max_seq_len}")
+                 f"exceeds model.max_seq_len={m.max_seq_len}")
         r = self.reward
         if r.pair_length > m.max_seq_len:
             fail("reward.max_response_tokens", r.max_response_tokens,
-                  f"with reward.max_prompt_tokens={r.max_prompt_tokens} and the EOS makes "
-                  f"{r.pair_length} tokens, more than model.max_seq_len={m.max_seq_len}")
+                 f"with reward.max_prompt_tokens={r.max_prompt_tokens} and the EOS makes "
+                 f"{r.pair_length} tokens, more than model.max_seq_len={m.max_seq_len}")
         p = self.ppo
         if p.prompt_length + p.response_length > m.max_seq_len:
             fail("ppo.response_length", p.response_length,
-                  f"plus ppo.prompt_length={p.prompt_length} exceeds "
-                  f"model.max_seq_len={m.max_seq_len}")
+                 f"plus ppo.prompt_length={p.prompt_length} exceeds "
+                 f"model.max_seq_len={m.max_seq_len}")
+        if p.frozen_dtype and self.lora.rank:
+            fail("ppo.frozen_dtype", p.frozen_dtype,
+                 "applies to full training only: under LoRA the reference is the adapters' "
+                 "frozen base, stored in lora.base_dtype; set that instead")
 
     @property
     def rules(self) -> dict[str, tuple[str, ...]]:
@@ -156,15 +160,15 @@ class RunSettings:
         micro = t.batch_size // t.grad_accum
         if micro % dp:
             fail("train.batch_size", t.batch_size,
-                  f"gives micro-batches of {micro}, not divisible by the data-parallel size "
-                  f"{dp} (mesh.data x mesh.fsdp on {num_devices} devices)")
+                 f"gives micro-batches of {micro}, not divisible by the data-parallel size "
+                 f"{dp} (mesh.data x mesh.fsdp on {num_devices} devices)")
         p = self.ppo
         if p.minibatch_size % p.grad_accum or (p.minibatch_size // p.grad_accum) % dp:
             fail("ppo.grad_accum", p.grad_accum,
-                  f"must split minibatches of {p.minibatch_size} into micro-batches "
-                  f"divisible by the data-parallel size {dp}")
+                 f"must split minibatches of {p.minibatch_size} into micro-batches "
+                 f"divisible by the data-parallel size {dp}")
         if p.prompts_per_iteration % dp:
             fail("ppo.batch_size", p.batch_size,
-                  f"over ppo.num_generations={p.num_generations} gives "
-                  f"{p.prompts_per_iteration} prompts per iteration, not divisible by the "
-                  f"data-parallel size {dp}")
+                 f"over ppo.num_generations={p.num_generations} gives "
+                 f"{p.prompts_per_iteration} prompts per iteration, not divisible by the "
+                 f"data-parallel size {dp}")

@@ -98,10 +98,7 @@ def load_base_params(path: str, model_config: ModelConfig) -> nnx.State:
     LoRA adapters, or the starting point of a stage)."""
     if os.path.exists(os.path.join(path, MODEL_CARD)):
         return load_model(path, CausalLM).params
-    model = hf.load_causal_lm(path, dtype=model_config.dtype,
-                              param_dtype=model_config.param_dtype,
-                              scan_layers=model_config.scan_layers, remat=model_config.remat)
-    return nnx.split(model)[1]
+    return hf.load_params(path, model_config)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -153,3 +153,31 @@ def test_pipeline_stage_configs_leave_the_callers_config_alone():
     assert stages["ppo"][0].reward_init == "/runs/x/reward"
     assert stages["reward"][0].policy_init == "/runs/x/sft"
     assert config.ppo.reward_init == "" and config.reward.policy_init == ""
+
+
+def test_a_command_refuses_a_config_of_the_other_kind_and_bad_config_files(tmp_path):
+    from jaxrlhf.errors import ConfigError, MissingInputError
+    pipeline_config = config_lib.load_config_file("configs/pipeline/quickstart.py")
+    with pytest.raises(ConfigError, match="the 'ppo' command needs a single-stage config"):
+        config_lib.check_stage("ppo", pipeline_config)
+    with pytest.raises(ConfigError, match="the 'pipeline' command needs a pipeline config"):
+        config_lib.check_stage("pipeline", _config())
+    config_lib.check_stage("pipeline", pipeline_config)
+    with pytest.raises(MissingInputError, match="no such config file"):
+        config_lib.load_config_file(str(tmp_path / "nope.py"))
+    (tmp_path / "empty.py").write_text("x = 1\n")
+    with pytest.raises(ConfigError, match="defines no get_config"):
+        config_lib.load_config_file(str(tmp_path / "empty.py"))
+    (tmp_path / "notes.txt").write_text("hello\n")
+    with pytest.raises(ConfigError, match="not a Python config file"):
+        config_lib.load_config_file(str(tmp_path / "notes.txt"))
+
+
+def test_frozen_dtype_is_refused_under_lora():
+    from jaxrlhf.errors import ConfigError
+    from jaxrlhf.settings import RunSettings
+    config = config_lib.load_config_file("configs/ppo/quickstart.py")
+    config.ppo.frozen_dtype, config.lora.rank = "bfloat16", 4
+    with pytest.raises(ConfigError, match="ppo.frozen_dtype='bfloat16' applies to full "
+                                          "training only"):
+        RunSettings.from_config(config)

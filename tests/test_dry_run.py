@@ -6,7 +6,7 @@ import jax
 import pytest
 
 from conftest import REPO, run_cli
-from jaxrlhf import dry_run, memory
+from jaxrlhf import dry_run
 from jaxrlhf.config import load_config_file
 
 PIPELINE = os.path.join(REPO, "configs", "pipeline", "quickstart.py")
@@ -38,17 +38,6 @@ def test_memory_follows_the_batch(pipeline_report):
     small = pipeline_report["sft"]["programs"]["step"]
     assert big["temp_bytes"] > 2 * small["temp_bytes"]
     assert big["argument_bytes"] - small["argument_bytes"] < 0.5 * small["argument_bytes"]
-
-
-def test_bytes_per_device_of_a_sharded_tree():
-    from jax.sharding import NamedSharding, PartitionSpec as P
-    from jaxrlhf import parallel
-    mesh = parallel.make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
-    tree = {"a": jax.ShapeDtypeStruct((8, 16), jax.numpy.float32,
-                                      sharding=NamedSharding(mesh, P("fsdp", "tensor"))),
-            "b": jax.ShapeDtypeStruct((10,), jax.numpy.bfloat16,
-                                      sharding=NamedSharding(mesh, P()))}
-    assert memory.bytes_per_device(tree) == 2 * 8 * 4 + 10 * 2
 
 
 def test_cli_dry_run_prints_memory_and_writes_nothing(tmp_path):

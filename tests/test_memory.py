@@ -132,7 +132,7 @@ def _stage_loss(stage, cfg):
     from jaxrlhf.rl.ppo import Frozen, ppo_loss
     import dataclasses
     settings = dataclasses.replace(RunSettings.from_config(base_config()).ppo, ent_coef=0.01,
-                                   kl_in_reward=False)
+                                   kl_in_reward=False, kl_estimator="k3")
     models, params, data = _ppo_inputs(cfg, rng)
     return lambda p: ppo_loss(p, data, models=models, settings=settings, kl_coef=0.05,
                               frozen=Frozen(ref=None, reward=None))[0], params

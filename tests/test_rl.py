@@ -148,9 +148,17 @@ def test_kl_term(est):
     assert met["loss/kl"] == loss
 
 
+def test_kl_loss_term_refuses_the_k1_estimator():
+    from jaxrlhf.errors import ConfigError
+    with pytest.raises(ConfigError, match="ppo.kl_estimator='k1' has no KL gradient"):
+        _ppo_settings(kl_in_reward=False, kl_estimator="k1")
+    _ppo_settings(kl_in_reward=False, kl_estimator="k2")
+
+
 @pytest.mark.parametrize("changes, names", [
     ({}, ["policy", "value"]),
-    ({"ent_coef": 0.01, "kl_in_reward": False}, ["policy", "value", "entropy", "kl"]),
+    ({"ent_coef": 0.01, "kl_in_reward": False, "kl_estimator": "k3"},
+     ["policy", "value", "entropy", "kl"]),
 ])
 def test_objective_is_the_weighted_sum_of_its_terms(changes, names):
     from jaxrlhf import losses
@@ -262,7 +270,8 @@ def test_gae_estimator_is_gae():
 
 def test_critic_free_objective_has_no_value_term():
     from jaxrlhf.rl.objectives import objective_terms
-    s = _ppo_settings(advantage="grpo", num_generations=4, kl_in_reward=False)
+    s = _ppo_settings(advantage="grpo", num_generations=4, kl_in_reward=False,
+                      kl_estimator="k3")
     assert [name for _, name in objective_terms(s, kl_coef=0.1)] == ["policy", "kl"]
     assert not s.uses_value_model and not s.shared_trunk
     with pytest.raises(ValueError, match="num_generations=1 must be >= 2"):

@@ -23,18 +23,18 @@ def resolve_config(model: ModelConfig, *, model_init: str, vocab_size: int) -> M
     """The config of the model a run trains.
 
     With ``model_init`` (a local HF directory) the architecture is that checkpoint's and only
-    the dtypes, layer layout and remat policy come from ``model``. Otherwise ``model`` as
+    the dtypes, layer layout, remat policy and log-prob chunking come from ``model``. Otherwise ``model`` as
     given, with ``vocab_size`` 0 meaning ``vocab_size`` (the tokenizer's size).
     """
     if model_init:
         return hf.load_hf_config(model_init).replace(
             dtype=model.dtype, param_dtype=model.param_dtype, scan_layers=model.scan_layers,
-            remat=model.remat)
+            remat=model.remat, logits_chunk=model.logits_chunk)
     if model.vocab_size == 0:
         return model.replace(vocab_size=vocab_size)
     if model.vocab_size < vocab_size:
         raise ConfigError(f"config.model.vocab_size={model.vocab_size} is smaller than the "
-                         f"tokenizer's {vocab_size} tokens; set it to 0 to follow the tokenizer")
+                          f"tokenizer's {vocab_size} tokens; set it to 0 to follow the tokenizer")
     return model.validate()
 
 

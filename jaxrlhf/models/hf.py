@@ -228,8 +228,9 @@ def load_params(path: str, cfg: ModelConfig, shardings: nnx.State | None = None)
     for key, sharding in wanted.items():
         source, shape = sources[key], tuple(shapes[key].get_value().shape)
         if source.shape(ckpt) != shape:
-            raise UnsupportedModelError(f"{path!r}: {source.names[0]} has shape {source.shape(ckpt)} in "
-                             f"our layout, but the model's {'.'.join(map(str, key))} is {shape}")
+            raise UnsupportedModelError(
+                f"{path!r}: {source.names[0]} has shape {source.shape(ckpt)} in our layout, but "
+                f"the model's {'.'.join(map(str, key))} is {shape}")
         array = jax.make_array_from_callback(
             shape, sharding.get_value(),
             lambda index, s=source, n=shape: s.read(ckpt, index, n).astype(dtype, copy=False))
@@ -237,8 +238,9 @@ def load_params(path: str, cfg: ModelConfig, shardings: nnx.State | None = None)
     used = {name for key in wanted for name in sources[key].names}
     unused = _unused(cfg, ckpt, used, with_head=("lm_head", "kernel") in wanted)
     if unused:
-        raise UnsupportedModelError(f"{path!r}: tensors this model has no place for (would be silently "
-                         f"dropped): {unused[:8]}{' ...' if len(unused) > 8 else ''}")
+        raise UnsupportedModelError(
+            f"{path!r}: tensors this model has no place for (would be silently dropped): "
+            f"{unused[:8]}{' ...' if len(unused) > 8 else ''}")
     return nnx.from_flat_state(loaded)
 
 

@@ -124,7 +124,7 @@ def check_supported(d: Mapping[str, Any]) -> str:
     family = d.get("model_type")
     if family not in READ:
         raise UnsupportedModelError(f"model_type={family!r} is not supported "
-                         f"(supported: {', '.join(READ)})")
+                                    f"(supported: {', '.join(READ)})")
     required = REQUIRED[family]
     for field, value in d.items():
         if field.startswith("_") or field in READ[family] or field in GENERIC_NO_EFFECT \

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -110,8 +111,14 @@ def merge(params: nnx.State, scale: float) -> nnx.State:
     return nnx.from_flat_state(flat)
 
 
-def cast(params: nnx.State, dtype: str) -> nnx.State:
-    """``params`` with every floating-point leaf in ``dtype`` (the frozen base's storage)."""
+def cast(params: Any, dtype: str) -> Any:
+    """``params`` with every floating-point leaf (an array, or an abstract
+    ``jax.ShapeDtypeStruct`` as a dry run builds) in ``dtype``: how frozen parameters are
+    stored (a LoRA base, PPO's reference and reward models)."""
     def one(x):
-        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            return x
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(x.shape, jnp.dtype(dtype), sharding=x.sharding)
+        return x.astype(dtype)
     return jax.tree.map(one, params)

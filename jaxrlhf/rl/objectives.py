@@ -34,7 +34,8 @@ Term = Callable[[TermInputs, PPOSettings], tuple[jax.Array, Metrics]]
 
 
 def policy_term(x: TermInputs, s: PPOSettings) -> tuple[jax.Array, Metrics]:
-    """Clipped surrogate (Schulman et al. 2017, eq. 7) on whitened advantages."""
+    """Clipped surrogate (Schulman et al. 2017, eq. 7) on the rollout's advantages (whitened
+    per minibatch where the estimator calls for it)."""
     return losses.ppo_policy_loss(x.logprobs, x.rollout["logprobs"], x.rollout["advantages"],
                                   x.mask, clip=s.clip)
 

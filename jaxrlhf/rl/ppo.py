@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxrlhf import losses, optim, scoring
+from jaxrlhf import losses, optim, parallel, scoring
 from jaxrlhf.models import lora as lora_lib
 from jaxrlhf.rl import advantages as adv_lib, kl as kl_lib, rewards as rewards_lib
 from jaxrlhf.rl.evaluation import Evaluator, evaluate_policy as evaluate_samples
@@ -85,10 +85,6 @@ class Models:
     eos_id: int
     pad_id: int
     lora_scale: float | None = None   # alpha / rank under LoRA, None for full training
-
-    # Constrains a pytree of [batch, ...] arrays to the mesh's batch sharding (the shell's);
-    # a minibatch gathered by a random permutation is otherwise replicated on every device.
-    shard_rows: Callable[[Any], Any] | None = None
 
     def policy_params(self, trainable: nnx.State, frozen: Frozen) -> nnx.State:
         """The policy's whole parameter state (adapters joined to their frozen base)."""
@@ -240,9 +236,8 @@ def update(state: PPOState, frozen: Frozen, r: Rollout, ptx: Batch | None, *, mo
 
     def minibatch_update(carry, indices):
         params, (pol_opt, val_opt) = carry
-        mb = jax.tree.map(lambda x: x[indices], data)
-        if models.shard_rows is not None:
-            mb = models.shard_rows(mb)
+        # rows gathered by a permutation, kept split over the batch axes (not replicated)
+        mb = jax.tree.map(lambda x: parallel.constrain_batch(x[indices]), data)
         if whiten:                                                     # PPO detail 11
             mb["advantages"] = adv_lib.masked_whiten(mb["advantages"], mb["mask"])
         grads, metrics, _ = optim.accumulated_gradients(loss_fn, params, mb, s.grad_accum)

@@ -70,7 +70,7 @@ def sample_pool(ev: evaluation.Evaluator, params, reward_params, ids: np.ndarray
         take = rows[np.minimum(np.arange(start, start + batch_size), len(rows) - 1)]
         batch = parallel.shard_batch({"ids": ids[take], "mask": mask[take]}, mesh)
         key = jax.random.fold_in(jax.random.key(seed), i)
-        out = jax.device_get(sample_and_score(params, reward_params, batch["ids"],
+        out = parallel.fetch(sample_and_score(params, reward_params, batch["ids"],
                                               batch["mask"], key))
         parts.append({k: np.asarray(v)[: len(rows) - start] for k, v in out.items()})
     pool = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -97,7 +97,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         raise ConfigError("no policy: pass --checkpoint=POLICY_DIR (config.policy_init)")
     if p.reward_source == "model" and not settings.reward_init:
         raise ConfigError("no reward model: pass --reward=RM_DIR (config.reward_init), or "
-                         "select by the gold reward with --config.ppo.reward_source=gold")
+                          "select by the gold reward with --config.ppo.reward_source=gold")
     mesh = parallel.make_mesh(settings.mesh)
     policy = workdir_lib.load_model(settings.policy_init, CausalLM)
     reward = (workdir_lib.load_reward_model(settings.reward_init) if p.reward_source == "model"
@@ -117,7 +117,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     best = best_of_n.select_best(pool["score"])                          # [prompts]
     pick = lambda x: np.take_along_axis(x, best.reshape(-1, *([1] * (x.ndim - 1))), 1)[:, 0]
     responses = decode_rows(tok, pick(pool["tokens"]), pick(pool["mask"]))
-    os.makedirs(workdir, exist_ok=True)
     workdir_lib.write_config(workdir, config)
     runfiles.write_text(os.path.join(workdir, CHOSEN_FILE), "".join(
         json.dumps({"prompt": prompt, "completion": response, "score": float(score),

@@ -73,7 +73,7 @@ def map_pairs(fn: Callable, arrays: dict[str, np.ndarray], batch_size: int,
         rows = np.arange(start, start + batch_size)
         rows = np.where(rows < n, rows, start)
         batch = parallel.shard_batch({k: v[rows] for k, v in arrays.items()}, mesh)
-        outs.append([np.asarray(x)[: n - start] for x in jax.device_get(fn(batch))])
+        outs.append([np.asarray(x)[: n - start] for x in parallel.fetch(fn(batch))])
     return [np.concatenate(parts) for parts in zip(*outs)]
 
 
@@ -110,7 +110,7 @@ def evaluate_pairs(params: nnx.State, program: supervised.Program,
     """Pair-weighted means of the loss and its metrics over the held-out pairs."""
     sums, count = {}, 0.0
     for batch in batches:
-        out, n = jax.device_get(program.eval_sums(params, parallel.shard_batch(batch, mesh)))
+        out, n = parallel.fetch(program.eval_sums(params, parallel.shard_batch(batch, mesh)))
         sums = {k: sums.get(k, 0.0) + float(v) for k, v in out.items()}
         count += float(n)
     return {f"eval/{k}": v / max(count, 1.0) for k, v in sums.items()}
@@ -121,7 +121,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     settings = RunSettings.from_config(config)
     if not settings.policy_init:
         raise ConfigError("config.policy_init is empty: pass the workdir of a finished SFT run "
-                         "(--config.policy_init=SFT_WORKDIR)")
+                          "(--config.policy_init=SFT_WORKDIR)")
     mesh = parallel.make_mesh(settings.mesh)
     policy = workdir_lib.load_model(settings.policy_init, CausalLM)
     data = pairs_lib.prepare_pairs(settings, workdir, policy, "dpo")
@@ -133,6 +133,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     train_pairs, eval_pairs = (with_reference(arrays, policy.graphdef, reference, t.batch_size,
                                               mesh, not reference_free)
                                for arrays in (data.train, data.eval))
+    del reference    # its log-probs are computed; the weights need not stay on the devices
     program = build(settings, policy, mesh)
     eval_batches = fixed_batches(eval_pairs, t.batch_size)
     sample_eval = (supervised.policy_evaluation(settings, program, policy, data.task, mesh)

@@ -104,7 +104,7 @@ def run(*, workdir: str, train: TrainSettings, config: ml_collections.ConfigDict
     if restored is None:
         logs.restart()
         workdir_lib.write_config(workdir, config)
-        state = jax.device_put(init_state(), state_shardings)
+        state = init_state()
         start = 0
         row = dict(logs.evaluation(0, evaluate(state)))
         _check_finite(0, row, ckpt)

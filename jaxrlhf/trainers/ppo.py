@@ -29,6 +29,7 @@ from jaxrlhf.data.iterator import BatchIterator
 from jaxrlhf.data.tokenizer import decode_rows, encode_prompts
 from jaxrlhf.errors import ConfigError
 from jaxrlhf.metrics import read_metrics
+from jaxrlhf.models import lora as lora_lib
 from jaxrlhf.models.build import abstract_model, lora_init, random_params
 from jaxrlhf.models.transformer import CausalLM, ScalarModel
 from jaxrlhf.rl import evaluation, kl as kl_lib
@@ -57,9 +58,8 @@ def make_optimizers(settings: RunSettings) -> Optimizers:
     """Adam for the policy and the value model, the learning rate annealed to 0 over every
     update of the run (PPO details 16-17)."""
     total = settings.train.steps * settings.ppo.updates_per_iteration
-    policy_opt, schedule = optim.ppo_adam(settings.optim, settings.ppo, total)
-    value_opt, _ = optim.ppo_adam(settings.optim, settings.ppo, total)
-    return Optimizers(policy_opt, value_opt, schedule)
+    adam, schedule = optim.ppo_adam(settings.optim, settings.ppo, total)
+    return Optimizers(adam, adam, schedule)   # optax transformations are stateless
 
 
 def compile_iteration(phases, *, single_program: bool, state_shardings, frozen_shardings,
@@ -73,13 +73,19 @@ def compile_iteration(phases, *, single_program: bool, state_shardings, frozen_s
                                 out_shardings=(state_shardings, parallel.replicated(mesh)),
                                 donate_argnums=0)
 
+    return functools.partial(run_phases, pinned_phases(phases, state_shardings, mesh))
+
+
+def pinned_phases(phases, state_shardings, mesh: Mesh) -> list[parallel.MeshJit]:
+    """Each phase jitted on its own, with donated state kept on its shardings (the
+    memory-light ``ppo.single_program=False`` mode)."""
     def pinned(phase):
         def run(state, frozen, batch, carry):
             state, carry = phase(state, frozen, batch, carry)
             return jax.lax.with_sharding_constraint(state, state_shardings), carry
+        run.__name__ = phase.__name__
         return parallel.MeshJit(mesh, run, donate_argnums=0)
-
-    return functools.partial(run_phases, [pinned(phase) for phase in phases])
+    return [pinned(phase) for phase in phases]
 
 
 class Trained(NamedTuple):
@@ -132,17 +138,6 @@ def value_model(settings: RunSettings, policy: TrainedModel,
     return Trained(graphdef, init, None if p.shared_trunk else source.params["model"], None)
 
 
-def cast_floats(tree: Any, dtype: str) -> Any:
-    """``tree`` with its floating-point leaves (arrays or abstract) cast to ``dtype``."""
-    def one(x):
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            return x
-        if isinstance(x, jax.ShapeDtypeStruct):
-            return jax.ShapeDtypeStruct(x.shape, jnp.dtype(dtype))
-        return x.astype(dtype)
-    return jax.tree.map(one, tree)
-
-
 def build(settings: RunSettings, mesh: Mesh, policy: TrainedModel, reward: RewardModel | None,
           task: Task | None) -> Program:
     """Jit one PPO iteration (single program, or phase by phase) for ``mesh``."""
@@ -156,9 +151,7 @@ def build(settings: RunSettings, mesh: Mesh, policy: TrainedModel, reward: Rewar
         bias=reward.bias if reward is not None else 0.0,
         gold=traceable_gold(task, policy.tokenizer) if task is not None else None,
         eos_id=policy.tokenizer.eos_token_id, pad_id=policy.tokenizer.pad_token_id,
-        lora_scale=lora.scale if lora is not None else None,
-        shard_rows=functools.partial(jax.lax.with_sharding_constraint,
-                                     shardings=parallel.batch_sharding(mesh)))
+        lora_scale=lora.scale if lora is not None else None)
     optimizers = make_optimizers(settings)
 
     def make_state(policy_weights: nnx.State | None,
@@ -186,7 +179,7 @@ def build(settings: RunSettings, mesh: Mesh, policy: TrainedModel, reward: Rewar
     frozen = Frozen(ref=trained_policy.frozen, reward=reward.model.params if reward else None,
                     value_base=trained_value.frozen)
     if p.frozen_dtype:   # the reference and reward models only run forward passes
-        frozen = cast_floats(frozen, p.frozen_dtype)
+        frozen = lora_lib.cast(frozen, p.frozen_dtype)
     frozen_shardings = parallel.state_shardings(frozen, mesh, settings.rules)
     frozen = parallel.put(frozen, frozen_shardings)
     iterate = compile_iteration(

@@ -213,7 +213,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if settings.lora.config is not None:
         if policy is None:
             raise ConfigError("config.lora.rank > 0 needs the SFT policy to adapt: set "
-                             "config.policy_init")
+                              "config.policy_init")
         adapters, frozen = lora_init(ScalarModel, model_config, policy.params,
                                      lora=settings.lora.config, seed=settings.seed,
                                      base_dtype=settings.lora.base_dtype, head_init="normal")

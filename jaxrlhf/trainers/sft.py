@@ -58,7 +58,7 @@ def build(settings: RunSettings, model_config: ModelConfig, mesh: Mesh,
     if lora is not None:
         if policy is None and not settings.model_init:
             raise ConfigError("config.lora.rank > 0 needs a base model to adapt: set "
-                             "config.policy_init (a finished run) or config.model_init")
+                              "config.policy_init (a finished run) or config.model_init")
         plain = parallel.state_shardings(abstract_model(CausalLM, model_config)[1], mesh,
                                          settings.rules)
         adapters, frozen = lora_init(CausalLM, model_config, init(plain), lora=lora,
@@ -75,7 +75,7 @@ def evaluate(params: nnx.State, program: supervised.Program,
     """Token-weighted mean NLL over the held-out set, and its perplexity."""
     nll, tokens = 0.0, 0.0
     for batch in eval_batches:
-        sums, count = jax.device_get(program.eval_sums(params, parallel.shard_batch(batch, mesh)))
+        sums, count = parallel.fetch(program.eval_sums(params, parallel.shard_batch(batch, mesh)))
         nll += float(sums["loss"])
         tokens += float(count)
     loss = nll / max(tokens, 1.0)

@@ -166,5 +166,5 @@ def policy_evaluation(settings: RunSettings, program: Program, reference: Traine
         return evaluation.evaluate_policy(ev, plain, ref, None, batch, jax.random.key(1234))
 
     ref = parallel.place(reference.params, mesh, settings.rules)
-    return lambda params: evaluation.summarize(jax.device_get(
+    return lambda params: evaluation.summarize(parallel.fetch(
         sample(params, program.frozen, ref, batch)))
