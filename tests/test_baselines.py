@@ -228,6 +228,7 @@ def test_gold_classifier_subset():
     assert accuracy >= 0.80
 
 
+@pytest.mark.slow   # test_gold_classifier_subset is the default suite's check
 @needs_imdb
 def test_gold_classifier_full():
     """All 25k train reviews, evaluated on all 25k test reviews: >= 85% (measured 90.0%,

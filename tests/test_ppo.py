@@ -31,6 +31,7 @@ def test_ppo_with_gold_reward_raises_gold(sft_workdir, tmp_path):
     assert np.isfinite(s["kl"]) and np.isfinite(s["train_kl"]), s
 
 
+@pytest.mark.slow   # tests/test_multiprocess.py covers 2 processes (and resume) by default
 def test_ppo_resumes_exactly_across_processes(sft_workdir, tmp_path):
     common = (f"--config.policy_init={sft_workdir}", *GOLD, *SMALL, "--config.train.steps=6",
               "--config.train.eval_every=3", "--config.train.checkpoint_every=2")

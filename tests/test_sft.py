@@ -82,6 +82,7 @@ def _final_params(workdir):
     return step, jax.device_get(jax.tree.leaves(params))
 
 
+@pytest.mark.slow   # tests/test_multiprocess.py covers 2 processes (and resume) by default
 def test_exact_resume_across_processes(tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     _cli(straight)
