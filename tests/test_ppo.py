@@ -44,13 +44,13 @@ def test_ppo_resumes_exactly_across_processes(sft_workdir, tmp_path):
 
 
 @pytest.mark.parametrize("options", [
-    {},
+    pytest.param({}, marks=pytest.mark.slow),   # the all-terms case below runs the same phases
     # every optional term on: KL as a loss (k3) with the adaptive controller, entropy bonus,
     # pretraining mix, reward whitening, TF-style Adam, gradient accumulation, a value head
     # on the policy's trunk
     dict(kl_in_reward=False, kl_estimator="k3", adaptive_kl=True, ent_coef=0.01,
          ptx_coef=0.1, whiten_rewards=True, tf_adam=True, grad_accum=2, value_init="shared"),
-    dict(whiten_advantages=False),
+    pytest.param(dict(whiten_advantages=False), marks=pytest.mark.slow),
     # critic-free GRPO on LoRA adapters (merged for sampling), 4 responses per prompt
     dict(advantage="grpo", num_generations=4, kl_in_reward=False, kl_estimator="k3",
          lora_rank=4),
