@@ -10,9 +10,11 @@ A finished stage prints one line of headline numbers; the pipeline adds the repo
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import os
 import sys
+import types
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,31 +35,38 @@ USAGE = (f"usage: jaxrlhf {{{','.join(COMMANDS[:-2])}}} --config=FILE --workdir=
          "[--config=FILE]\n"
          "   or: jaxrlhf export --checkpoint=RUN_DIR --output=HF_DIR")
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a get_config() file.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, report.")
-_DEBUG = flags.DEFINE_boolean("debug", False, "Show the traceback of every error "
-                              f"(also ${DEBUG_ENV}=1).")
-# `sample` only:
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None,
-                                  "sample, bon, export: workdir of a run that trained a policy.")
-_PROMPTS = flags.DEFINE_string("prompts", None,
-                               "sample: a text file (one prompt a line) or JSONL with 'prompt'.")
-_OUTPUT = flags.DEFINE_string("output", None, "sample: write JSONL here instead of printing; "
-                              "export: the HF directory to write.")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 32, "sample: tokens to generate.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.7, "sample: softmax temperature.")
-_TOP_K = flags.DEFINE_integer("top_k", 0, "sample: keep the k most likely tokens (0: all).")
-_TOP_P = flags.DEFINE_float("top_p", 1.0, "sample: nucleus mass (1: all).")
-_GREEDY = flags.DEFINE_boolean("greedy", False, "sample: argmax decoding.")
-_SEED = flags.DEFINE_integer("seed", 0, "sample: random seed.")
-# `bon` (they override config.policy_init, config.reward_init, config.bon.n; --config
-# is optional for it) and `export`:
-_REWARD = flags.DEFINE_string("reward", None, "bon: workdir of a reward-model run.")
-_N = flags.DEFINE_integer("n", None, "bon: samples per prompt.")
-_DRY_RUN = flags.DEFINE_boolean(
-    "dry_run", False, "compile the stage's step and print its peak memory per device (XLA "
-    "memory analysis) without running it; --workdir is not needed.")
+
+@functools.cache
+def _flags() -> types.SimpleNamespace:
+    """The command line's flags, registered in absl's global registry when a command runs
+    (``run``), never on import: importing ``jaxrlhf.cli`` (for ``export`` or
+    ``summary_line``) leaves a notebook's or another program's flags alone."""
+    return types.SimpleNamespace(
+        config=config_flags.DEFINE_config_file("config", None, "Path to a get_config() file.",
+                                               lock_config=True),
+        workdir=flags.DEFINE_string("workdir", None,
+                                    "Directory for checkpoints, metrics, report."),
+        debug=flags.DEFINE_boolean("debug", False, "Show the traceback of every error "
+                                   f"(also ${DEBUG_ENV}=1)."),
+        checkpoint=flags.DEFINE_string(
+            "checkpoint", None, "sample, bon, export: workdir of a run that trained a policy."),
+        prompts=flags.DEFINE_string(
+            "prompts", None, "sample: a text file (one prompt a line) or JSONL with 'prompt'."),
+        output=flags.DEFINE_string("output", None, "sample: write JSONL here instead of "
+                                   "printing; export: the HF directory to write."),
+        max_new_tokens=flags.DEFINE_integer("max_new_tokens", 32, "sample: tokens to generate."),
+        temperature=flags.DEFINE_float("temperature", 0.7, "sample: softmax temperature."),
+        top_k=flags.DEFINE_integer("top_k", 0, "sample: keep the k most likely tokens (0: all)."),
+        top_p=flags.DEFINE_float("top_p", 1.0, "sample: nucleus mass (1: all)."),
+        greedy=flags.DEFINE_boolean("greedy", False, "sample: argmax decoding."),
+        seed=flags.DEFINE_integer("seed", 0, "sample: random seed."),
+        # `bon` (they override config.policy_init, config.reward_init, config.bon.n;
+        # --config is optional for it):
+        reward=flags.DEFINE_string("reward", None, "bon: workdir of a reward-model run."),
+        n=flags.DEFINE_integer("n", None, "bon: samples per prompt."),
+        dry_run=flags.DEFINE_boolean(
+            "dry_run", False, "compile the stage's step and print its peak memory per device "
+            "(XLA memory analysis) without running it; --workdir is not needed."))
 
 
 def _stage(argv: list[str]) -> str:
@@ -94,17 +103,19 @@ def read_prompts(path: str) -> list[str]:
 def sample_main() -> None:
     from jaxrlhf import sampling, workdir
     from jaxrlhf.models.transformer import CausalLM
-    if not _CHECKPOINT.value or not _PROMPTS.value:
+    f = _flags()
+    if not f.checkpoint.value or not f.prompts.value:
         raise app.UsageError("sample needs --checkpoint=RUN_DIR and --prompts=FILE")
-    prompts = read_prompts(_PROMPTS.value)
-    policy = workdir.load_model(_CHECKPOINT.value, CausalLM)
+    prompts = read_prompts(f.prompts.value)
+    policy = workdir.load_model(f.checkpoint.value, CausalLM)
     responses = sampling.complete(
         policy.graphdef, policy.params, policy.tokenizer, prompts,
-        max_new_tokens=_MAX_NEW.value, seed=_SEED.value, temperature=_TEMPERATURE.value,
-        top_k=_TOP_K.value, top_p=_TOP_P.value, greedy=_GREEDY.value)
+        max_new_tokens=f.max_new_tokens.value, seed=f.seed.value,
+        temperature=f.temperature.value, top_k=f.top_k.value, top_p=f.top_p.value,
+        greedy=f.greedy.value)
     rows = [{"prompt": p, "completion": r} for p, r in zip(prompts, responses)]
-    if _OUTPUT.value:
-        runfiles.write_text(_OUTPUT.value, "".join(json.dumps(row) + "\n" for row in rows))
+    if f.output.value:
+        runfiles.write_text(f.output.value, "".join(json.dumps(row) + "\n" for row in rows))
     else:
         for row in rows:
             print(f"{row['prompt']!r} -> {row['completion']!r}")
@@ -124,18 +135,20 @@ def export(run_dir: str, output: str) -> None:
 
 
 def export_main() -> None:
-    if not _CHECKPOINT.value or not _OUTPUT.value:
+    f = _flags()
+    if not f.checkpoint.value or not f.output.value:
         raise app.UsageError("export needs --checkpoint=RUN_DIR and --output=HF_DIR")
-    export(_CHECKPOINT.value, _OUTPUT.value)
-    print(f"wrote {_OUTPUT.value}")
+    export(f.checkpoint.value, f.output.value)
+    print(f"wrote {f.output.value}")
 
 
 def bon_config():
     """The ``bon`` config: ``--config`` (or the defaults) with ``--checkpoint``,
     ``--reward`` and ``--n`` applied."""
-    config = _CONFIG.value if _CONFIG.value is not None else config_lib.base_config().lock()
-    for name, flag in (("policy_init", _CHECKPOINT), ("reward_init", _REWARD),
-                       ("bon.n", _N)):
+    f = _flags()
+    config = f.config.value if f.config.value is not None else config_lib.base_config().lock()
+    for name, flag in (("policy_init", f.checkpoint), ("reward_init", f.reward),
+                       ("bon.n", f.n)):
         if flag.value is not None:
             config_lib.override(config, name, flag.value)
     return config
@@ -192,19 +205,19 @@ def check_overrides(argv: list[str]) -> None:
 
 
 def main(argv: list[str]) -> None:
-    stage = _stage(argv)
+    stage, f = _stage(argv), _flags()
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     parallel.initialize_distributed()
     if stage == "sample":
         return sample_main()
     if stage == "export":
         return export_main()
-    config = bon_config() if stage == "bon" else _CONFIG.value
-    if config is None or (_WORKDIR.value is None and not _DRY_RUN.value):
+    config = bon_config() if stage == "bon" else f.config.value
+    if config is None or (f.workdir.value is None and not f.dry_run.value):
         raise app.UsageError("--config and --workdir are required")
     config_lib.check_stage(stage, config)
     config_lib.validate(config, jax.device_count())
-    if _DRY_RUN.value:
+    if f.dry_run.value:
         from jaxrlhf import dry_run
         result = dry_run.report(stage, config)
         print(json.dumps(result, indent=2))
@@ -212,10 +225,10 @@ def main(argv: list[str]) -> None:
         return
     from jaxrlhf import pipeline
     run_stage = pipeline.train if stage == "pipeline" else pipeline.TRAINERS[stage]
-    summary = run_stage(config, _WORKDIR.value)
+    summary = run_stage(config, f.workdir.value)
     if runfiles.is_writer():
         stages = config_lib.pipeline_stages(config) if stage == "pipeline" else None
-        print(summary_line(stage, summary, _WORKDIR.value, stages))
+        print(summary_line(stage, summary, f.workdir.value, stages))
 
 
 def _debug(argv: list[str]) -> bool:
@@ -229,6 +242,7 @@ def _fail(error: JaxRLHFError) -> None:
 
 def run() -> None:
     argv = list(sys.argv)
+    _flags()
     try:
         check_overrides(argv)
     except JaxRLHFError as e:

@@ -12,6 +12,7 @@ number, ...) before any range is checked. The sections themselves are in
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
 import warnings
 from collections.abc import Mapping
@@ -38,9 +39,8 @@ def _section(cls, config: ml_collections.ConfigDict, name: str):
     """``cls`` from the config section ``name``: every field present, known and typed."""
     values = _section_dict(config, name)
     fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise ConfigError(f"config.{name} has fields {unknown} that no stage reads; remove them")
+    for field in sorted(set(values) - fields):
+        raise ConfigError(_unknown(f"{name}.{field}", [f"{name}.{f}" for f in sorted(fields)]))
     missing = sorted(f.name for f in dataclasses.fields(cls) if f.name not in values
                      and f.default is dataclasses.MISSING)
     if missing:
@@ -72,6 +72,26 @@ class _TopLevel:
     reward_init: str
 
 
+# The sections of a single-stage config (beside the fields of ``_TopLevel``).
+SECTIONS = ("model", "mesh", "axis_rules", "optim", "train", "data", "reward", "ppo", "dpo",
+            "bon", "lora")
+
+
+def _check_top_level(config: ml_collections.ConfigDict) -> None:
+    """A config file may add fields to an unlocked ``base_config()``: a misspelt top-level
+    name would be ignored, so every top-level field must be one a stage reads."""
+    known = [*typing.get_type_hints(_TopLevel), *SECTIONS]
+    for name in config:
+        if name not in known:
+            raise ConfigError(_unknown(name, known))
+
+
+def _unknown(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; the fields there are {known}"
+    return f"unknown config field {name!r} (set in the config file){hint}"
+
+
 @dataclasses.dataclass(frozen=True)
 class RunSettings:
     """Everything one stage reads, typed. Build with :meth:`from_config`."""
@@ -95,6 +115,7 @@ class RunSettings:
     def from_config(cls, config: ml_collections.ConfigDict) -> RunSettings:
         """Typed settings of a single-stage config; raises ConfigError naming the first bad
         field. Checks that depend on the device count are in :meth:`check_mesh`."""
+        _check_top_level(config)
         top = {name: config.get(name, "") for name in typing.get_type_hints(_TopLevel)}
         check_types(_TopLevel, top, "")
         check_types(_TopLevel, {"reward_init": config.ppo.get("reward_init", "")}, "ppo.")

@@ -3,16 +3,28 @@
 Every test sees 8 emulated CPU devices, so sharded and single-device runs can be compared.
 Helpers used by several test files live here (``from conftest import run_cli``).
 """
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAXRLHF_NO_PROGRESS", "1")
+# One XLA compilation cache for the session, inherited by every command-line run, notebook
+# kernel and experiment runner it starts: they compile the same programs again and again,
+# and a cache hit loads the same executable instead of compiling it (about half of a short
+# run's time). A fresh directory each session, removed at its end.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _CACHE = tempfile.mkdtemp(prefix="jaxrlhf-tests-xla-")
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,14 +87,20 @@ def reward_workdir(sft_workdir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def smoke_root(tmp_path_factory):
     """One directory for every SMOKE-sized notebook and experiment run of the session, so
-    they share the smoke SFT policy (``jaxrlhf.run_once``) and one XLA compilation cache."""
+    they share the smoke SFT policy (``jaxrlhf.run_once``)."""
     return tmp_path_factory.mktemp("smoke")
 
 
-@pytest.fixture(scope="session")
-def smoke_env(smoke_root):
-    """Extra environment for SMOKE subprocesses and kernels: a shared compilation cache."""
-    return {"JAX_COMPILATION_CACHE_DIR": str(smoke_root / "xla_cache")}
+
+# The longest files first: with ``-n 2`` (pytest-xdist) the two workers then share the
+# short tests at the end and finish together, instead of one waiting on a long run.
+LONG_FIRST = ("test_pipeline.py", "test_multiprocess.py", "test_notebooks.py",
+              "test_experiments.py", "test_algorithms.py", "test_lora.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: (LONG_FIRST.index(item.path.name)
+                                 if item.path.name in LONG_FIRST else len(LONG_FIRST)))
 
 
 FIXTURES = os.path.join(REPO, "tests", "fixtures")

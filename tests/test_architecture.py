@@ -24,7 +24,8 @@ LAYERS = (
     ("jaxrlhf.pipeline", "jaxrlhf.report", "jaxrlhf.dry_run"),
     ("jaxrlhf.cli", "jaxrlhf.__main__", "jaxrlhf.api"),
 )
-STAGE_SHELLS = ("jaxrlhf.trainers.sft", "jaxrlhf.trainers.reward", "jaxrlhf.trainers.ppo")
+STAGE_SHELLS = tuple(f"jaxrlhf.trainers.{stage}"
+                     for stage in ("sft", "reward", "ppo", "dpo", "bon"))
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -111,19 +112,22 @@ def test_the_checks_catch_planted_violations():
 
 def test_importing_every_module_changes_no_process_wide_setting():
     modules = sorted(import_graph())
-    # Third-party libraries set their own environment variables on import (scikit-learn's
-    # KMP_*, transformers' TF_CPP_MIN_LOG_LEVEL); import them first so that only what our
-    # modules do is measured.
+    # Third-party libraries set their own environment variables and flags on import
+    # (scikit-learn's KMP_*, transformers' TF_CPP_MIN_LOG_LEVEL, absl.app's --pdb); import
+    # them first so that only what our modules do is measured (our command line registers
+    # its flags when it runs, not on import).
     script = f"""
 import json, os, sys
 import jax, numpy as np
+from absl import flags
 from flax import nnx
 import datasets, matplotlib.figure, optax, orbax.checkpoint, safetensors, scipy.sparse
 import sklearn.linear_model, tensorboardX, tokenizers, transformers
+import absl.app, ml_collections.config_flags  # absl.app defines its own flags on import
 def snapshot():
     return {{"jax": {{k: repr(v) for k, v in jax.config.values.items()}},
              "eager_sharding": nnx.using_eager_sharding(), "numpy": repr(np.geterr()),
-             "environ": dict(os.environ)}}
+             "environ": dict(os.environ), "absl_flags": sorted(flags.FLAGS)}}
 before = snapshot()
 import importlib
 for name in {modules!r}:

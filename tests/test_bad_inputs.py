@@ -307,3 +307,18 @@ def test_every_field_rejects_a_value_of_the_wrong_kind(name):
     for value in wrong:
         with pytest.raises(ConfigError, match=name.rsplit(".", 1)[-1]):
             config_lib.validate(_with(name, value), num_devices=1)
+
+
+def test_ppo_counts_the_prompts_it_cuts_and_the_empty_ones():
+    """PPO keeps the last ``ppo.prompt_length`` tokens of a longer prompt: counted, as an
+    empty prompt is, in the stage's data summary."""
+    from jaxrlhf.trainers import ppo
+    config = config_lib.load_config_file("configs/ppo/quickstart.py")
+    config.ppo.prompt_length = 3
+    examples = [{"prompt": p, "completion": " fine ."}
+                for p in ("my show was", "my friend said that show felt", " ", "the movie")]
+    run_settings = settings_lib.RunSettings.from_config(config)
+    arrays, counts = ppo.prompt_arrays(TOKENIZER, examples, run_settings)
+    assert counts == {"prompts": 4, "prompt_truncated": 1, "empty_prompt": 1}
+    assert arrays["prompt_mask"].sum(axis=1).tolist() == [3, 3, 0, 2]
+    assert TOKENIZER.decode(arrays["prompt_ids"][1, -3:]) == "that show felt"

@@ -31,13 +31,13 @@ def test_committed_verdict_follows_from_its_series():
     assert ("**PASS**" if result["passed"] else "**FAIL**") in readme
 
 
-def test_runner_at_smoke_size(smoke_root, smoke_env, tmp_path):
+def test_runner_at_smoke_size(smoke_root, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, "-m", f"experiments.{experiment.NAME}.run",
          f"--config=configs/experiments/{experiment.NAME}.py:smoke",
          f"--workdir={smoke_root / 'runs'}", f"--out={out}"],
-        cwd=REPO, env=kernel_environment(True, smoke_env), capture_output=True, text=True,
+        cwd=REPO, env=kernel_environment(True), capture_output=True, text=True,
         timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out / common.RESULTS_FILE) as f:

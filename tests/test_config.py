@@ -1,4 +1,5 @@
 """Bad config values fail at start-up with the field's name, before any compilation."""
+import re
 import subprocess
 import sys
 
@@ -64,6 +65,21 @@ def test_cli_rejects_bad_overrides_before_compiling(tmp_path, stage, override, m
     assert result.stderr.strip().splitlines()[-1].startswith(f"jaxrlhf: error: {message}")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("misspell, message", [
+    (lambda c: setattr(c, "polciy_init", "runs/sft"),
+     "unknown config field 'polciy_init' (set in the config file); did you mean 'policy_init'?"),
+    (lambda c: c.train.update(dict(stepz=3)),
+     "unknown config field 'train.stepz' (set in the config file); did you mean 'train.steps'?"),
+])
+def test_a_misspelt_field_in_a_config_file_is_named(misspell, message):
+    """A config file builds on an unlocked base_config(), so a misspelling there adds a
+    field instead of failing; validation names it rather than ignoring it."""
+    config = _config()
+    misspell(config)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        config_lib.validate(config, num_devices=8)
 
 
 def test_debug_shows_the_traceback(tmp_path):

@@ -39,13 +39,13 @@ def test_committed_verdict_follows_from_its_series(name):
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_runner_at_smoke_size(name, smoke_root, smoke_env, tmp_path):
+def test_runner_at_smoke_size(name, smoke_root, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, "-m", f"experiments.{name}.run",
          f"--config=configs/experiments/{name}.py:smoke", f"--workdir={smoke_root / 'runs'}",
          f"--out={out}"],
-        cwd=REPO, env=kernel_environment(True, smoke_env), capture_output=True, text=True,
+        cwd=REPO, env=kernel_environment(True), capture_output=True, text=True,
         timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out / common.RESULTS_FILE) as f:

@@ -1,7 +1,9 @@
 """LoRA: zero-initialised adapters reproduce the base exactly; only adapters (and a scalar
 head) train and live in the optimizer state; merged weights give the adapted model's
 logits; a LoRA run checkpoints only what trains, resumes exactly, and loads and exports
-merged."""
+merged; LoRA DPO on a bf16 base starts at its reference."""
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -189,3 +191,17 @@ def test_lora_sft_resumes_exactly_checkpoints_adapters_and_exports_merged(sft_wo
         ref = tm(input_ids=torch.tensor(np.asarray(ids)), position_ids=torch.tensor(np.asarray(pos)),
                  attention_mask=torch.tensor(np.asarray(mask))).logits.numpy()
     assert float(np.max(np.abs((np.asarray(adapted) - ref) * np.asarray(mask)[..., None]))) < 1e-4
+
+
+def test_lora_dpo_on_a_bf16_base_starts_exactly_at_its_reference(sft_workdir, tmp_path):
+    """At step 0 the adapted policy is its own reference — the base as the adapters see it,
+    here stored in bf16 — so every implicit reward is 0 and DPO's loss is log 2."""
+    run_cli("dpo", "configs/dpo/quickstart.py", tmp_path, f"--config.policy_init={sft_workdir}",
+            "--config.lora.rank=4", "--config.lora.base_dtype=bfloat16",
+            "--config.train.steps=2", "--config.train.eval_every=2",
+            "--config.train.checkpoint_every=2", "--config.reward.num_train_pairs=64",
+            "--config.reward.num_eval_pairs=32", "--config.ppo.num_eval_prompts=8",
+            "--config.train.num_samples=0")
+    first = metric_rows(tmp_path)[0]
+    assert first["eval/rewards/chosen"] == 0.0 and first["eval/rewards/rejected"] == 0.0
+    assert first["eval/loss"] == pytest.approx(math.log(2), abs=1e-6)

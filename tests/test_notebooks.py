@@ -19,23 +19,22 @@ def test_the_notebooks_are_there():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
-def test_notebook_executes_in_smoke_mode(path, smoke_root, smoke_env):
-    executed = runner.execute(path, smoke=True, workdir=str(smoke_root / "runs"), env=smoke_env,
-                              timeout=900)
+def test_notebook_executes_in_smoke_mode(path, smoke_root):
+    executed = runner.execute(path, smoke=True, workdir=str(smoke_root / "runs"), timeout=900)
     injected = [c for c in executed.cells
                 if "injected-parameters" in c.metadata.get("tags", [])]
     assert injected and "SMOKE = True" in injected[0].source
 
 
-def test_a_failing_cell_fails_the_run(tmp_path, smoke_env):
+def test_a_failing_cell_fails_the_run(tmp_path):
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [nbformat.v4.new_code_cell("SMOKE = False", metadata={"tags": ["parameters"]}),
                       nbformat.v4.new_code_cell("assert not SMOKE, 'ran in SMOKE mode'")]
     path = tmp_path / "failing.ipynb"
     nbformat.write(notebook, str(path))
-    runner.execute(str(path), smoke=False, env=smoke_env, timeout=120)  # the default passes
+    runner.execute(str(path), smoke=False, timeout=120)  # the default passes
     with pytest.raises(CellExecutionError, match="ran in SMOKE mode"):
-        runner.execute(str(path), smoke=True, env=smoke_env, timeout=120)
+        runner.execute(str(path), smoke=True, timeout=120)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)

@@ -66,8 +66,8 @@ def test_single_program_equals_phased(sft_workdir, options):
     settings = RunSettings.from_config(config)
     policy, reward, task = ppo.load_inputs(settings)
     tok = policy.tokenizer
-    batch = ppo.prompt_arrays(tok, task.demonstrations(settings.ppo.prompts_per_iteration,
-                                                       seed=0), settings)
+    batch, _ = ppo.prompt_arrays(tok, task.demonstrations(settings.ppo.prompts_per_iteration,
+                                                          seed=0), settings)
     results = []
     for single in (True, False):
         config.ppo.single_program = single
@@ -107,7 +107,7 @@ def test_whiten_advantages_switches_per_minibatch_whitening(sft_workdir, whiten)
     policy, reward, task = ppo.load_inputs(settings)
     program = ppo.build(settings, mesh, policy, reward, task)
     state = program.init_state()
-    batch = ppo.prompt_arrays(policy.tokenizer, task.demonstrations(16, seed=0), settings)
+    batch, _ = ppo.prompt_arrays(policy.tokenizer, task.demonstrations(16, seed=0), settings)
     state, rollout = jax.jit(functools.partial(ppo_lib.rollout, models=program.models,
                                                settings=settings.ppo))(state, program.frozen, batch)
     rollout = rollout._replace(advantages=0.5 * rollout.mask.astype(np.float32))  # exact mean

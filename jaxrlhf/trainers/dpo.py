@@ -30,6 +30,7 @@ from jaxrlhf import losses, pairs as pairs_lib, parallel, scoring, workdir as wo
 from jaxrlhf.data.iterator import BatchIterator, fixed_batches
 from jaxrlhf.errors import ConfigError
 from jaxrlhf.metrics import read_metrics
+from jaxrlhf.models import lora as lora_lib
 from jaxrlhf.models.build import born_sharded, given_params_init, lora_init
 from jaxrlhf.models.transformer import CausalLM
 from jaxrlhf.rl import evaluation
@@ -105,17 +106,6 @@ def build(settings: RunSettings, policy: TrainedModel, mesh: Mesh) -> supervised
         frozen=frozen, lora=lora)
 
 
-def evaluate_pairs(params: nnx.State, program: supervised.Program,
-                   batches: list[dict[str, np.ndarray]], mesh: Mesh) -> dict[str, float]:
-    """Pair-weighted means of the loss and its metrics over the held-out pairs."""
-    sums, count = {}, 0.0
-    for batch in batches:
-        out, n = parallel.fetch(program.eval_sums(params, parallel.shard_batch(batch, mesh)))
-        sums = {k: sums.get(k, 0.0) + float(v) for k, v in out.items()}
-        count += float(n)
-    return {f"eval/{k}": v / max(count, 1.0) for k, v in sums.items()}
-
-
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Run (or resume) DPO from the SFT policy in ``policy_init``."""
     settings = RunSettings.from_config(config)
@@ -129,7 +119,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                  lora=settings.lora.config, base=settings.policy_init,
                                  base_dtype=settings.lora.base_dtype)
     t, reference_free = settings.train, settings.dpo.loss == "simpo"
-    reference = parallel.place(policy.params, mesh, settings.rules)
+    # The reference is the policy at step 0: under LoRA, the base as the adapters see it.
+    start = (policy.params if settings.lora.config is None
+             else lora_lib.cast(policy.params, settings.lora.base_dtype))
+    reference = parallel.place(start, mesh, settings.rules)
     train_pairs, eval_pairs = (with_reference(arrays, policy.graphdef, reference, t.batch_size,
                                               mesh, not reference_free)
                                for arrays in (data.train, data.eval))
@@ -140,7 +133,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                    if data.task is not None else lambda params: {})
 
     def evaluate_state(state: supervised.TrainState) -> dict[str, float]:
-        return {**evaluate_pairs(state.params, program, eval_batches, mesh),
+        return {**supervised.evaluate_means(state.params, program, eval_batches, mesh),
                 **sample_eval(state.params)}
 
     batches = BatchIterator(train_pairs, t.batch_size, seed=settings.seed)
@@ -154,6 +147,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     summary = {**(evaluation.before_after(evals) if data.task is not None else {}),
                "eval_accuracy": evals[-1]["eval/rewards/accuracies"],
                "eval_loss": evals[-1]["eval/loss"], "loss": settings.dpo.loss,
-               "beta": settings.dpo.beta, "data": data.stats, "step": int(state.step)}
+               "beta": settings.dpo.beta, "data": data.stats, "data_counts": data.counts,
+               "step": int(state.step)}
     workdir_lib.write_json(workdir, workdir_lib.SUMMARY_FILE, summary)
     return summary

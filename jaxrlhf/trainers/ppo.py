@@ -26,7 +26,7 @@ from jax.sharding import Mesh
 from jaxrlhf import optim, parallel, workdir as workdir_lib
 from jaxrlhf.data import sft as sft_data
 from jaxrlhf.data.iterator import BatchIterator
-from jaxrlhf.data.tokenizer import decode_rows, encode_prompts
+from jaxrlhf.data.tokenizer import decode_rows, left_pad
 from jaxrlhf.errors import ConfigError
 from jaxrlhf.metrics import read_metrics
 from jaxrlhf.models import lora as lora_lib
@@ -193,16 +193,24 @@ def build(settings: RunSettings, mesh: Mesh, policy: TrainedModel, reward: Rewar
                    lambda params, batch, key: evaluate(params, frozen, batch, key))
 
 
-def prompt_arrays(tokenizer, examples: list[dict], settings: RunSettings) -> dict[str, np.ndarray]:
+def prompt_arrays(tokenizer, examples: list[dict],
+                  settings: RunSettings) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Left-padded prompts (``prompt_ids``, ``prompt_mask`` [n, prompt_length]) and, when
-    the ptx term is on, the demonstrations as LM rows."""
-    ids, mask = encode_prompts(tokenizer, [e["prompt"] for e in examples],
-                               settings.ppo.prompt_length)
+    the ptx term is on, the demonstrations as LM rows; with what was altered on the way
+    (prompts cut to their last ``ppo.prompt_length`` tokens, empty prompts, and the ptx
+    rows' counts)."""
+    length = settings.ppo.prompt_length
+    prompts = [tokenizer(e["prompt"])["input_ids"] for e in examples]
+    ids, mask = left_pad(prompts, tokenizer.pad_token_id, length)
     arrays = {"prompt_ids": ids, "prompt_mask": mask}  # [n, prompt_length]
+    counts: dict[str, Any] = {"prompts": len(prompts),
+                              "prompt_truncated": sum(len(x) > length for x in prompts),
+                              "empty_prompt": sum(not e["prompt"].strip() for e in examples)}
     if settings.ppo.ptx_coef > 0:
         lm = sft_data.tokenize_sft(examples, tokenizer, settings.data.max_len)
         arrays.update({k: lm[k] for k in PTX_FIELDS})
-    return arrays
+        counts["ptx"] = lm.stats.report()
+    return arrays, counts
 
 
 def load_inputs(settings: RunSettings) -> tuple[TrainedModel, RewardModel | None, Task]:
@@ -237,8 +245,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                  lora=settings.lora.config, base=settings.policy_init,
                                  base_dtype=settings.lora.base_dtype)
     program = build(settings, mesh, policy, reward, task)
-    train_prompts = prompt_arrays(tok, task.demonstrations(p.num_prompts, seed=settings.seed),
-                                  settings)
+    train_prompts, data_counts = prompt_arrays(
+        tok, task.demonstrations(p.num_prompts, seed=settings.seed), settings)
+    print(f"[ppo] train prompts: {data_counts}")
     eval_prompts, eval_arrays = evaluation.held_out_prompts(task, tok, p.prompt_length,
                                                             p.num_eval_prompts, settings.seed)
     eval_batch = parallel.shard_batch(eval_arrays, mesh)
@@ -263,6 +272,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     train_rows = [r for r in rows if "objective/kl" in r]
     summary = {**evaluation.before_after(evals),
                "train_kl": train_rows[-1]["objective/kl"] if train_rows else None,
-               "iterations": settings.train.steps}
+               "iterations": settings.train.steps, "data_counts": data_counts}
     workdir_lib.write_json(workdir, workdir_lib.SUMMARY_FILE, summary)
     return summary

@@ -73,12 +73,7 @@ def build(settings: RunSettings, model_config: ModelConfig, mesh: Mesh,
 def evaluate(params: nnx.State, program: supervised.Program,
              eval_batches: list[dict[str, np.ndarray]], mesh: Mesh) -> dict[str, float]:
     """Token-weighted mean NLL over the held-out set, and its perplexity."""
-    nll, tokens = 0.0, 0.0
-    for batch in eval_batches:
-        sums, count = parallel.fetch(program.eval_sums(params, parallel.shard_batch(batch, mesh)))
-        nll += float(sums["loss"])
-        tokens += float(count)
-    loss = nll / max(tokens, 1.0)
+    loss = supervised.evaluate_means(params, program, eval_batches, mesh)["eval/loss"]
     return {"eval/loss": loss, "eval/perplexity": float(np.exp(loss))}
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
@@ -142,6 +143,18 @@ def build(*, loss: Loss, model_cls: Callable[..., nnx.Module], model_config: Mod
         in_shardings=(state_shardings.params, batch_sharding, frozen_shardings))
     return Program(graphdef, init_state, abstract_state, state_shardings, step, eval_sums, start,
                    frozen)
+
+
+def evaluate_means(params: nnx.State, program: Program, batches: list[dict[str, np.ndarray]],
+                   mesh: Mesh) -> dict[str, float]:
+    """``eval/NAME``: the count-weighted mean of the loss and of each metric over the fixed
+    held-out ``batches`` — the whole set's mean, however it is split into batches."""
+    sums, count = {}, 0.0
+    for batch in batches:
+        out, n = parallel.fetch(program.eval_sums(params, parallel.shard_batch(batch, mesh)))
+        sums = {k: sums.get(k, 0.0) + float(v) for k, v in out.items()}
+        count += float(n)
+    return {f"eval/{k}": v / max(count, 1.0) for k, v in sums.items()}
 
 
 def policy_evaluation(settings: RunSettings, program: Program, reference: TrainedModel,
