@@ -11,6 +11,7 @@ import sys
 import numpy as np
 
 from conftest import REPO
+from notebooks.run import SMOKE_XLA_FLAGS
 
 SFT = {"model.d_model": 32, "model.d_ff": 64, "data.num_train": 32, "data.num_eval": 8,
        "train.batch_size": 8, "train.steps": 4, "train.log_every": 1, "train.eval_every": 2,
@@ -37,7 +38,9 @@ api.run("ppo", api.load_config("configs/ppo/quickstart.py", policy_init=root + "
 
 
 def _launch(root, *, processes, devices, split):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    # The quick-compile flags of SMOKE runs: these runs are tiny, compiling is their cost.
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+               + SMOKE_XLA_FLAGS,
                JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", JAXRLHF_NO_PROGRESS="1")
     if processes > 1:
         with socket.socket() as s:
