@@ -106,6 +106,12 @@ def sample_main() -> None:
     f = _flags()
     if not f.checkpoint.value or not f.prompts.value:
         raise app.UsageError("sample needs --checkpoint=RUN_DIR and --prompts=FILE")
+    for flag, ok, expected in [(f.max_new_tokens, f.max_new_tokens.value >= 1, "at least 1"),
+                               (f.temperature, f.temperature.value > 0, "positive"),
+                               (f.top_k, f.top_k.value >= 0, "0 (all) or more"),
+                               (f.top_p, 0 < f.top_p.value <= 1, "in (0, 1]")]:
+        if not ok:
+            raise ConfigError(f"--{flag.name}={flag.value} must be {expected}")
     prompts = read_prompts(f.prompts.value)
     policy = workdir.load_model(f.checkpoint.value, CausalLM)
     responses = sampling.complete(
@@ -188,14 +194,15 @@ def summary_line(stage: str, summary: Mapping[str, Any], workdir: str,
 
 
 def check_overrides(argv: list[str]) -> None:
-    """Every ``--config.NAME=VALUE`` names a field of the ``--config`` file (else a
-    ConfigError suggesting the closest), checked before absl parses the flags."""
+    """The ``--config`` file loads (else a one-line error naming it) and every
+    ``--config.NAME=VALUE`` names one of its fields (else a ConfigError suggesting the
+    closest), checked before absl parses the flags."""
     names = [arg[len("--config."):].split("=", 1)[0] for arg in argv
              if arg.startswith("--config.")]
     paths = [arg.split("=", 1)[1] if arg.startswith("--config=") else after
              for arg, after in zip(argv, argv[1:] + [""])
              if arg.startswith("--config=") or arg == "--config"]
-    if not names or not paths:
+    if not paths:
         return
     config = config_lib.load_config_file(paths[-1])
     known = set(config_lib.field_names(config))

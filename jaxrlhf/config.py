@@ -12,7 +12,7 @@ from typing import Any
 
 import ml_collections
 
-from jaxrlhf.errors import ConfigError, MissingInputError
+from jaxrlhf.errors import ConfigError, JaxRLHFError, MissingInputError
 from jaxrlhf.models.presets import PRESETS
 from jaxrlhf.settings import RunSettings
 
@@ -156,10 +156,16 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
         raise ConfigError(f"--config={path}: not a Python config file (FILE.py defining "
                           "get_config())")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"--config={path} defines no get_config()")
-    return module.get_config(arg) if arg else module.get_config()
+    try:
+        spec.loader.exec_module(module)
+        if not hasattr(module, "get_config"):
+            raise ConfigError(f"--config={path} defines no get_config()")
+        return module.get_config(arg) if arg else module.get_config()
+    except JaxRLHFError:
+        raise
+    except Exception as e:  # the config file's own code failed: say so in one line
+        raise ConfigError(f"--config={path}{colon}{arg}: the config file failed: "
+                          f"{type(e).__name__}: {e}") from e
 
 
 def check_stage(stage: str, config: ml_collections.ConfigDict) -> None:

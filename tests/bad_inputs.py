@@ -327,6 +327,73 @@ def cases(tmp: str) -> list[Case]:
     path = write("prompts.jsonl", _jsonl([{"prompt": "a"}, {"text": "b"}]))
     out.append(Case("cli/sample_bad_prompt_row", [
         "sample", f"--checkpoint={tmp}", f"--prompts={path}"], ["prompts.jsonl:2"]))
+    out.extend(review_cases(tmp, write, gpt2, hf_dir))
+    return out
+
+
+def review_cases(tmp: str, write, gpt2: dict, hf_dir) -> list[Case]:
+    """Cases of the same classes written later, by someone who had not seen the ones above
+    (named ``review/...``)."""
+    out = []
+
+    def rows_file(name: str, rows: list, stage: list[str], field: str) -> Case:
+        path = write(f"review_{name}.jsonl", _jsonl(rows))
+        return Case(f"review/{name}", [*stage, f"--config.{field}={path}"],
+                    [f"review_{name}.jsonl:3"])
+
+    sft, pairs = _good_sft(), _good_pairs()
+    out.append(rows_file("sft_prompt_dict",
+                         [*sft[:2], {"prompt": {"t": 1}, "completion": "x"}, *sft[2:]],
+                         SFT, "data.source"))
+    out.append(rows_file("sft_message_not_object",
+                         [*sft[:2], {"messages": ["user: hi"]}, *sft[2:]], SFT, "data.source"))
+    out.append(rows_file("pref_chosen_dict", [*pairs[:2], {"prompt": "p", "chosen": {"a": 1},
+                                                           "rejected": " b ."}, *pairs[2:]],
+                         REWARD, "reward.source"))
+    out.append(rows_file("pref_margin_infinite",
+                         [*pairs[:2], {**pairs[2], "margin": 1e999}, *pairs[3:]],
+                         REWARD, "reward.source"))
+    out.append(rows_file("pref_row_null", [*pairs[:2], None, *pairs[2:]], REWARD,
+                         "reward.source"))
+    path = write("review_empty.jsonl.gz", gzip.compress(b""))
+    out.append(Case("review/sft_empty_gzip", [*SFT, f"--config.data.source={path}"],
+                    ["review_empty.jsonl.gz"]))
+    for field, value in [("train.grad_accum", 0), ("mesh.fsdp", 0), ("ppo.response_length", 0),
+                         ("model.family", "gpt5"), ("model.dtype", "float16x"),
+                         ("optim.grad_clip", -1.0), ("train.eval_every", 0)]:
+        out.append(Case(f"review/config_{field}={value}", [*SFT, f"--config.{field}={value}"],
+                        [field]))
+    out.append(Case("review/config_reward.label_mode", [
+        *REWARD, "--config.reward.label_mode=coinflip"], ["config.reward.label_mode"]))
+    header = "from jaxrlhf.config import base_config\n\ndef get_config():\n    c = base_config()\n"
+    for name, body, expect in [
+            ("top_level", "    c.polciy_init = 'x'\n", ["polciy_init", "policy_init"]),
+            ("section", "    c.train.update(dict(stepz=3))\n", ["train.stepz", "train.steps"]),
+            ("no_get_config", None, ["get_config"]),
+            ("syntax_error", "    return c(\n", ["review_cfg_syntax_error.py"])]:
+        text = "x = 1\n" if body is None else header + body + ("    return c\n"
+                                                               if "return" not in body else "")
+        path = write(f"review_cfg_{name}.py", text.encode())
+        out.append(Case(f"review/config_file_{name}", ["sft", f"--config={path}"], expect))
+    out.append(Case("review/config_file_missing", ["sft", "--config=/nonexistent/cfg.py"],
+                    ["/nonexistent/cfg.py"]))
+    empty = os.path.join(tmp, "review_empty_dir")
+    os.makedirs(empty, exist_ok=True)
+    out.append(Case("review/hf_dir_without_config", [*SFT, f"--config.model_init={empty}"],
+                    ["config.json"]))
+    out.append(Case("review/tokenizer_dir_empty", [*SFT, f"--config.data.tokenizer={empty}"],
+                    [empty]))
+    bert = hf_dir("review_hf_bert", {**gpt2, "model_type": "bert"})
+    out.append(Case("review/hf_model_type_bert", [*SFT, f"--config.model_init={bert}"],
+                    ["bert"]))
+    weightless = hf_dir("review_hf_no_weights", gpt2)
+    out.append(Case("review/hf_dir_without_weights", [*SFT, f"--config.model_init={weightless}"],
+                    ["safetensors"]))
+    prompts = write("review_prompts.txt", b"my show was\n")
+    for flag in ("--max_new_tokens=0", "--temperature=-1", "--top_p=2"):
+        out.append(Case(f"review/sample_{flag[2:]}", [
+            "sample", f"--checkpoint={tmp}", f"--prompts={prompts}", flag],
+            [flag[2:].split("=")[0]]))
     return out
 
 

@@ -11,6 +11,7 @@ import gzip
 import json
 import math
 import os
+import re
 import typing
 
 import ml_collections
@@ -19,7 +20,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from jaxrlhf import config as config_lib, sections, settings as settings_lib
 from jaxrlhf.data import preference, records, sft
-from jaxrlhf.errors import ConfigError, DataError
+from jaxrlhf.errors import ConfigError, DataError, MissingInputError
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.tasks import get_task
 
@@ -322,3 +323,31 @@ def test_ppo_counts_the_prompts_it_cuts_and_the_empty_ones():
     assert counts == {"prompts": 4, "prompt_truncated": 1, "empty_prompt": 1}
     assert arrays["prompt_mask"].sum(axis=1).tolist() == [3, 3, 0, 2]
     assert TOKENIZER.decode(arrays["prompt_ids"][1, -3:]) == "that show felt"
+
+
+@pytest.mark.parametrize("text, error, message", [
+    ("x = 1\n", ConfigError, "defines no get_config()"),
+    ("def get_config(:\n", ConfigError, "the config file failed: SyntaxError"),
+    ("def get_config():\n    return {}['model']\n", ConfigError,
+     "the config file failed: KeyError: 'model'"),
+])
+def test_a_config_file_that_does_not_run_is_named(tmp_path, text, error, message):
+    path = tmp_path / "cfg.py"
+    path.write_text(text)
+    with pytest.raises(error, match=re.escape(message)) as caught:
+        config_lib.load_config_file(str(path))
+    assert str(path) in str(caught.value)
+    with pytest.raises(MissingInputError, match="no such config file"):
+        config_lib.load_config_file(str(tmp_path / "absent.py"))
+
+
+def test_model_and_tokenizer_directories_without_their_files_are_named(tmp_path):
+    from jaxrlhf.data.tokenizer import load_tokenizer
+    from jaxrlhf.models.hf import load_hf_config
+    with pytest.raises(MissingInputError, match="has no config.json"):
+        load_hf_config(str(tmp_path))
+    with pytest.raises(MissingInputError, match="holds none of"):
+        load_tokenizer(str(tmp_path))
+    (tmp_path / "tokenizer_config.json").write_text("{not json")
+    with pytest.raises(DataError, match="transformers cannot load it"):
+        load_tokenizer(str(tmp_path))

@@ -82,6 +82,15 @@ def test_a_misspelt_field_in_a_config_file_is_named(misspell, message):
         config_lib.validate(config, num_devices=8)
 
 
+def test_sample_checks_its_flags_before_loading_anything(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxrlhf", "sample", f"--checkpoint={tmp_path}",
+         f"--prompts={tmp_path}/none.txt", "--top_p=2"], capture_output=True, text=True,
+        timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "jaxrlhf: error: --top_p=2.0 must be in (0, 1]"
+
+
 def test_debug_shows_the_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "jaxrlhf", "sft", "--config=configs/sft/quickstart.py",

@@ -10,8 +10,12 @@ import numpy as np
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from jaxrlhf.errors import DataError, MissingInputError
+
 PAD = "<|pad|>"
 EOS = "<|endoftext|>"
+# A HF tokenizer directory holds at least one of these (save_pretrained writes both).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}assistant:{% endif %}")
@@ -21,12 +25,20 @@ def load_tokenizer(path_or_name: str | os.PathLike) -> transformers.PreTrainedTo
     """A fast tokenizer from a local directory; hub ids fail fast (no network is assumed)."""
     path = os.fspath(path_or_name)
     if not os.path.isdir(path):
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"tokenizer {path!r} is not a local directory; jaxrlhf runs offline, so download "
             f"it first (e.g. `huggingface-cli download {path} --local-dir DIR`) and pass DIR")
-    tok = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if not any(os.path.exists(os.path.join(path, name)) for name in TOKENIZER_FILES):
+        raise MissingInputError(f"tokenizer directory {path!r} holds none of {TOKENIZER_FILES}; "
+                                "pass a directory written by save_pretrained")
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise DataError(f"tokenizer directory {path!r}: transformers cannot load it "
+                        f"({str(e).splitlines()[0]})") from None
     if not isinstance(tok, transformers.PreTrainedTokenizerFast):
-        raise TypeError(f"tokenizer at {path!r} is not a fast tokenizer")
+        raise DataError(f"tokenizer directory {path!r} holds a slow tokenizer only; jaxrlhf "
+                        "needs a fast one (tokenizer.json)")
     if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
         tok.add_special_tokens({"pad_token": PAD})  # padding is never EOS
     return tok

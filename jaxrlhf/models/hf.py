@@ -59,6 +59,9 @@ def load_hf_config(path: str, **overrides) -> ModelConfig:
     does not implement is an error naming the field and the file."""
     _check_local(path)
     file = os.path.join(path, "config.json")
+    if not os.path.isfile(file):
+        raise MissingInputError(f"{path!r} has no config.json: a Hugging Face model directory "
+                                "holds config.json and *.safetensors")
     with open(file) as f:
         try:
             return model_config_from_hf(json.load(f), **overrides)
