@@ -169,11 +169,16 @@ def _gold(s: Mapping[str, Any]) -> str:
             f"KL {_num(s.get('kl'), 2)} nats")
 
 
+def _method(advantage: str) -> str:
+    """How a PPO-stage run is called: PPO with GAE, else its critic-free estimator."""
+    return "PPO" if advantage == "gae" else advantage.upper()
+
+
 HEADLINES = {
     "sft": lambda s: f"SFT held-out loss {_num(s.get('first_eval_loss'))} -> "
                      f"{_num(s.get('eval_loss'))}",
     "reward": lambda s: f"reward model held-out accuracy {_num(s.get('eval_accuracy'))}",
-    "ppo": lambda s: f"PPO {_gold(s)}",
+    "ppo": lambda s: f"{_method(s.get('advantage', 'gae'))} {_gold(s)}",
     "dpo": lambda s: f"{s.get('loss', 'dpo').upper()} held-out pair accuracy "
                      f"{_num(s.get('eval_accuracy'))}" + (f", {_gold(s)}" if "gold_after" in s
                                                           else ""),

@@ -126,6 +126,9 @@ def test_summary_lines():
                     "runs/q/report.md")
     assert summary_line("sft", {"first_eval_loss": 4.2, "eval_loss": 1.6}, "w") == (
         "sft done: SFT held-out loss 4.200 -> 1.600. Workdir: w")
+    assert summary_line("ppo", {"advantage": "grpo", "gold_before": 0.1, "gold_after": 0.9,
+                                "kl": 2.0}, "w") == (
+        "ppo done: GRPO gold 0.100 -> 0.900, KL 2.00 nats. Workdir: w")
     assert summary_line("dpo", {"loss": "ipo", "eval_accuracy": 0.75, "gold_before": 0.1,
                                 "gold_after": 0.5, "kl": 1.0}, "w") == (
         "dpo done: IPO held-out pair accuracy 0.750, gold 0.100 -> 0.500, KL 1.00 nats. "

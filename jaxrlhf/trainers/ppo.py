@@ -272,6 +272,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     train_rows = [r for r in rows if "objective/kl" in r]
     summary = {**evaluation.before_after(evals),
                "train_kl": train_rows[-1]["objective/kl"] if train_rows else None,
-               "iterations": settings.train.steps, "data_counts": data_counts}
+               "iterations": settings.train.steps, "advantage": p.advantage,
+               "data_counts": data_counts}
     workdir_lib.write_json(workdir, workdir_lib.SUMMARY_FILE, summary)
     return summary
