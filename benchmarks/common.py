@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrlhf import memory
+from jaxrlhf import memory, stages
 from jaxrlhf.config import base_config
 from jaxrlhf.models.build import abstract_model
 from jaxrlhf.models.config import ModelConfig
@@ -76,21 +76,23 @@ def model_config(name: str, seq: int, args: argparse.Namespace) -> ModelConfig:
     return ModelConfig(**shape, max_seq_len=seq, **options).validate()
 
 
-def run_settings(cfg: ModelConfig, args: argparse.Namespace, *, train: dict | None = None,
-                 ppo: dict | None = None) -> RunSettings:
-    """Typed settings for a benchmark of ``cfg``: the base config with this model, the
-    ``--mesh``, and the given train / PPO fields (other stages' lengths fitted to the model)."""
+def run_settings(cfg: ModelConfig, args: argparse.Namespace, stage: str, *,
+                 train: dict | None = None, ppo: dict | None = None,
+                 sampling: dict | None = None) -> RunSettings:
+    """Typed settings for a benchmark of ``stage`` on ``cfg``: the base config with this
+    model, the ``--mesh``, and the given train / PPO / sampling fields (other stages' lengths
+    fitted to the model), checked as the stage checks them."""
     c = base_config()
     c.model.update(dataclasses.asdict(cfg))
     c.mesh.update(mesh_axes(args.mesh))
     n = cfg.max_seq_len
     c.data.max_len = n
     c.reward.update(max_prompt_tokens=n // 2, max_response_tokens=n - n // 2 - 1)
-    c.ppo.update(prompt_length=n // 2, response_length=n - n // 2)
+    c.sampling.update(prompt_length=n // 2, response_length=n - n // 2, **(sampling or {}))
     c.train.update(steps=1000, **(train or {}))
     c.ppo.update(**(ppo or {}))
     settings = RunSettings.from_config(c)
-    settings.check_mesh(jax.device_count())
+    stages.get(stage).check(settings, jax.device_count())
     return settings
 
 

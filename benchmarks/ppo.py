@@ -63,10 +63,11 @@ def iteration_flops(cfg: ModelConfig, args: argparse.Namespace) -> dict[str, flo
 def run(args: argparse.Namespace) -> dict[str, Any]:
     seq = args.prompt + args.response
     cfg = common.model_config(args.model, seq, args)
-    settings = common.run_settings(cfg, args, ppo=dict(
-        batch_size=args.batch, num_minibatches=args.minibatches, ppo_epochs=args.epochs,
-        grad_accum=args.grad_accum, prompt_length=args.prompt, response_length=args.response,
-        frozen_dtype=args.frozen_dtype))
+    settings = common.run_settings(
+        cfg, args, "ppo", train=dict(batch_size=args.batch),
+        ppo=dict(num_minibatches=args.minibatches, ppo_epochs=args.epochs,
+                 grad_accum=args.grad_accum, frozen_dtype=args.frozen_dtype),
+        sampling=dict(prompt_length=args.prompt, response_length=args.response))
     mesh = parallel.make_mesh(settings.mesh)
     policy = _trained(CausalLM, cfg, 0)
     reward = RewardModel(_trained(ScalarModel, cfg, 1, head_init="normal"), gain=1.0, bias=0.0)
@@ -82,12 +83,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     times = {"iteration": common.time_calls(one_iteration, warmup=args.warmup,
                                             repeats=args.repeats)}
-    p, state, key = settings.ppo, holder["state"], jax.random.key(0)
+    p, g, state, key = settings.ppo, settings.sampling, holder["state"], jax.random.key(0)
     generate = jax.jit(functools.partial(
-        sampling.generate, program.models.policy, max_new_tokens=p.response_length, eos_id=1,
-        pad_id=0, temperature=p.temperature))
-    rollout = jax.jit(functools.partial(ppo_lib.rollout, models=program.models, settings=p))
+        sampling.generate, program.models.policy, max_new_tokens=g.response_length, eos_id=1,
+        pad_id=0, temperature=g.temperature))
+    rollout = jax.jit(functools.partial(ppo_lib.rollout, models=program.models, settings=p,
+                                        sampling=g))
     update = jax.jit(functools.partial(ppo_lib.update, models=program.models, settings=p,
+                                       temperature=g.temperature,
                                        optimizers=ppo.make_optimizers(settings)))
     _, data = rollout(state, program.frozen, batch)
     calls = {"sampling": lambda: generate(state.policy, batch["prompt_ids"],

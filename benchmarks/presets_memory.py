@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = []
     for name in args.presets.split(","):
         for stage in args.stages.split(","):
-            result = dry_run.report(stage, preset_config(name))[stage]
+            result = dry_run.report(stage, preset_config(name, stage))[stage]
             for program, m in result["programs"].items():
                 rows.append({"preset": name, "stage": stage, "program": program,
                              "devices": result["devices"], "mesh": result["mesh"], **m})

@@ -22,7 +22,7 @@ from jaxrlhf.trainers import reward
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = common.model_config(args.model, args.seq, args)
-    settings = common.run_settings(cfg, args, train=dict(batch_size=args.batch,
+    settings = common.run_settings(cfg, args, "reward", train=dict(batch_size=args.batch,
                                                          grad_accum=args.grad_accum))
     mesh = parallel.make_mesh(settings.mesh)
     program = reward.build(settings, cfg, mesh,

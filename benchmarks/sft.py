@@ -3,7 +3,7 @@
     python -m benchmarks.sft [--model gpt2_4x256] [--batch 16] [--seq 128] [--grad_accum 1]
         [--dtype bfloat16] [--remat full] [--scan_layers] [--logits_chunk 64] [--json F]
 
-The stage's own compiled step (``jaxrlhf.trainers.sft.build``: loss, gradient accumulation,
+The stage's own compiled step (``jaxrlhf.trainers.supervised.lm_program``: loss, gradient accumulation,
 AdamW) on random weights and tokens, every token in the loss; speed does not depend on the
 values.
 """
@@ -17,15 +17,15 @@ import numpy as np
 
 from benchmarks import common
 from jaxrlhf import parallel
-from jaxrlhf.trainers import sft
+from jaxrlhf.trainers import supervised
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = common.model_config(args.model, args.seq, args)
-    settings = common.run_settings(cfg, args, train=dict(batch_size=args.batch,
+    settings = common.run_settings(cfg, args, "sft", train=dict(batch_size=args.batch,
                                                          grad_accum=args.grad_accum))
     mesh = parallel.make_mesh(settings.mesh)
-    program = sft.build(settings, cfg, mesh)
+    program = supervised.lm_program(settings, cfg, mesh)
     ids = common.random_tokens(np.random.default_rng(0), (args.batch, args.seq), cfg.vocab_size)
     batch = parallel.shard_batch({"input_ids": ids, "attention_mask": np.ones_like(ids),
                                   "loss_mask": np.ones_like(ids)}, mesh)

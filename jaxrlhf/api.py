@@ -28,11 +28,12 @@ import ml_collections
 import pandas as pd
 from tqdm.auto import tqdm
 
-from jaxrlhf import checkpoint, config as config_lib, pipeline, runfiles, workdir as workdir_lib
+from jaxrlhf import checkpoint, config as config_lib, pipeline, runfiles, stages as stages_lib
+from jaxrlhf import workdir as workdir_lib
 from jaxrlhf.errors import ConfigError
 from jaxrlhf.metrics import METRICS_FILE, read_metrics
 
-STAGES = (*config_lib.STAGES, "pipeline")
+COMMANDS = (*stages_lib.STAGES, stages_lib.PIPELINE)
 POINT_FILE = "sweep_point.json"
 # Fields that say how an invocation runs, not what it computes: a sweep point may be
 # resumed with other values.
@@ -91,12 +92,12 @@ def _metrics_frame(workdir: str) -> pd.DataFrame:
 
 def load_result(stage: str, workdir: str) -> Result:
     """The :class:`Result` of a finished run in ``workdir`` (without running anything)."""
-    if stage not in STAGES:
-        raise ConfigError(f"stage {stage!r} is not one of {STAGES}")
+    if stage not in COMMANDS:
+        raise ConfigError(f"stage {stage!r} is not one of {COMMANDS}")
     summary = workdir_lib.read_json(workdir, workdir_lib.SUMMARY_FILE)
-    if stage == "pipeline":
+    if stage == stages_lib.PIPELINE:
         frames = [_metrics_frame(os.path.join(workdir, name)).assign(stage=name)
-                  for name in summary.get("stages", config_lib.PIPELINE_STAGES)]
+                  for name in summary.get("stages", stages_lib.DEFAULT_PIPELINE)]
         metrics = pd.concat(frames, ignore_index=True)
     else:
         metrics = _metrics_frame(workdir)
@@ -104,12 +105,10 @@ def load_result(stage: str, workdir: str) -> Result:
 
 
 def run(stage: str, config: ml_collections.ConfigDict, workdir: str) -> Result:
-    """Run (or resume) ``stage`` ("sft", "reward", "ppo", "dpo", "bon" or "pipeline") with
+    """Run (or resume) ``stage`` (a stage of ``jaxrlhf.stages.STAGES`` or "pipeline") with
     ``config`` in ``workdir``, in this process; validates the config first."""
-    config_lib.check_stage(stage, config)
-    config_lib.validate(config, jax.device_count())
-    train = pipeline.train if stage == "pipeline" else pipeline.TRAINERS[stage]
-    train(config, workdir)
+    stages_lib.validate(stage, config, jax.device_count())
+    pipeline.run(stage, config, workdir)
     return load_result(stage, workdir)
 
 
@@ -162,15 +161,15 @@ def run_once(stage: str, config: ml_collections.ConfigDict, workdir: str,
 
 def finished(stage: str, config: ml_collections.ConfigDict, workdir: str) -> bool:
     """Whether the run in ``workdir`` has written its summary after its last step (a
-    pipeline: after its last stage's; best-of-n, which has no steps: at all)."""
+    pipeline: after its last stage's; a stage without steps, such as best-of-n: at all)."""
     command, last = stage, config
     stage_dir = workdir
-    if stage == "pipeline":
-        name, command = config_lib.pipeline_stages(config)[-1]
+    if stage == stages_lib.PIPELINE:
+        name, command = stages_lib.pipeline_stages(config)[-1]
         last, stage_dir = config[name], os.path.join(workdir, name)
     if not os.path.exists(os.path.join(workdir, workdir_lib.SUMMARY_FILE)):
         return False
-    if command == "bon":
+    if not stages_lib.get(command).has_steps:
         return os.path.exists(os.path.join(stage_dir, workdir_lib.SUMMARY_FILE))
     step = checkpoint.latest_step(os.path.join(stage_dir, workdir_lib.CHECKPOINT_DIR))
     return step == last.train.steps

@@ -22,11 +22,11 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxrlhf import config as config_lib, parallel, runfiles
+from jaxrlhf import config as config_lib, parallel, runfiles, stages as stages_lib
 from jaxrlhf.data import records as records_lib
 from jaxrlhf.errors import ConfigError, DataError, JaxRLHFError, MissingInputError
 
-COMMANDS = (*config_lib.STAGES, "pipeline", "sample", "export")
+COMMANDS = (*stages_lib.STAGES, stages_lib.PIPELINE, "sample", "export")
 DEBUG_ENV = "JAXRLHF_DEBUG"
 USAGE = (f"usage: jaxrlhf {{{','.join(COMMANDS[:-2])}}} --config=FILE --workdir=DIR "
          "[--config.field=value ...] [--debug] [--dry_run]\n"
@@ -34,6 +34,25 @@ USAGE = (f"usage: jaxrlhf {{{','.join(COMMANDS[:-2])}}} --config=FILE --workdir=
          "   or: jaxrlhf bon --checkpoint=RUN_DIR --reward=RM_DIR --n=16 --workdir=DIR "
          "[--config=FILE]\n"
          "   or: jaxrlhf export --checkpoint=RUN_DIR --output=HF_DIR")
+
+
+# One line per command that is not a stage (the stages' lines are their Stage.help).
+OTHER_COMMANDS = {
+    stages_lib.PIPELINE: "stages in sequence, each wired to the earlier ones (default SFT -> "
+                         "reward -> PPO), then a report",
+    "sample": "complete prompts with a trained policy",
+    "export": "write a trained policy as a Hugging Face checkpoint directory",
+}
+
+
+def help_text() -> str:
+    """``jaxrlhf --help``: the usage and every command with its one line (the stages' from
+    the stage table)."""
+    lines = {**{name: stage.help for name, stage in stages_lib.STAGES.items()},
+             **OTHER_COMMANDS}
+    width = max(map(len, lines))
+    return "\n".join([USAGE, "", "commands:", *(f"  {name:<{width}}  {line}"
+                                              for name, line in lines.items())])
 
 
 @functools.cache
@@ -160,42 +179,17 @@ def bon_config():
     return config
 
 
-def _num(value: Any, digits: int = 3) -> str:
-    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "n/a"
-
-
-def _gold(s: Mapping[str, Any]) -> str:
-    return (f"gold {_num(s.get('gold_before'))} -> {_num(s.get('gold_after'))}, "
-            f"KL {_num(s.get('kl'), 2)} nats")
-
-
-def _method(advantage: str) -> str:
-    """How a PPO-stage run is called: PPO with GAE, else its critic-free estimator."""
-    return "PPO" if advantage == "gae" else advantage.upper()
-
-
-HEADLINES = {
-    "sft": lambda s: f"SFT held-out loss {_num(s.get('first_eval_loss'))} -> "
-                     f"{_num(s.get('eval_loss'))}",
-    "reward": lambda s: f"reward model held-out accuracy {_num(s.get('eval_accuracy'))}",
-    "ppo": lambda s: f"{_method(s.get('advantage', 'gae'))} {_gold(s)}",
-    "dpo": lambda s: f"{s.get('loss', 'dpo').upper()} held-out pair accuracy "
-                     f"{_num(s.get('eval_accuracy'))}" + (f", {_gold(s)}" if "gold_after" in s
-                                                          else ""),
-    "bon": lambda s: f"best-of-{s.get('n')} {_gold(s)}",
-}
-
-
 def summary_line(stage: str, summary: Mapping[str, Any], workdir: str,
                  stages: list[tuple[str, str]] | None = None) -> str:
     """The headline numbers of a finished stage, or of each stage of a pipeline
     (``stages``: its ``(name, command)`` pairs; default SFT -> reward -> PPO), in one line."""
-    if stage == "pipeline":
-        stages = stages or [(name, name) for name in config_lib.PIPELINE_STAGES]
+    if stage == stages_lib.PIPELINE:
+        stages = stages or [(name, name) for name in stages_lib.DEFAULT_PIPELINE]
         body = "; ".join(("" if name == command else f"{name}: ")
-                         + HEADLINES[command](summary.get(name, {})) for name, command in stages)
+                         + stages_lib.get(command).headline(summary.get(name, {}))
+                         for name, command in stages)
         return f"pipeline done: {body}. Report: {os.path.join(workdir, 'report.md')}"
-    return f"{stage} done: {HEADLINES[stage](summary)}. Workdir: {workdir}"
+    return f"{stage} done: {stages_lib.get(stage).headline(summary)}. Workdir: {workdir}"
 
 
 def check_overrides(argv: list[str]) -> None:
@@ -227,8 +221,7 @@ def main(argv: list[str]) -> None:
     config = bon_config() if stage == "bon" else f.config.value
     if config is None or (f.workdir.value is None and not f.dry_run.value):
         raise app.UsageError("--config and --workdir are required")
-    config_lib.check_stage(stage, config)
-    config_lib.validate(config, jax.device_count())
+    stages_lib.validate(stage, config, jax.device_count())
     if f.dry_run.value:
         from jaxrlhf import dry_run
         result = dry_run.report(stage, config)
@@ -236,10 +229,9 @@ def main(argv: list[str]) -> None:
         print("\n".join(dry_run.summary_lines(result)))
         return
     from jaxrlhf import pipeline
-    run_stage = pipeline.train if stage == "pipeline" else pipeline.TRAINERS[stage]
-    summary = run_stage(config, f.workdir.value)
+    summary = pipeline.run(stage, config, f.workdir.value)
     if runfiles.is_writer():
-        stages = config_lib.pipeline_stages(config) if stage == "pipeline" else None
+        stages = stages_lib.pipeline_stages(config) if stage == stages_lib.PIPELINE else None
         print(summary_line(stage, summary, f.workdir.value, stages))
 
 
@@ -254,6 +246,9 @@ def _fail(error: JaxRLHFError) -> None:
 
 def run() -> None:
     argv = list(sys.argv)
+    if argv[1:] in (["--help"], ["-h"], ["help"], ["--helpfull"]):
+        print(help_text())
+        return
     _flags()
     try:
         check_overrides(argv)

@@ -7,7 +7,8 @@ gradients over micro-batches weights each micro-batch's means by its count
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import jax
@@ -244,3 +245,35 @@ def entropy_bonus(entropies: jax.Array, mask: jax.Array) -> tuple[jax.Array, Met
     """
     value = masked_mean(entropies, mask)
     return value, {"policy/entropy": value}
+
+
+# --------------------------------------------------------------------------------------
+# Bits per byte (pretraining's held-out measure)
+# --------------------------------------------------------------------------------------
+
+
+def bits_per_byte(total_nats: float, total_bytes: int) -> float:
+    """``total_nats / (total_bytes * ln 2)``: the bits a model needs per UTF-8 byte of text.
+
+    Tokenizer-independent, unlike the loss per token: BPB = (L_T / L_B) * l / ln 2 for mean
+    per-token loss l (nats) over text of L_T tokens and L_B UTF-8 bytes (Gao et al. 2020,
+    "The Pile: An 800GB Dataset of Diverse Text for Language Modeling").
+
+    For held-out documents packed by ``jaxrlhf.data.packing.pack_documents``: l is the mean
+    of ``lm_nll`` over all their counted targets (weighted by each batch's ``tokens``),
+    L_T the packing's ``stats.tokens`` (every document token plus one EOS per document) and
+    L_B ``utf8_bytes`` of the documents' texts, so ``total_nats = l * stats.tokens``. The
+    tokens the loss does not predict (each row's first, the dropped remainder, and with
+    segment-masked attention each document's first) are charged the mean loss of the rest,
+    and each EOS is charged to its document's text (the model pays to say where it ends).
+    Compare runs with the same attention mode: segment masking never predicts a document's
+    first token, the hardest of each.
+    """
+    if total_bytes <= 0:
+        raise ValueError(f"total_bytes={total_bytes}: bits per byte needs some text")
+    return float(total_nats) / (total_bytes * math.log(2))
+
+
+def utf8_bytes(texts: Iterable[str]) -> int:
+    """The number of UTF-8 bytes of ``texts`` (L_B of :func:`bits_per_byte`)."""
+    return sum(len(text.encode("utf-8")) for text in texts)

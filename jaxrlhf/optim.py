@@ -71,12 +71,12 @@ def tf_style_adam(b1: float, b2: float, eps: float) -> optax.GradientTransformat
 
 def ppo_adam(optim: OptimSettings, ppo: PPOSettings,
              total_updates: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """PPO's optimizer: clipping, Adam with eps ``ppo.adam_eps`` (PPO detail 16; TF-style
-    with ``ppo.tf_adam``), and the learning rate annealed linearly to 0 over
+    """PPO's optimizer: clipping, Adam with eps ``optim.eps`` (PPO detail 16: 1e-5; TF-style
+    with ``ppo.tf_adam``), and ``optim.learning_rate`` annealed linearly to 0 over
     ``total_updates`` (PPO detail 17). Returns the optimizer and its schedule."""
-    schedule = optax.linear_schedule(ppo.learning_rate, 0.0, max(total_updates, 1))
-    adam = (tf_style_adam(optim.b1, optim.b2, ppo.adam_eps) if ppo.tf_adam
-            else optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=ppo.adam_eps))
+    schedule = optax.linear_schedule(optim.learning_rate, 0.0, max(total_updates, 1))
+    adam = (tf_style_adam(optim.b1, optim.b2, optim.eps) if ppo.tf_adam
+            else optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps))
     return _clipped(optim.grad_clip, adam, optax.scale_by_learning_rate(schedule)), schedule
 
 

@@ -1,8 +1,8 @@
 """A run's preference pairs: gold-labelled on the built-in task, or read from files.
 
 Shared by every stage that learns from preferences (the reward model, DPO), so they train
-on the same data from the same config fields (``config.reward.*``). With no
-``reward.source`` the pairs are built on the task and labelled by its gold reward — two
+on the same data from the same config fields (``config.reward.*``, ``config.data.*``). With
+no ``data.source`` the pairs are built on the task and labelled by its gold reward — two
 samples of the SFT policy per prompt when one is given, else two demonstrations; otherwise
 they are TRL ``{prompt, chosen, rejected}`` or Anthropic HH ``{chosen, rejected}`` rows.
 """
@@ -19,7 +19,7 @@ from jaxrlhf import sampling, workdir as workdir_lib
 from jaxrlhf.data import preference, records as records_lib
 from jaxrlhf.data.tokenizer import decode_rows, encode_prompts
 from jaxrlhf.errors import DataError
-from jaxrlhf.sections import RewardSettings
+from jaxrlhf.sections import DataSettings, RewardSettings
 from jaxrlhf.settings import RunSettings
 from jaxrlhf.tasks import get_task
 from jaxrlhf.tasks.base import Task
@@ -57,13 +57,13 @@ def gold_pairs(r: RewardSettings, task: Task, n: int, seed: int,
         mode=r.label_mode, temperature=r.label_temperature)
 
 
-def file_pairs(r: RewardSettings) -> tuple[list, list]:
-    """Training and held-out pairs from ``reward.source`` (and ``reward.eval_source``, or
-    the rows after the first ``num_train_pairs``)."""
-    train = preference.pairs_from_records(records_lib.load_records(r.source, r.split))
-    if r.eval_source:
-        evals = preference.pairs_from_records(records_lib.load_records(r.eval_source,
-                                                                       r.eval_split))
+def file_pairs(r: RewardSettings, d: DataSettings) -> tuple[list, list]:
+    """Training and held-out pairs from ``data.source`` (and ``data.eval_source``, or the
+    rows after the first ``reward.num_train_pairs``)."""
+    train = preference.pairs_from_records(records_lib.load_records(d.source, d.split))
+    if d.eval_source:
+        evals = preference.pairs_from_records(records_lib.load_records(d.eval_source,
+                                                                       d.eval_split))
     else:
         train, evals = train[: r.num_train_pairs], train[r.num_train_pairs:]
     return train[: r.num_train_pairs], evals[: r.num_eval_pairs]
@@ -86,13 +86,13 @@ def prepare_pairs(settings: RunSettings, workdir: str, policy: TrainedModel | No
                   stage: str) -> Pairs:
     """The run's training and held-out pairs, tokenized with the run's tokenizer (the
     policy's when there is one; ``stage`` names the run in the printed statistics)."""
-    r, seed = settings.reward, settings.seed
-    task = None if r.source else get_task(settings.data.task)
+    r, d, seed = settings.reward, settings.data, settings.seed
+    task = None if d.source else get_task(d.task)
     if task is not None:
         train = gold_pairs(r, task, r.num_train_pairs, seed, policy)
         evals = gold_pairs(r, task, r.num_eval_pairs, seed + 1, policy)
     else:
-        train, evals = file_pairs(r)
+        train, evals = file_pairs(r, d)
     tokenizer = workdir_lib.run_tokenizer(
         workdir, inherited=policy.tokenizer if policy else None,
         directory=settings.data.tokenizer, task=task,
@@ -106,7 +106,7 @@ def prepare_pairs(settings: RunSettings, workdir: str, policy: TrainedModel | No
     counts = {"train": train_stats.counts(), "eval": eval_stats.counts()}
     print(f"[{stage}] train data: {counts['train']}; eval data: {counts['eval']}")
     if len(train_arrays["margin"]) < settings.train.batch_size:
-        raise DataError(f"{r.source or 'task ' + repr(settings.data.task)}: "
+        raise DataError(f"{d.source or 'task ' + repr(d.task)}: "
                         f"{len(train_arrays['margin'])} usable training pairs ({stats['train']}), "
                         f"fewer than one batch of config.train.batch_size="
                         f"{settings.train.batch_size}")

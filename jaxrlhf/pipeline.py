@@ -4,10 +4,11 @@ report. Re-running the same command resumes at the stage and step where it stopp
 ``python -m jaxrlhf pipeline --config=configs/pipeline/quickstart.py --workdir=DIR``
 
 A pipeline config may list another sequence of stages in ``stages`` (``(name, command)``
-pairs; ``jaxrlhf.config.pipeline_stages``), e.g. rejection-sampling fine-tuning: SFT ->
+pairs; ``jaxrlhf.stages.pipeline_stages``), e.g. rejection-sampling fine-tuning: SFT ->
 reward -> best-of-n -> SFT on the chosen responses. Each stage is wired to the ones before
-it: it starts from the policy of the latest stage that trained one (SFT, PPO, DPO), uses
-the latest reward model, and an SFT stage after a best-of-n stage trains on its choices.
+it by what each stage reads and produces (``jaxrlhf.stages.STAGES``): it starts from the
+policy of the latest stage that trained one (pretraining, SFT, PPO, DPO), uses the latest
+reward model, and an SFT stage after a best-of-n stage trains on its choices.
 """
 from __future__ import annotations
 
@@ -19,46 +20,41 @@ from typing import Any
 
 import ml_collections
 
-from jaxrlhf import report, runfiles, workdir as workdir_lib
-from jaxrlhf.config import PIPELINE_STAGES, pipeline_stages
-from jaxrlhf.trainers import bon, dpo, ppo, reward, sft
+from jaxrlhf import config as config_lib, report, runfiles, stages as stages_lib
+from jaxrlhf import workdir as workdir_lib
+from jaxrlhf.trainers import bon
 
 TIMING_FILE = "timing.json"
-TRAINERS = {"sft": sft.train, "reward": reward.train, "ppo": ppo.train, "dpo": dpo.train,
-            "bon": bon.run}
 
 
-POLICY_COMMANDS = ("sft", "ppo", "dpo")      # stages whose run trains a policy
+def wire(stage: str, config: ml_collections.ConfigDict, products: dict[str, str]) -> None:
+    """Point a stage's config at the latest earlier product of each kind it reads
+    (``Stage.reads``): the policy (``policy_init``), the reward model (``reward_init``), the
+    best-of-n choices (``data.source``)."""
+    fields = {"policy": "policy_init", "reward_model": "reward_init", "chosen": "data.source"}
+    for product in stages_lib.get(stage).reads:
+        if product in products:
+            config_lib.override(config, fields[product], products[product])
 
 
-def wire(command: str, config: ml_collections.ConfigDict, policy: str | None,
-         reward_model: str | None, chosen: str | None) -> None:
-    """Point a stage's config at the latest earlier policy, reward model and best-of-n
-    choices (each None when no earlier stage made one)."""
-    if policy is not None:
-        config.policy_init = policy
-    if reward_model is not None and command in ("ppo", "bon"):
-        config.reward_init = reward_model
-    if chosen is not None and command == "sft":
-        config.data.source = chosen
+def product_path(stage: str, stage_dir: str) -> str:
+    """What a finished stage hands on: its workdir, or best-of-n's chosen samples file."""
+    return (os.path.join(stage_dir, bon.CHOSEN_FILE) if stages_lib.get(stage).produces == "chosen"
+            else stage_dir)
 
 
 def stage_configs(config: ml_collections.ConfigDict,
                   workdir: str) -> dict[str, tuple[ml_collections.ConfigDict, str, str]]:
     """Each stage's config (a copy; ``config`` is not changed), workdir and command, wired
     to the previous stages' workdirs."""
-    out = {}
-    policy = reward_model = chosen = None
-    for name, command in pipeline_stages(config):
+    out, products = {}, {}
+    for name, command in stages_lib.pipeline_stages(config):
         stage_config, stage_dir = copy.deepcopy(config[name]), os.path.join(workdir, name)
-        wire(command, stage_config, policy, reward_model, chosen)
+        wire(command, stage_config, products)
         out[name] = (stage_config, stage_dir, command)
-        if command in POLICY_COMMANDS:
-            policy = stage_dir
-        elif command == "reward":
-            reward_model = stage_dir
-        elif command == "bon":
-            chosen = os.path.join(stage_dir, bon.CHOSEN_FILE)
+        produces = stages_lib.get(command).produces
+        if produces is not None:
+            products[produces] = product_path(command, stage_dir)
     return out
 
 
@@ -82,9 +78,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     stages = stage_configs(config, workdir)
     for name, (stage_config, stage_dir, command) in stages.items():
         print(f"=== pipeline stage: {name} ({stage_dir})")
-        TRAINERS[command](stage_config, stage_dir)
+        stages_lib.get(command).train(stage_config, stage_dir)
     wall = _add_wall_time(workdir, time.perf_counter() - start)
-    if [(n, c) for n, (_, _, c) in stages.items()] == [(n, n) for n in PIPELINE_STAGES]:
+    if [(n, c) for n, (_, _, c) in stages.items()] == [(n, n) for n in stages_lib.DEFAULT_PIPELINE]:
         return report.write_report(workdir, wall_seconds=wall)
     summary = {"stages": list(stages), **{name: workdir_lib.read_json(stage_dir,
                                                                        workdir_lib.SUMMARY_FILE)
@@ -92,3 +88,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                "wall_seconds": wall}
     workdir_lib.write_json(workdir, workdir_lib.SUMMARY_FILE, summary)
     return summary
+
+
+def run(command: str, config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Run (or resume) a stage, or a pipeline, with ``config`` in ``workdir``."""
+    if command == stages_lib.PIPELINE:
+        return train(config, workdir)
+    return stages_lib.get(command).train(config, workdir)

@@ -1,6 +1,7 @@
 """Operations on token sequences: what every stage computes from a model and a masked batch.
 
-Sequences are ``[batch, seq]`` token ids with an attention mask (1 = real token). Prompts are
+Sequences are ``[batch, seq]`` token ids with an attention mask (1 = real token; packed
+pretraining rows may carry segment ids instead, ``jaxrlhf.data.packing``). Prompts are
 left-padded and responses right-padded, so a prompt + response sequence is their
 concatenation and position ids come from the mask (docs/design.md, PPO detail 2). Sampling,
 the trainers and the reward model all score sequences through these functions.
@@ -14,13 +15,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxrlhf.data.packing import segment_positions
 from jaxrlhf.models.transformer import head_logits
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:
-    """Position ids of a (left- or right-) padded batch: ``cumsum(mask) - mask``. [batch, seq]."""
-    mask = mask.astype(jnp.int32)
-    return jnp.cumsum(mask, axis=-1) - mask
+    """Position ids [batch, seq] of a (left- or right-) padded batch, ``cumsum(mask) - mask``;
+    of packed rows whose mask holds segment ids, restarting at 0 at each segment
+    (``jaxrlhf.data.packing.segment_positions``, which is both)."""
+    return segment_positions(mask)
 
 
 def join(prompt: jax.Array, prompt_mask: jax.Array, response: jax.Array,

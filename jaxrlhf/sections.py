@@ -1,10 +1,11 @@
-"""The typed sections of a run's settings — ``optim``, ``train``, ``data``, ``reward``,
-``ppo``, ``dpo``, ``bon``, ``lora`` — and the checks they share.
+"""The typed sections of a run's settings — ``optim``, ``train``, ``data``, ``sampling``,
+``reward``, ``ppo``, ``dpo``, ``bon``, ``pretrain``, ``lora`` — and the checks they share.
 
-Each section is a frozen dataclass whose ``__post_init__`` checks its own ranges and
-relations, naming the offending config field (``config.ppo.clip=-1 must be >= 0``) in a
-``ConfigError``. ``jaxrlhf.settings.RunSettings`` reads them from a ``ConfigDict``, after
-:func:`check_types` has checked every value's kind.
+Each section is a frozen dataclass that carries its fields' defaults (the one place they
+are written: ``jaxrlhf.config.base_config`` is built from them) and whose ``__post_init__``
+checks its own ranges and relations, naming the offending config field
+(``config.ppo.clip=-1 must be >= 0``) in a ``ConfigError``. ``jaxrlhf.settings.RunSettings``
+reads them from a ``ConfigDict``, after :func:`check_types` has checked every value's kind.
 """
 from __future__ import annotations
 
@@ -15,13 +16,12 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from jaxrlhf.choices import ADVANTAGE_KINDS, KL_ESTIMATORS
 from jaxrlhf.data.preference import LABEL_MODES
 from jaxrlhf.errors import ConfigError
 from jaxrlhf.losses import PREFERENCE_LOSSES
 from jaxrlhf.models.config import DTYPES
 from jaxrlhf.models.lora import LoRAConfig
-from jaxrlhf.rl.advantages import ESTIMATORS as ADVANTAGE_ESTIMATORS
-from jaxrlhf.rl.kl import ESTIMATORS
 from jaxrlhf.tasks import TASKS
 
 REWARD_SOURCES = ("model", "gold")
@@ -73,15 +73,19 @@ def _positive(section: Any, prefix: str, fields: Sequence[str], *,
 
 @dataclasses.dataclass(frozen=True)
 class OptimSettings:
-    """AdamW with linear warm-up then cosine decay, and global-norm clipping (0: off)."""
-    learning_rate: float
-    warmup_steps: int
-    end_lr_ratio: float
-    weight_decay: float
-    b1: float
-    b2: float
-    eps: float
-    grad_clip: float
+    """The optimizer of every stage. Supervised stages (SFT, reward, DPO, pretraining): AdamW
+    with linear warm-up then cosine decay to ``end_lr_ratio`` of ``learning_rate``. PPO:
+    Adam at ``learning_rate`` annealed linearly to 0 over the run's updates, with ``eps``
+    (PPO details 16-17: 1e-5, as ``configs/ppo/quickstart.py`` sets it). Global-norm
+    clipping at ``grad_clip`` (0: off) for both."""
+    learning_rate: float = 1e-3
+    warmup_steps: int = 20
+    end_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
 
     def __post_init__(self):
         _positive(self, "optim", ("learning_rate",))
@@ -93,20 +97,23 @@ class OptimSettings:
 
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
-    """The shell's cadence. ``steps`` counts optimizer steps for SFT and reward modelling and
+    """The shell's cadence. ``steps`` counts optimizer steps for the supervised stages and
     PPO *iterations* for PPO (each is ``ppo_epochs x num_minibatches`` optimizer steps);
-    ``run_steps`` > 0 stops an invocation after that many and checkpoints (re-run resumes)."""
-    steps: int
-    batch_size: int
-    grad_accum: int
-    log_every: int
-    eval_every: int
-    checkpoint_every: int
-    keep_checkpoints: int
-    num_samples: int
-    sample_tokens: int
-    tensorboard: bool
-    run_steps: int
+    ``batch_size`` is the rows of one optimizer step (sequences, pairs) and, for PPO, the
+    responses of one iteration (``batch_size / ppo.num_generations`` prompts);
+    ``run_steps`` > 0 stops an invocation after that many and checkpoints (re-run resumes),
+    for time-sliced jobs and resume tests."""
+    steps: int = 200
+    batch_size: int = 32
+    grad_accum: int = 1
+    log_every: int = 10
+    eval_every: int = 50
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 3
+    num_samples: int = 3           # samples printed and logged at each evaluation
+    sample_tokens: int = 24        # their length (SFT and pretraining's greedy samples)
+    tensorboard: bool = True
+    run_steps: int = 0
 
     def __post_init__(self):
         _positive(self, "train", ("steps", "batch_size", "grad_accum", "log_every",
@@ -120,17 +127,22 @@ class TrainSettings:
 
 @dataclasses.dataclass(frozen=True)
 class DataSettings:
-    """SFT data: a built-in ``task`` or a local file / ``datasets`` ``source``."""
-    task: str
-    source: str
-    eval_source: str
-    split: str
-    eval_split: str
-    tokenizer: str
-    bpe_vocab_size: int
-    max_len: int
-    num_train: int
-    num_eval: int
+    """A stage's data: a built-in ``task``, or a local file / ``datasets`` name in
+    ``source`` (SFT: {prompt, completion} or {messages} rows; reward and DPO: TRL {prompt,
+    chosen, rejected} or Anthropic HH {chosen, rejected} pairs; pretraining: text), with
+    ``eval_source`` (or the last rows of ``source``) held out. ``tokenizer`` "": the task's
+    own, or a byte-level BPE of ``bpe_vocab_size`` trained on the data; else a local
+    tokenizer directory."""
+    task: str = "sentiment"
+    source: str = ""
+    eval_source: str = ""
+    split: str = "train"
+    eval_split: str = "test"
+    tokenizer: str = ""
+    bpe_vocab_size: int = 1024
+    max_len: int = 32              # tokens of one row (SFT: prompt + response; pretraining)
+    num_train: int = 4096
+    num_eval: int = 256
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -145,22 +157,54 @@ class DataSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    """How a trained policy samples: PPO's and GRPO / RLOO's rollouts, and the held-out
+    evaluation of every stage that trains a policy (SFT from a policy, DPO, PPO) and of
+    best-of-n — ``num_eval_prompts`` task prompts of at most ``prompt_length`` tokens,
+    responses of up to ``response_length`` at ``temperature`` with top-k / top-p (PPO
+    details 3-4); after the first ``truncate_token_id`` (-1: none) at or past
+    ``truncate_min_length`` a response is cut (detail 4); a response without EOS scores
+    ``missing_eos_penalty`` when ``penalize_missing_eos`` (detail 5)."""
+    temperature: float = 0.7
+    top_k: int = 0
+    top_p: float = 1.0
+    prompt_length: int = 8
+    response_length: int = 24
+    num_eval_prompts: int = 128
+    truncate_token_id: int = -1
+    truncate_min_length: int = 0
+    penalize_missing_eos: bool = True
+    missing_eos_penalty: float = -1.0
+
+    def __post_init__(self):
+        _positive(self, "sampling", ("temperature", "prompt_length", "response_length",
+                                     "num_eval_prompts"))
+        _positive(self, "sampling", ("top_k", "truncate_min_length"), allow_zero=True)
+        if not 0.0 < self.top_p <= 1.0:
+            fail("sampling.top_p", self.top_p, "must lie in (0, 1]")
+        if self.truncate_token_id < -1:
+            fail("sampling.truncate_token_id", self.truncate_token_id, "must be a token id "
+                 "or -1 (no truncation token)")
+
+
+@dataclasses.dataclass(frozen=True)
 class RewardSettings:
-    """Bradley–Terry reward modelling: data source, truncation and loss options."""
-    source: str
-    split: str
-    eval_source: str
-    eval_split: str
-    num_train_pairs: int
-    num_eval_pairs: int
-    num_reference: int
-    max_prompt_tokens: int
-    max_response_tokens: int
-    label_mode: str
-    label_temperature: float
-    sample_temperature: float
-    use_margin: bool
-    center_coef: float
+    """The preference pairs of reward modelling and DPO (``jaxrlhf.pairs``) and the
+    Bradley–Terry loss options. Without ``data.source`` the pairs are built on the task:
+    two samples of the SFT policy per prompt at ``sample_temperature`` (the pair recipe's
+    own temperature: DPO trains on these and is evaluated at ``sampling.temperature``),
+    labelled by the gold reward (``label_mode``: ``bradley_terry`` at ``label_temperature``
+    or ``max``). ``num_reference`` responses fix the score normalisation (PPO detail 9)."""
+    num_train_pairs: int = 2048
+    num_eval_pairs: int = 512
+    num_reference: int = 512
+    max_prompt_tokens: int = 8
+    max_response_tokens: int = 24
+    label_mode: str = "bradley_terry"
+    label_temperature: float = 0.1
+    sample_temperature: float = 1.0
+    use_margin: bool = False
+    center_coef: float = 0.0
 
     def __post_init__(self):
         if self.label_mode not in LABEL_MODES:
@@ -178,73 +222,58 @@ class RewardSettings:
 
 @dataclasses.dataclass(frozen=True)
 class PPOSettings:
-    """PPO with the options of docs/design.md's PPO details (item numbers in the docs)."""
-    reward_source: str
-    reward_init: str   # deprecated spelling of the top-level reward_init (RunSettings)
-    value_init: str
-    num_prompts: int
-    num_eval_prompts: int
-    prompt_length: int
-    response_length: int
-    batch_size: int
-    num_minibatches: int
-    ppo_epochs: int
-    grad_accum: int
-    temperature: float
-    top_k: int
-    top_p: float
-    kl_coef: float
-    kl_estimator: str
-    kl_in_reward: bool
-    adaptive_kl: bool
-    kl_target: float
-    kl_horizon: float
-    penalize_missing_eos: bool
-    missing_eos_penalty: float
-    truncate_token_id: int
-    truncate_min_length: int
-    whiten_rewards: bool
-    gamma: float
-    lam: float
-    clip: float
-    value_clip: float
-    vf_coef: float
-    ent_coef: float
-    ptx_coef: float
-    learning_rate: float
-    adam_eps: float
-    tf_adam: bool
-    single_program: bool
-    whiten_advantages: bool
-    advantage: str
-    num_generations: int
-    scale_rewards: bool
+    """PPO and its critic-free relatives (GRPO, RLOO, REINFORCE) with the options of
+    docs/design.md's PPO details (item numbers in brackets). How the policy samples is
+    ``sampling``; its optimizer ``optim``; responses per iteration ``train.batch_size``."""
+    reward_source: str = "model"   # "model": the reward model; "gold": the task's gold reward
+    value_init: str = "reward"     # value trunk from the "reward" model, the "policy", or
+                                   # "shared" with the policy (one trunk, two heads) [15]
+    num_prompts: int = 4096                                                         # [4]
+    num_minibatches: int = 4                                                       # [13]
+    ppo_epochs: int = 4
+    grad_accum: int = 1            # micro-batches of each minibatch
+    kl_coef: float = 0.05                                                           # [7]
+    kl_estimator: str = "k1"
+    kl_in_reward: bool = True
+    adaptive_kl: bool = False                                                       # [8]
+    kl_target: float = 6.0
+    kl_horizon: float = 10000.0
+    whiten_rewards: bool = False                                                    # [9]
+    gamma: float = 1.0                                                             # [10]
+    lam: float = 0.95
+    clip: float = 0.2                                                              # [12]
+    value_clip: float = 0.2
+    vf_coef: float = 0.1
+    ent_coef: float = 0.0
+    ptx_coef: float = 0.0
+    tf_adam: bool = False                                                          # [16]
+    single_program: bool = True
+    # Whiten advantages per minibatch over real tokens [11] where the estimator calls for
+    # it (GAE, REINFORCE; GRPO and RLOO normalise their own); False uses them as they are.
+    whiten_advantages: bool = True
+    # Advantage estimator (jaxrlhf.rl.advantages): "gae" (PPO, with a value model), or the
+    # critic-free "grpo", "rloo", "reinforce" (no value model is built). num_generations
+    # responses per prompt; scale_rewards: GRPO divides by the group's std (False: Dr. GRPO).
+    advantage: str = "gae"
+    num_generations: int = 1
+    scale_rewards: bool = True
     # "" keeps the reference and reward models in their trained dtype; "bfloat16" halves
     # their memory (they only run forward passes and carry no optimizer state).
-    frozen_dtype: str
+    frozen_dtype: str = ""
 
     def __post_init__(self):
         choices = {"reward_source": REWARD_SOURCES, "value_init": VALUE_INITS,
-                   "kl_estimator": ESTIMATORS, "advantage": tuple(ADVANTAGE_ESTIMATORS),
+                   "kl_estimator": KL_ESTIMATORS, "advantage": tuple(ADVANTAGE_KINDS),
                    "frozen_dtype": FROZEN_DTYPES}
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
                 fail(f"ppo.{field}", getattr(self, field), f"must be one of {allowed}")
-        _positive(self, "ppo", ("num_prompts", "num_eval_prompts", "prompt_length",
-                                "response_length", "batch_size", "num_minibatches",
-                                "ppo_epochs", "grad_accum", "temperature", "learning_rate",
-                                "adam_eps", "kl_target", "kl_horizon", "num_generations"))
+        _positive(self, "ppo", ("num_prompts", "num_minibatches", "ppo_epochs", "grad_accum",
+                                "kl_target", "kl_horizon", "num_generations"))
         _positive(self, "ppo", ("kl_coef", "clip", "value_clip", "vf_coef", "ent_coef",
-                                "ptx_coef", "top_k", "truncate_min_length"), allow_zero=True)
+                                "ptx_coef"), allow_zero=True)
         _in_range(self, "ppo", ("gamma", "lam"), 0.0, 1.0)
-        if self.truncate_token_id < -1:
-            fail("ppo.truncate_token_id", self.truncate_token_id, "must be a token id or -1 "
-                 "(no truncation token)")
-        if self.batch_size % self.num_generations:
-            fail("ppo.batch_size", self.batch_size,
-                 f"must be divisible by ppo.num_generations={self.num_generations} (it counts "
-                 "responses: batch_size / num_generations prompts per iteration)")
-        if ADVANTAGE_ESTIMATORS[self.advantage].needs_group and self.num_generations < 2:
+        if ADVANTAGE_KINDS[self.advantage].needs_group and self.num_generations < 2:
             fail("ppo.num_generations", self.num_generations,
                  f"must be >= 2 for ppo.advantage={self.advantage!r}, whose baseline is the "
                  "other responses to the same prompt")
@@ -252,19 +281,25 @@ class PPOSettings:
             fail("ppo.value_init", self.value_init,
                  "needs a reward model, but ppo.reward_source='gold' trains without one; "
                  "set --config.ppo.value_init=policy")
-        if self.batch_size % self.num_minibatches:
-            fail("ppo.batch_size", self.batch_size,
-                 f"must be divisible by ppo.num_minibatches={self.num_minibatches}")
-        if not 0.0 < self.top_p <= 1.0:
-            fail("ppo.top_p", self.top_p, "must lie in (0, 1]")
         if not self.kl_in_reward and self.kl_estimator == "k1":
             fail("ppo.kl_estimator", self.kl_estimator,
                  "has no KL gradient as a loss term (its expectation under the sampling "
                  "policy is 0); with ppo.kl_in_reward=False use 'k3' (DeepSeekMath) or 'k2'")
 
-    @property
-    def minibatch_size(self) -> int:
-        return self.batch_size // self.num_minibatches
+    def check_batch(self, batch_size: int) -> None:
+        """``train.batch_size`` responses split into prompts of ``num_generations`` answers
+        and into ``num_minibatches`` minibatches of ``grad_accum`` micro-batches."""
+        if batch_size % self.num_generations:
+            fail("train.batch_size", batch_size,
+                 f"must be divisible by ppo.num_generations={self.num_generations} (it counts "
+                 "responses: batch_size / num_generations prompts per iteration)")
+        if batch_size % self.num_minibatches:
+            fail("train.batch_size", batch_size,
+                 f"must be divisible by ppo.num_minibatches={self.num_minibatches}")
+        if (batch_size // self.num_minibatches) % self.grad_accum:
+            fail("ppo.grad_accum", self.grad_accum,
+                 f"must divide the minibatches of {batch_size // self.num_minibatches} rows "
+                 f"(train.batch_size / ppo.num_minibatches)")
 
     @property
     def updates_per_iteration(self) -> int:
@@ -280,21 +315,18 @@ class PPOSettings:
     def uses_value_model(self) -> bool:
         """Whether the advantage estimator needs a value model (GAE); critic-free ones
         (GRPO, RLOO, REINFORCE) build and store none."""
-        return ADVANTAGE_ESTIMATORS[self.advantage].needs_values
-
-    @property
-    def prompts_per_iteration(self) -> int:
-        """``batch_size`` responses are ``num_generations`` samples of this many prompts."""
-        return self.batch_size // self.num_generations
+        return ADVANTAGE_KINDS[self.advantage].needs_values
 
 
 @dataclasses.dataclass(frozen=True)
 class DPOSettings:
-    """A loss of the DPO family (``jaxrlhf.losses.PREFERENCE_LOSSES``) and its options."""
-    loss: str
-    beta: float
-    label_smoothing: float      # cDPO only: the assumed label-flip rate
-    simpo_gamma: float          # SimPO only: the target margin
+    """A loss of the DPO family (``jaxrlhf.losses.PREFERENCE_LOSSES``) and its options:
+    "dpo" (Rafailov et al. 2023), "cdpo" (label-smoothed), "ipo" (Azar et al. 2023; beta is
+    its tau), "simpo" (Meng et al. 2024, reference-free, target margin ``simpo_gamma``)."""
+    loss: str = "dpo"
+    beta: float = 0.1
+    label_smoothing: float = 0.0   # cDPO only: the assumed label-flip rate
+    simpo_gamma: float = 0.5       # SimPO only: the target margin
 
     def __post_init__(self):
         if self.loss not in PREFERENCE_LOSSES:
@@ -309,12 +341,13 @@ class DPOSettings:
 
 @dataclasses.dataclass(frozen=True)
 class BestOfNSettings:
-    """``n`` samples for each of ``num_prompts`` task prompts (``split``: the held-out
-    ``eval`` prompts or PPO's ``train`` prompts), ``batch_size`` samples at a time."""
-    n: int
-    num_prompts: int
-    split: str
-    batch_size: int
+    """``n`` samples (drawn as ``sampling`` says) for each of ``num_prompts`` task prompts
+    (``split``: the held-out ``eval`` prompts or PPO's ``train`` prompts), scored by the
+    reward model in ``reward_init``; ``batch_size`` samples at a time."""
+    n: int = 16
+    num_prompts: int = 128
+    split: str = "eval"
+    batch_size: int = 512
 
     def __post_init__(self):
         _positive(self, "bon", ("n", "num_prompts", "batch_size"))
@@ -323,14 +356,29 @@ class BestOfNSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class PretrainSettings:
+    """Causal-LM pretraining on raw text (``jaxrlhf.trainers.pretrain``): documents of the
+    ``text_field`` of ``data.source`` rows (or ``.txt`` files) packed into rows of
+    ``data.max_len`` tokens; ``cross_document`` False blocks attention across the documents
+    of a row (a segment mask)."""
+    text_field: str = "text"
+    cross_document: bool = True
+
+    def __post_init__(self):
+        if not self.text_field:
+            fail("pretrain.text_field", self.text_field, "must name the rows' text field")
+
+
+@dataclasses.dataclass(frozen=True)
 class LoRASettings:
-    """Adapters (``jaxrlhf.models.lora``) of ``rank`` (0: off, every parameter trains) on
-    the linear layers whose names fully match the regular expression ``targets``, over a
-    frozen base kept in ``base_dtype``."""
-    rank: int
-    alpha: float
-    targets: str
-    base_dtype: str
+    """Adapters (Hu et al. 2021; ``jaxrlhf.models.lora``) of ``rank`` (0: off, every
+    parameter trains) on the linear layers whose names fully match the regular expression
+    ``targets`` (q, k, v, o, gate, up, down, lm_head), scaled by alpha / rank, over a frozen
+    base kept in ``base_dtype``; a scalar model's head trains too."""
+    rank: int = 0
+    alpha: float = 16.0
+    targets: str = "q|k|v|o|gate|up|down"
+    base_dtype: str = "float32"
 
     def __post_init__(self):
         _positive(self, "lora", ("rank",), allow_zero=True)

@@ -7,14 +7,16 @@ as static arguments) without reading a mutable dict. Every check names the offen
 field (``config.ppo.clip=-1 must be >= 0``) and raises ``ConfigError``. Every field's
 value must have its declared type (an ``int`` field an integer, a ``float`` field a finite
 number, ...) before any range is checked. The sections themselves are in
-``jaxrlhf.sections``.
+``jaxrlhf.sections``; every field's default is written once, on its dataclass field, and
+``jaxrlhf.config.base_config`` is built from these classes. A renamed field keeps its old
+name for one release (:data:`ALIASES`): setting it sets the new field and prints one notice.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import sys
 import typing
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,66 +26,75 @@ from jaxrlhf import parallel
 from jaxrlhf.errors import ConfigError
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.sections import (BestOfNSettings, DataSettings, DPOSettings, LoRASettings,
-                              OptimSettings, PPOSettings, RewardSettings, TrainSettings,
-                              check_types, fail)
+                              OptimSettings, PPOSettings, PretrainSettings, RewardSettings,
+                              SamplingSettings, TrainSettings, check_types, fail)
 
 
-def _section_dict(config: ml_collections.ConfigDict, name: str) -> dict[str, Any]:
-    section = config.get(name)
-    if not isinstance(section, ml_collections.ConfigDict):
+# Deprecated name -> the one field it now sets. Kept for one release (removed in 0.2).
+ALIASES: dict[str, str] = {
+    "ppo.learning_rate": "optim.learning_rate",
+    "ppo.adam_eps": "optim.eps",
+    "ppo.batch_size": "train.batch_size",
+    "ppo.reward_init": "reward_init",
+    "reward.source": "data.source",
+    "reward.split": "data.split",
+    "reward.eval_source": "data.eval_source",
+    "reward.eval_split": "data.eval_split",
+    **{f"ppo.{name}": f"sampling.{name}" for name in (
+        "temperature", "top_k", "top_p", "prompt_length", "response_length",
+        "num_eval_prompts", "truncate_token_id", "truncate_min_length",
+        "penalize_missing_eos", "missing_eos_penalty")},
+}
+_NOTIFIED: set[str] = set()   # aliases whose notice this process has printed
+
+
+def _notice_once(old: str, new: str) -> None:
+    if old not in _NOTIFIED:
+        _NOTIFIED.add(old)
+        print(f"jaxrlhf: config.{old} is deprecated and will be removed in 0.2: set "
+              f"config.{new} instead", file=sys.stderr)
+
+
+def _pop(tree: dict[str, Any], dotted: str) -> Any:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        tree = tree.get(part, {})
+    return tree.pop(leaf, None) if isinstance(tree, dict) else None
+
+
+def resolve_aliases(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """``config`` as a plain dict, each deprecated field (:data:`ALIASES`) removed and, when
+    set, its value given to its new name — as ``--config.NEW=VALUE`` would, over what the
+    config file set there — with one notice per name and process."""
+    tree = config.to_dict()
+    for old, new in ALIASES.items():
+        value = _pop(tree, old)
+        if value is None:
+            continue
+        *parents, leaf = new.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        _notice_once(old, new)
+        node[leaf] = value
+    return tree
+
+
+def _section_dict(tree: Mapping[str, Any], name: str) -> dict[str, Any]:
+    section = tree.get(name)
+    if not isinstance(section, Mapping):
         raise ConfigError(f"config.{name} must be a section of fields, got {section!r}")
-    return dict(section.to_dict())
+    return dict(section)
 
 
-def _section(cls, config: ml_collections.ConfigDict, name: str):
+def _section(cls, tree: Mapping[str, Any], name: str):
     """``cls`` from the config section ``name``: every field present, known and typed."""
-    values = _section_dict(config, name)
+    values = _section_dict(tree, name)
     fields = {f.name for f in dataclasses.fields(cls)}
     for field in sorted(set(values) - fields):
         raise ConfigError(_unknown(f"{name}.{field}", [f"{name}.{f}" for f in sorted(fields)]))
-    missing = sorted(f.name for f in dataclasses.fields(cls) if f.name not in values
-                     and f.default is dataclasses.MISSING)
-    if missing:
-        raise ConfigError(f"config.{name} lacks the fields {missing}; start the config from "
-                          "jaxrlhf.config.base_config()")
     check_types(cls, values, f"{name}.")
     return cls(**values)
-
-
-def _reward_init(config: ml_collections.ConfigDict) -> str:
-    """The reward model's workdir: ``config.reward_init``, or its deprecated spelling
-    ``config.ppo.reward_init`` (with a warning naming the new field)."""
-    new, old = config.get("reward_init", ""), config.ppo.get("reward_init", "")
-    if old and new and old != new:
-        raise ConfigError(f"config.reward_init={new!r} and config.ppo.reward_init={old!r} "
-                          "disagree; set only config.reward_init (ppo.reward_init is its "
-                          "deprecated spelling)")
-    if old and not new:
-        warnings.warn("config.ppo.reward_init is deprecated: set config.reward_init (beside "
-                      "config.policy_init) instead", FutureWarning, stacklevel=3)
-    return new or old
-
-
-class _TopLevel:
-    """The declared types of the top-level fields, for ``sections.check_types``."""
-    seed: int
-    model_init: str
-    policy_init: str
-    reward_init: str
-
-
-# The sections of a single-stage config (beside the fields of ``_TopLevel``).
-SECTIONS = ("model", "mesh", "axis_rules", "optim", "train", "data", "reward", "ppo", "dpo",
-            "bon", "lora")
-
-
-def _check_top_level(config: ml_collections.ConfigDict) -> None:
-    """A config file may add fields to an unlocked ``base_config()``: a misspelt top-level
-    name would be ignored, so every top-level field must be one a stage reads."""
-    known = [*typing.get_type_hints(_TopLevel), *SECTIONS]
-    for name in config:
-        if name not in known:
-            raise ConfigError(_unknown(name, known))
 
 
 def _unknown(name: str, known: list[str]) -> str:
@@ -92,58 +103,63 @@ def _unknown(name: str, known: list[str]) -> str:
     return f"unknown config field {name!r} (set in the config file){hint}"
 
 
+# Logical axis -> mesh axis (or None: replicated); batches use 'batch' (docs/design.md, rule 4).
+AXIS_RULES = (("batch", ("data", "fsdp")), ("vocab", "tensor"), ("embed", "fsdp"),
+              ("mlp", "tensor"), ("heads", "tensor"), ("kv", "tensor"), ("layers", None))
+
+
 @dataclasses.dataclass(frozen=True)
 class RunSettings:
-    """Everything one stage reads, typed. Build with :meth:`from_config`."""
-    seed: int
-    model: ModelConfig          # vocab_size 0: the tokenizer's size (models.build.resolve_config)
-    model_init: str             # a local HF directory to start from ("" = random init)
-    policy_init: str            # workdir of a finished SFT run ("" = none)
-    reward_init: str            # workdir of a finished reward-model run (PPO; "" = none)
-    mesh: Mapping[str, int]
-    axis_rules: tuple[tuple[str, tuple[str, ...]], ...]
-    optim: OptimSettings
-    train: TrainSettings
-    data: DataSettings
-    reward: RewardSettings
-    ppo: PPOSettings
-    dpo: DPOSettings
-    bon: BestOfNSettings
-    lora: LoRASettings
+    """Everything one stage reads, typed, with every default. Build with
+    :meth:`from_config`; ``base_config()`` is these defaults as a ``ConfigDict``."""
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    model_init: str = ""        # a local HF directory (config.json + *.safetensors) to start from
+    policy_init: str = ""       # workdir of a finished run that trained a policy ("" = none)
+    reward_init: str = ""       # workdir of a finished reward-model run (PPO, best-of-n)
+    # sizes of the (data, fsdp, tensor) mesh axes; -1 takes the remaining devices
+    mesh: Mapping[str, int] = dataclasses.field(
+        default_factory=lambda: {"data": -1, "fsdp": 1, "tensor": 1})
+    axis_rules: tuple = AXIS_RULES
+    optim: OptimSettings = OptimSettings()
+    train: TrainSettings = TrainSettings()
+    data: DataSettings = DataSettings()
+    sampling: SamplingSettings = SamplingSettings()
+    reward: RewardSettings = RewardSettings()
+    ppo: PPOSettings = PPOSettings()
+    dpo: DPOSettings = DPOSettings()
+    bon: BestOfNSettings = BestOfNSettings()
+    pretrain: PretrainSettings = PretrainSettings()
+    lora: LoRASettings = LoRASettings()
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> RunSettings:
         """Typed settings of a single-stage config; raises ConfigError naming the first bad
-        field. Checks that depend on the device count are in :meth:`check_mesh`."""
-        _check_top_level(config)
-        top = {name: config.get(name, "") for name in typing.get_type_hints(_TopLevel)}
-        check_types(_TopLevel, top, "")
-        check_types(_TopLevel, {"reward_init": config.ppo.get("reward_init", "")}, "ppo.")
-        model = _section(ModelConfig, config, "model")
+        field. Checks that depend on the stage or the device count are the stage's
+        (``jaxrlhf.stages.validate``)."""
+        tree = resolve_aliases(config)
+        known = [*TOP_LEVEL, *SECTIONS]
+        for name in tree:
+            if name not in known:
+                raise ConfigError(_unknown(name, known))
+        top = {name: tree.get(name, getattr(cls, name)) for name in TOP_LEVEL}
+        check_types(cls, top, "")
+        model = _section(ModelConfig, tree, "model")
         try:
             model.validate(vocab_known=False)
         except ValueError as e:
             raise ConfigError(f"config.{e}") from None
-        mesh = _section_dict(config, "mesh")
+        mesh = _section_dict(tree, "mesh")
         for axis, size in mesh.items():
             if isinstance(size, bool) or not isinstance(size, int):
                 fail(f"mesh.{axis}", size, "must be an integer (or -1: the remaining devices)")
         try:
-            rules = parallel.rules_table(config.axis_rules)
+            rules = parallel.rules_table(tree.get("axis_rules"))
         except (TypeError, ValueError) as e:
-            raise ConfigError(f"config.axis_rules={config.get('axis_rules')!r}: {e}; each rule "
+            raise ConfigError(f"config.axis_rules={tree.get('axis_rules')!r}: {e}; each rule "
                               "is (logical axis, mesh axis | tuple of mesh axes | None)") from None
-        return cls(seed=config.seed, model=model, model_init=config.model_init,
-                   policy_init=config.policy_init, reward_init=_reward_init(config), mesh=mesh,
-                   axis_rules=tuple(rules.items()),
-                   optim=_section(OptimSettings, config, "optim"),
-                   train=_section(TrainSettings, config, "train"),
-                   data=_section(DataSettings, config, "data"),
-                   reward=_section(RewardSettings, config, "reward"),
-                   ppo=_section(PPOSettings, config, "ppo"),
-                   dpo=_section(DPOSettings, config, "dpo"),
-                   bon=_section(BestOfNSettings, config, "bon"),
-                   lora=_section(LoRASettings, config, "lora"))
+        sections = {name: _section(SECTION_TYPES[name], tree, name) for name in SECTION_TYPES}
+        return cls(**top, model=model, mesh=mesh, axis_rules=tuple(rules.items()), **sections)
 
     def __post_init__(self):
         m = self.model
@@ -155,13 +171,13 @@ class RunSettings:
             fail("reward.max_response_tokens", r.max_response_tokens,
                  f"with reward.max_prompt_tokens={r.max_prompt_tokens} and the EOS makes "
                  f"{r.pair_length} tokens, more than model.max_seq_len={m.max_seq_len}")
-        p = self.ppo
-        if p.prompt_length + p.response_length > m.max_seq_len:
-            fail("ppo.response_length", p.response_length,
-                 f"plus ppo.prompt_length={p.prompt_length} exceeds "
+        s = self.sampling
+        if s.prompt_length + s.response_length > m.max_seq_len:
+            fail("sampling.response_length", s.response_length,
+                 f"plus sampling.prompt_length={s.prompt_length} exceeds "
                  f"model.max_seq_len={m.max_seq_len}")
-        if p.frozen_dtype and self.lora.rank:
-            fail("ppo.frozen_dtype", p.frozen_dtype,
+        if self.ppo.frozen_dtype and self.lora.rank:
+            fail("ppo.frozen_dtype", self.ppo.frozen_dtype,
                  "applies to full training only: under LoRA the reference is the adapters' "
                  "frozen base, stored in lora.base_dtype; set that instead")
 
@@ -170,26 +186,62 @@ class RunSettings:
         """The logical-axis -> mesh-axes table (``parallel.rules_table`` form)."""
         return dict(self.axis_rules)
 
-    def check_mesh(self, num_devices: int) -> None:
-        """The mesh tiles ``num_devices`` and every batch splits over its data axes."""
+    @property
+    def prompts_per_iteration(self) -> int:
+        """PPO's ``train.batch_size`` responses are ``ppo.num_generations`` samples of this
+        many prompts."""
+        return self.train.batch_size // self.ppo.num_generations
+
+    @property
+    def minibatch_size(self) -> int:
+        """Responses in one PPO minibatch."""
+        return self.train.batch_size // self.ppo.num_minibatches
+
+    def data_parallel_size(self, num_devices: int) -> int:
+        """The devices a batch is split over (``mesh.data x mesh.fsdp``); a ConfigError when
+        the mesh does not tile ``num_devices``."""
         try:
-            dp = parallel.data_parallel_size(self.mesh, num_devices)
+            return parallel.data_parallel_size(self.mesh, num_devices)
         except ValueError as e:
             sizes = ", ".join(f"mesh.{axis}={size}" for axis, size in self.mesh.items())
             raise ConfigError(f"config.{sizes}: {str(e).removeprefix('mesh: ')}") from None
-        t = self.train
+
+    def check_batches(self, num_devices: int) -> None:
+        """A supervised stage: each micro-batch of ``train.batch_size / train.grad_accum``
+        rows splits over the data-parallel devices."""
+        dp, t = self.data_parallel_size(num_devices), self.train
         micro = t.batch_size // t.grad_accum
         if micro % dp:
             fail("train.batch_size", t.batch_size,
                  f"gives micro-batches of {micro}, not divisible by the data-parallel size "
                  f"{dp} (mesh.data x mesh.fsdp on {num_devices} devices)")
-        p = self.ppo
-        if p.minibatch_size % p.grad_accum or (p.minibatch_size // p.grad_accum) % dp:
+
+    def check_ppo_batches(self, num_devices: int) -> None:
+        """PPO: the iteration's responses split into prompts, minibatches and micro-batches,
+        and each of these over the data-parallel devices."""
+        dp, p = self.data_parallel_size(num_devices), self.ppo
+        p.check_batch(self.train.batch_size)
+        if (self.minibatch_size // p.grad_accum) % dp:
             fail("ppo.grad_accum", p.grad_accum,
-                 f"must split minibatches of {p.minibatch_size} into micro-batches "
+                 f"must split minibatches of {self.minibatch_size} into micro-batches "
                  f"divisible by the data-parallel size {dp}")
-        if p.prompts_per_iteration % dp:
-            fail("ppo.batch_size", p.batch_size,
+        if self.prompts_per_iteration % dp:
+            fail("train.batch_size", self.train.batch_size,
                  f"over ppo.num_generations={p.num_generations} gives "
-                 f"{p.prompts_per_iteration} prompts per iteration, not divisible by the "
+                 f"{self.prompts_per_iteration} prompts per iteration, not divisible by the "
                  f"data-parallel size {dp}")
+
+
+TOP_LEVEL = ("seed", "model_init", "policy_init", "reward_init")
+# The typed sections of a single-stage config (beside model, mesh and axis_rules).
+SECTION_TYPES = {f.name: type(f.default) for f in dataclasses.fields(RunSettings)
+                 if dataclasses.is_dataclass(f.default) and f.name != "model"}
+SECTIONS = ("model", "mesh", "axis_rules", *SECTION_TYPES)
+
+
+def field_default(dotted: str) -> Any:
+    """The default of the field ``section.name`` (or a top-level ``name``)."""
+    node: Any = RunSettings()
+    for part in dotted.split("."):
+        node = node[part] if isinstance(node, Mapping) else getattr(node, part)
+    return node

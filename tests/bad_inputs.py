@@ -86,7 +86,7 @@ def cases(tmp: str) -> list[Case]:
         rows = _good_pairs()
         rows.insert(line - 1, bad_row)
         path = write(f"{name}_pref.jsonl", _jsonl(rows))
-        out.append(Case(f"pref/{name}", [*REWARD, f"--config.reward.source={path}"],
+        out.append(Case(f"pref/{name}", [*REWARD, f"--config.data.source={path}"],
                         expect if expect is not None else [os.path.basename(path) + f":{line}"]))
 
     # --- SFT rows -------------------------------------------------------------------
@@ -196,24 +196,24 @@ def cases(tmp: str) -> list[Case]:
     pref_file("malformed_json", b'{"prompt": "a", "chosen": ')
     pref_file("non_utf8", b'{"prompt": "a", "chosen": "\xff\xfe", "rejected": "c"}')
     path = write("same.jsonl", _jsonl([{"prompt": "a", "chosen": "x", "rejected": "x"}] * 30))
-    out.append(Case("pref/all_identical", [*REWARD, f"--config.reward.source={path}"],
+    out.append(Case("pref/all_identical", [*REWARD, f"--config.data.source={path}"],
                     ["same.jsonl", "chosen == rejected"]))
     path = write("empty_pref.jsonl", b"")
-    out.append(Case("pref/empty_file", [*REWARD, f"--config.reward.source={path}"],
+    out.append(Case("pref/empty_file", [*REWARD, f"--config.data.source={path}"],
                     ["empty_pref.jsonl"]))
     path = write("pref_not_gzip.jsonl.gz", _jsonl(_good_pairs()))
-    out.append(Case("pref/not_gzip", [*REWARD, f"--config.reward.source={path}"],
+    out.append(Case("pref/not_gzip", [*REWARD, f"--config.data.source={path}"],
                     ["pref_not_gzip.jsonl.gz", "gzip"]))
     path = write("empty_chosen.jsonl", _jsonl([
         {"prompt": "a", "chosen": "", "rejected": "b"}] * 2 + _good_pairs()))
-    out.append(Case("pref/empty_chosen", [*REWARD, f"--config.reward.source={path}"],
+    out.append(Case("pref/empty_chosen", [*REWARD, f"--config.data.source={path}"],
                     [], accept=True, summary_key="data_counts.train.empty_response"))
     path = write("few_pairs.jsonl", _jsonl(_good_pairs(3)))
-    out.append(Case("pref/fewer_pairs_than_batch", [*REWARD, f"--config.reward.source={path}"],
+    out.append(Case("pref/fewer_pairs_than_batch", [*REWARD, f"--config.data.source={path}"],
                     ["few_pairs.jsonl", "train.batch_size"]))
     good_pref = write("good_pref.jsonl", _jsonl(_good_pairs()))
-    out.append(Case("pref/missing_eval_source", [*REWARD, f"--config.reward.source={good_pref}",
-                                                 f"--config.reward.eval_source={tmp}/no.jsonl"],
+    out.append(Case("pref/missing_eval_source", [*REWARD, f"--config.data.source={good_pref}",
+                                                 f"--config.data.eval_source={tmp}/no.jsonl"],
                     ["no.jsonl"]))
 
     # --- config values ----------------------------------------------------------------
@@ -244,7 +244,7 @@ def cases(tmp: str) -> list[Case]:
     cfg("mesh.data", 3)
     cfg("train.batch_size", 0)
     cfg("train.keep_checkpoints", 0)
-    cfg("ppo.temperature", 0.0)
+    cfg("sampling.temperature", 0.0)
     cfg("reward.label_temperature", -1.0, base=REWARD)
     cfg("train.num_samples", -1)
     cfg("train.sample_tokens", 0)
@@ -349,16 +349,16 @@ def review_cases(tmp: str, write, gpt2: dict, hf_dir) -> list[Case]:
                          [*sft[:2], {"messages": ["user: hi"]}, *sft[2:]], SFT, "data.source"))
     out.append(rows_file("pref_chosen_dict", [*pairs[:2], {"prompt": "p", "chosen": {"a": 1},
                                                            "rejected": " b ."}, *pairs[2:]],
-                         REWARD, "reward.source"))
+                         REWARD, "data.source"))
     out.append(rows_file("pref_margin_infinite",
                          [*pairs[:2], {**pairs[2], "margin": 1e999}, *pairs[3:]],
-                         REWARD, "reward.source"))
+                         REWARD, "data.source"))
     out.append(rows_file("pref_row_null", [*pairs[:2], None, *pairs[2:]], REWARD,
-                         "reward.source"))
+                         "data.source"))
     path = write("review_empty.jsonl.gz", gzip.compress(b""))
     out.append(Case("review/sft_empty_gzip", [*SFT, f"--config.data.source={path}"],
                     ["review_empty.jsonl.gz"]))
-    for field, value in [("train.grad_accum", 0), ("mesh.fsdp", 0), ("ppo.response_length", 0),
+    for field, value in [("train.grad_accum", 0), ("mesh.fsdp", 0), ("sampling.response_length", 0),
                          ("model.family", "gpt5"), ("model.dtype", "float16x"),
                          ("optim.grad_clip", -1.0), ("train.eval_every", 0)]:
         out.append(Case(f"review/config_{field}={value}", [*SFT, f"--config.{field}={value}"],

@@ -32,13 +32,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run_cli(command, *args, timeout=600, check=True):
     """``python -m jaxrlhf COMMAND ARGS`` in a fresh process on one device, as a user runs it.
 
-    ``command`` is a stage (``sft``, ``reward``, ``ppo``, ``dpo``, ``pipeline``) or
-    ``sample``, ``bon``, ``export``; for a stage, ``args`` are ``config, workdir,
-    *overrides`` and TensorBoard is switched off.
+    ``command`` is a stage with steps (``pretrain``, ``sft``, ``reward``, ``ppo``, ``dpo``),
+    ``pipeline``, or ``sample``, ``bon``, ``export``; for a stage, ``args`` are ``config,
+    workdir, *overrides`` and TensorBoard is switched off.
     """
+    from jaxrlhf.stages import STAGES
     env = dict(os.environ, JAXRLHF_NO_PROGRESS="1")
     env.pop("XLA_FLAGS", None)
-    if command in ("sft", "reward", "ppo", "dpo", "pipeline"):
+    if command == "pipeline" or (command in STAGES and STAGES[command].has_steps):
         config, workdir, *overrides = args
         args = [f"--config={config}", f"--workdir={workdir}", *overrides]
         if command != "pipeline":

@@ -34,8 +34,8 @@ STAGES = {
                "--config.reward.num_reference=64", "--config.train.batch_size=16"],
     "ppo": ["--config=configs/ppo/quickstart.py", "--config.train.steps=8",
             "--config.train.eval_every=3", "--config.train.checkpoint_every=2",
-            "--config.ppo.num_prompts=128", "--config.ppo.num_eval_prompts=16",
-            "--config.ppo.batch_size=16", "--config.ppo.num_minibatches=2",
+            "--config.ppo.num_prompts=128", "--config.sampling.num_eval_prompts=16",
+            "--config.train.batch_size=16", "--config.ppo.num_minibatches=2",
             "--config.ppo.ppo_epochs=2"],
 }
 LOGS = ("metrics.jsonl", "samples.jsonl")

@@ -104,7 +104,7 @@ def test_api_sweeps_best_of_n_and_runs_reference_free_dpo(sft_workdir, reward_wo
         "configs/dpo/quickstart.py", policy_init=sft_workdir,
         **{"dpo.loss": "simpo", "dpo.beta": 2.0, "train.steps": 4, "train.eval_every": 4,
            "train.checkpoint_every": 4, "reward.num_train_pairs": 64,
-           "reward.num_eval_pairs": 32, "ppo.num_eval_prompts": 16, "train.tensorboard": False})
+           "reward.num_eval_pairs": 32, "sampling.num_eval_prompts": 16, "train.tensorboard": False})
     result = jaxrlhf.run("dpo", config, str(tmp_path / "simpo"))
     assert all(np.isfinite(result.summary[k]) for k in keys)
     assert result.summary["loss"] == "simpo"
@@ -121,7 +121,7 @@ def test_dpo_learns_from_trl_rows(sft_workdir, tmp_path):
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))
     config = jaxrlhf.load_config(
         "configs/dpo/quickstart.py", policy_init=sft_workdir,
-        **{"reward.source": str(source), "reward.num_train_pairs": 64,
+        **{"data.source": str(source), "reward.num_train_pairs": 64,
            "reward.num_eval_pairs": 32, "train.batch_size": 16, "train.steps": 8,
            "train.eval_every": 8, "train.checkpoint_every": 8, "dpo.loss": "ipo",
            "train.tensorboard": False})

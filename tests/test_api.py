@@ -1,9 +1,11 @@
 """The notebook API: dotted overrides, runs in-process, sweeps that resume and never mix
 configs."""
+import dataclasses
+
 import pytest
 
 import jaxrlhf
-from jaxrlhf import api, pipeline
+from jaxrlhf import api, stages
 from jaxrlhf.errors import ConfigError
 
 SFT = "configs/sft/quickstart.py"
@@ -39,7 +41,8 @@ def test_sweep_runs_resumes_and_refuses_mixed_configs(tmp_path, monkeypatch, cap
     assert full["eval_loss"].notna().all() and full.loc[0, "eval_loss"] != full.loc[1, "eval_loss"]
 
     # finished points are read back, not run again
-    monkeypatch.setitem(pipeline.TRAINERS, "sft", lambda *a: pytest.fail("ran again"))
+    monkeypatch.setitem(stages.STAGES, "sft", dataclasses.replace(
+        stages.STAGES["sft"], train=lambda *a: pytest.fail("ran again")))
     again = jaxrlhf.sweep("sft", api.with_overrides(base, {"train.run_steps": 0}), grid,
                           str(tmp_path), progress=False)
     assert again.drop(columns="workdir").equals(full.drop(columns="workdir"))
@@ -62,7 +65,8 @@ def test_run_returns_summary_and_metrics(tmp_path):
 def test_run_once_reuses_a_finished_run_and_refuses_another_config(tmp_path, monkeypatch):
     config = jaxrlhf.load_config(SFT, **TINY)
     first = jaxrlhf.run_once("sft", config, str(tmp_path))
-    monkeypatch.setitem(pipeline.TRAINERS, "sft", lambda *a: pytest.fail("ran again"))
+    monkeypatch.setitem(stages.STAGES, "sft", dataclasses.replace(
+        stages.STAGES["sft"], train=lambda *a: pytest.fail("ran again")))
     again = jaxrlhf.run_once("sft", config, str(tmp_path))
     assert again.summary == first.summary and again.metrics.equals(first.metrics)
     with pytest.raises(ValueError, match=r"different config .*'seed'"):

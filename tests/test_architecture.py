@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from conftest import REPO
+from jaxrlhf.stages import STAGES
 
 ROOT = pathlib.Path(REPO)
 PACKAGE = ROOT / "jaxrlhf"
@@ -15,17 +16,17 @@ PACKAGE = ROOT / "jaxrlhf"
 # The longest matching prefix places a module.
 LAYERS = (
     ("jaxrlhf.metrics", "jaxrlhf.parallel", "jaxrlhf.data", "jaxrlhf.models", "jaxrlhf.memory",
-     "jaxrlhf.analysis", "jaxrlhf.errors", "jaxrlhf.runfiles"),
-    ("jaxrlhf.baselines", "jaxrlhf.checkpoint", "jaxrlhf.scoring", "jaxrlhf.rl.kl"),
+     "jaxrlhf.analysis", "jaxrlhf.errors", "jaxrlhf.runfiles", "jaxrlhf.choices"),
+    ("jaxrlhf.baselines", "jaxrlhf.checkpoint", "jaxrlhf.scoring"),
     ("jaxrlhf.losses", "jaxrlhf.sampling", "jaxrlhf.tasks", "jaxrlhf.settings",
-     "jaxrlhf.sections", "jaxrlhf.rl.advantages"),
+     "jaxrlhf.sections"),
     ("jaxrlhf.optim", "jaxrlhf.rl", "jaxrlhf.config", "jaxrlhf.workdir", "jaxrlhf.pairs"),
     ("jaxrlhf.trainers",),
-    ("jaxrlhf.pipeline", "jaxrlhf.report", "jaxrlhf.dry_run"),
+    ("jaxrlhf.stages", "jaxrlhf.pipeline", "jaxrlhf.report", "jaxrlhf.dry_run"),
     ("jaxrlhf.cli", "jaxrlhf.__main__", "jaxrlhf.api"),
 )
-STAGE_SHELLS = tuple(f"jaxrlhf.trainers.{stage}"
-                     for stage in ("sft", "reward", "ppo", "dpo", "bon"))
+# The module of every stage in the stage table: none may import another.
+STAGE_SHELLS = tuple(stage.train.__module__ for stage in STAGES.values())
 
 
 def _module_name(path: pathlib.Path) -> str:

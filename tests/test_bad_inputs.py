@@ -18,7 +18,7 @@ import ml_collections
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from jaxrlhf import config as config_lib, sections, settings as settings_lib
+from jaxrlhf import config as config_lib, settings as settings_lib, stages
 from jaxrlhf.data import preference, records, sft
 from jaxrlhf.errors import ConfigError, DataError, MissingInputError
 from jaxrlhf.models.config import ModelConfig
@@ -250,19 +250,21 @@ config_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.tuples(inner, inner)
     | st.dictionaries(st.from_regex(r"[a-z]{1,5}", fullmatch=True), inner, max_size=2),
     max_leaves=4)
-SECTIONS = {"optim": sections.OptimSettings, "train": sections.TrainSettings,
-            "data": sections.DataSettings, "reward": sections.RewardSettings,
-            "ppo": sections.PPOSettings, "dpo": sections.DPOSettings,
-            "bon": sections.BestOfNSettings, "lora": sections.LoRASettings, "model": ModelConfig}
+SECTIONS = {**settings_lib.SECTION_TYPES, "model": ModelConfig}
+
+
+def _target(name: str) -> str:
+    """The field a config name sets: itself, or for a deprecated name its new field."""
+    return settings_lib.ALIASES.get(name, name)
 
 
 def _declared_type(name: str):
-    section, _, leaf = name.rpartition(".")
+    section, _, leaf = _target(name).rpartition(".")
     if section in SECTIONS:
         return typing.get_type_hints(SECTIONS[section]).get(leaf)
     if section == "mesh":
         return int
-    return typing.get_type_hints(settings_lib._TopLevel).get(leaf)
+    return typing.get_type_hints(settings_lib.RunSettings).get(leaf)
 
 
 def _has_type(value, want) -> bool:
@@ -292,30 +294,33 @@ def test_config_validation_fuzz(name, value, devices):
     config = _with(name, value)
     want = _declared_type(name)
     try:
-        config_lib.validate(config, num_devices=devices)
+        stages.validate("ppo", config, num_devices=devices)
     except ConfigError as e:
-        leaf = name.rsplit(".", 1)[-1]
-        assert str(e).startswith("config.") and (name in str(e) or leaf in str(e)), (name, str(e))
+        target = _target(name)
+        leaf = target.rsplit(".", 1)[-1]
+        assert str(e).startswith("config.") and (target in str(e) or leaf in str(e)), (name, str(e))
         return
-    assert _has_type(value, want), f"config.{name}={value!r} accepted, declared {want}"
+    unset_alias = name in settings_lib.ALIASES and value is None
+    assert unset_alias or _has_type(value, want), f"config.{name}={value!r} accepted, declared {want}"
 
 
 @pytest.mark.parametrize("name", LEAVES)
 def test_every_field_rejects_a_value_of_the_wrong_kind(name):
     want = _declared_type(name)
-    wrong = [None, [1]] + ([float("nan"), "x"] if want is float else
-                           ["x", 1.5] if want is int else ["x"] if want is bool else [3])
+    unset = [] if name in settings_lib.ALIASES else [None]   # None: a deprecated name unset
+    wrong = unset + [[1]] + ([float("nan"), "x"] if want is float else
+                             ["x", 1.5] if want is int else ["x"] if want is bool else [3])
     for value in wrong:
-        with pytest.raises(ConfigError, match=name.rsplit(".", 1)[-1]):
-            config_lib.validate(_with(name, value), num_devices=1)
+        with pytest.raises(ConfigError, match=_target(name).rsplit(".", 1)[-1]):
+            stages.validate("ppo", _with(name, value), num_devices=1)
 
 
 def test_ppo_counts_the_prompts_it_cuts_and_the_empty_ones():
-    """PPO keeps the last ``ppo.prompt_length`` tokens of a longer prompt: counted, as an
+    """PPO keeps the last ``sampling.prompt_length`` tokens of a longer prompt: counted, as an
     empty prompt is, in the stage's data summary."""
     from jaxrlhf.trainers import ppo
     config = config_lib.load_config_file("configs/ppo/quickstart.py")
-    config.ppo.prompt_length = 3
+    config.sampling.prompt_length = 3
     examples = [{"prompt": p, "completion": " fine ."}
                 for p in ("my show was", "my friend said that show felt", " ", "the movie")]
     run_settings = settings_lib.RunSettings.from_config(config)

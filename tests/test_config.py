@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from configs.sft import quickstart
-from jaxrlhf import config as config_lib
+from jaxrlhf import config as config_lib, stages
 
 
 def _config():
@@ -14,7 +14,7 @@ def _config():
 
 
 def test_quickstart_config_is_valid():
-    config_lib.validate(_config(), num_devices=8)
+    stages.validate("sft", _config(), num_devices=8)
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -30,14 +30,14 @@ def test_invalid_values_name_the_field(field, value, message):
     section, name = field.split(".")
     config[section][name] = value
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
-        config_lib.validate(config, num_devices=8)
+        stages.validate("sft", config, num_devices=8)
 
 
 def test_mesh_that_does_not_tile_the_devices():
     config = _config()
     config.mesh.fsdp = 3
     with pytest.raises(ValueError, match="config.mesh"):
-        config_lib.validate(config, num_devices=8)
+        stages.validate("sft", config, num_devices=8)
 
 
 def test_config_is_locked_against_new_fields():
@@ -79,7 +79,7 @@ def test_a_misspelt_field_in_a_config_file_is_named(misspell, message):
     config = _config()
     misspell(config)
     with pytest.raises(ValueError, match=re.escape(message)):
-        config_lib.validate(config, num_devices=8)
+        stages.validate("sft", config, num_devices=8)
 
 
 def test_sample_checks_its_flags_before_loading_anything(tmp_path):
@@ -100,19 +100,61 @@ def test_debug_shows_the_traceback(tmp_path):
     assert "ConfigError: config.data.max_len=0 must be at least 2" in result.stderr
 
 
-def test_reward_init_has_one_place_and_the_old_spelling_still_works():
-    from jaxrlhf.errors import ConfigError
-    from jaxrlhf.settings import RunSettings
+ALIAS_VALUES = {"ppo.learning_rate": 3e-5, "ppo.adam_eps": 1e-6, "ppo.batch_size": 48,
+                 "ppo.reward_init": "/runs/old", "reward.source": "pairs.jsonl",
+                 "reward.split": "validation", "reward.eval_source": "held_out.jsonl",
+                 "reward.eval_split": "dev", "ppo.temperature": 0.9, "ppo.top_k": 5,
+                 "ppo.top_p": 0.8, "ppo.prompt_length": 6, "ppo.response_length": 20,
+                 "ppo.num_eval_prompts": 64, "ppo.truncate_token_id": 3,
+                 "ppo.truncate_min_length": 2, "ppo.penalize_missing_eos": False,
+                 "ppo.missing_eos_penalty": -2.0}
+
+
+def test_every_alias_is_tested():
+    from jaxrlhf.settings import ALIASES
+    assert set(ALIAS_VALUES) == set(ALIASES)
+
+
+@pytest.mark.parametrize("old", sorted(ALIAS_VALUES))
+def test_a_deprecated_name_sets_its_new_field_and_prints_one_notice(old, monkeypatch, capsys):
+    """Set on the command line's locked config (and twice read), the old name sets the new
+    field, over what the config file set there, and one line on stderr names the new
+    field."""
+    from jaxrlhf import settings as settings_lib
+    monkeypatch.setattr(settings_lib, "_NOTIFIED", set())
+    new = settings_lib.ALIASES[old]
     config = config_lib.load_config_file("configs/ppo/quickstart.py")
-    config.reward_init = "/runs/rm"
-    assert RunSettings.from_config(config).reward_init == "/runs/rm"
-    config.reward_init, config.ppo.reward_init = "", "/runs/old"
-    with pytest.warns(FutureWarning, match=r"config.ppo.reward_init is deprecated: set "
-                                           r"config.reward_init"):
-        assert RunSettings.from_config(config).reward_init == "/runs/old"
-    config.reward_init = "/runs/rm"
-    with pytest.raises(ConfigError, match="disagree"):
-        RunSettings.from_config(config)
+    config.lock()
+    config_lib.override(config, old, ALIAS_VALUES[old])
+    for _ in range(2):
+        assert settings_lib.field_default(new) != ALIAS_VALUES[old]
+        value = settings_lib.RunSettings.from_config(config)
+        for part in new.split("."):
+            value = getattr(value, part)
+        assert value == ALIAS_VALUES[old]
+    notices = capsys.readouterr().err.strip().splitlines()
+    assert notices == [f"jaxrlhf: config.{old} is deprecated and will be removed in 0.2: set "
+                       f"config.{new} instead"]
+
+
+def test_no_field_has_a_default_in_two_places():
+    """``base_config()`` is the settings dataclasses' defaults, field for field, and
+    config.py writes none of its own (a literal default there would be a second home)."""
+    import dataclasses
+    import inspect
+    from jaxrlhf.settings import ALIASES, RunSettings
+    config = config_lib.base_config().to_dict()
+    for old in ALIASES:
+        section, leaf = old.split(".")
+        assert config[section].pop(leaf) is None      # an unset placeholder
+    defaults = RunSettings()
+    assert set(config) == {f.name for f in dataclasses.fields(RunSettings)}
+    for name, value in config.items():
+        default = getattr(defaults, name)
+        want = dataclasses.asdict(default) if dataclasses.is_dataclass(default) else default
+        assert value == (dict(want) if isinstance(want, dict) else want), name
+    source = inspect.getsource(config_lib.base_config)
+    assert not re.search(r"\bc\.\w+(\.\w+)? = [^c]", source), "a literal default in base_config"
 
 
 def test_summary_lines():
@@ -142,24 +184,35 @@ def test_summary_lines():
 
 def test_pipeline_config_names_the_stage():
     config = config_lib.load_config_file("configs/pipeline/quickstart.py")
-    config_lib.validate(config, num_devices=8)
+    stages.validate("pipeline", config, num_devices=8)
     config.ppo.ppo.num_minibatches = 3
-    with pytest.raises(ValueError, match=r"config\.ppo\.ppo\.batch_size=64 must be divisible "
-                                         r"by ppo\.num_minibatches=3"):
-        config_lib.validate(config, num_devices=8)
+    with pytest.raises(ValueError, match=r"config\.ppo\.train\.batch_size=64 must be "
+                                         r"divisible by ppo\.num_minibatches=3"):
+        stages.validate("pipeline", config, num_devices=8)
+
+
+def test_a_stage_checks_only_the_batches_it_splits():
+    """PPO's minibatch split is PPO's check: an SFT config with a batch PPO could not split
+    is valid for SFT, and refused for PPO."""
+    config = _config()
+    config.train.batch_size, config.ppo.num_minibatches = 30, 4
+    stages.validate("sft", config, num_devices=1)
+    with pytest.raises(ValueError, match="config.train.batch_size=30 must be divisible by "
+                                         "ppo.num_minibatches=4"):
+        stages.validate("ppo", config, num_devices=1)
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("reward_source", "oracle", "config.ppo.reward_source='oracle' must be one of"),
-    ("kl_estimator", "k4", "config.ppo.kl_estimator='k4' must be one of"),
-    ("top_p", 1.5, r"config.ppo.top_p=1.5 must lie in \(0, 1\]"),
-    ("response_length", 100, "exceeds model.max_seq_len=64"),
+    ("ppo.reward_source", "oracle", "config.ppo.reward_source='oracle' must be one of"),
+    ("ppo.kl_estimator", "k4", "config.ppo.kl_estimator='k4' must be one of"),
+    ("sampling.top_p", 1.5, r"config.sampling.top_p=1.5 must lie in \(0, 1\]"),
+    ("sampling.response_length", 100, "exceeds model.max_seq_len=64"),
 ])
 def test_invalid_ppo_values(field, value, message):
     config = config_lib.load_config_file("configs/ppo/quickstart.py")
-    config.ppo[field] = value
+    config_lib.override(config, field, value)
     with pytest.raises(ValueError, match=message):
-        config_lib.validate(config, num_devices=1)
+        stages.validate("ppo", config, num_devices=1)
 
 
 def test_settings_are_typed_frozen_and_hashable():
@@ -181,16 +234,17 @@ def test_pipeline_stage_configs_leave_the_callers_config_alone():
     assert stages["ppo"][0].reward_init == "/runs/x/reward"
     assert stages["reward"][0].policy_init == "/runs/x/sft"
     assert config.ppo.reward_init == "" and config.reward.policy_init == ""
+    assert stages["sft"][0].policy_init == ""                     # the first stage reads none
 
 
 def test_a_command_refuses_a_config_of_the_other_kind_and_bad_config_files(tmp_path):
     from jaxrlhf.errors import ConfigError, MissingInputError
     pipeline_config = config_lib.load_config_file("configs/pipeline/quickstart.py")
     with pytest.raises(ConfigError, match="the 'ppo' command needs a single-stage config"):
-        config_lib.check_stage("ppo", pipeline_config)
+        stages.check_command("ppo", pipeline_config)
     with pytest.raises(ConfigError, match="the 'pipeline' command needs a pipeline config"):
-        config_lib.check_stage("pipeline", _config())
-    config_lib.check_stage("pipeline", pipeline_config)
+        stages.check_command("pipeline", _config())
+    stages.check_command("pipeline", pipeline_config)
     with pytest.raises(MissingInputError, match="no such config file"):
         config_lib.load_config_file(str(tmp_path / "nope.py"))
     (tmp_path / "empty.py").write_text("x = 1\n")

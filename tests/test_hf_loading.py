@@ -63,12 +63,12 @@ def test_each_shard_holds_its_slice_of_the_checkpoint(family, scan, tmp_path):
 
 
 def _sft_program(model_init, cfg, mesh):
-    from jaxrlhf.trainers import sft
+    from jaxrlhf.trainers import supervised
     c = base_config()
     c.model_init = model_init
     c.mesh.update(MESH)
     c.model.update(family=cfg.family, max_seq_len=cfg.max_seq_len)
-    return sft.build(RunSettings.from_config(c), cfg, mesh)
+    return supervised.lm_program(RunSettings.from_config(c), cfg, mesh)
 
 
 def test_init_program_does_not_grow_with_the_weights(tmp_path):

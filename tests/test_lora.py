@@ -19,7 +19,7 @@ from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.lora import LoRAConfig
 from jaxrlhf.models.transformer import CausalLM, ScalarModel
 from jaxrlhf.settings import RunSettings
-from jaxrlhf.trainers import reward, sft
+from jaxrlhf.trainers import reward, supervised
 
 ALL = "q|k|v|o|gate|up|down|lm_head"
 
@@ -105,7 +105,7 @@ def test_only_adapters_receive_gradients_and_optimizer_state():
     params = random_params(CausalLM, cfg, 0)
     policy = workdir_lib.TrainedModel(None, cfg, abstract_model(CausalLM, cfg)[0], params, "")
     mesh = parallel.make_mesh({"data": 1}, jax.devices()[:1])
-    program = sft.build(settings, cfg, mesh, policy)
+    program = supervised.lm_program(settings, cfg, mesh, policy)
     state = program.init_state()
     variables = _variables(state.params)
     assert variables and all(isinstance(v, nnx.LoRAParam) for v in variables)
@@ -115,7 +115,7 @@ def test_only_adapters_receive_gradients_and_optimizer_state():
     ids, mask = _batch(64)
     batch = {"input_ids": ids, "attention_mask": mask,
              "loss_mask": mask * (jnp.arange(12) >= 6)}
-    grads = jax.grad(lambda p: sft.sft_loss(program.graphdef, program.full_params(p), batch)[0])(
+    grads = jax.grad(lambda p: supervised.lm_loss(program.graphdef, program.full_params(p), batch)[0])(
         state.params)
     flat = dict(nnx.to_flat_state(grads))
     # zero B: the loss is flat in A, and B alone moves first
@@ -148,7 +148,7 @@ def test_lora_sft_resumes_exactly_checkpoints_adapters_and_exports_merged(sft_wo
     common = (f"--config.policy_init={sft_workdir}", "--config.lora.rank=4",
               "--config.train.steps=4", "--config.train.log_every=1",
               "--config.train.eval_every=4", "--config.train.checkpoint_every=2",
-              "--config.ppo.num_eval_prompts=8", "--config.train.num_samples=0")
+              "--config.sampling.num_eval_prompts=8", "--config.train.num_samples=0")
     straight, split = tmp_path / "straight", tmp_path / "split"
     run_cli("sft", "configs/sft/quickstart.py", straight, *common)
     run_cli("sft", "configs/sft/quickstart.py", split, *common, "--config.train.run_steps=2")
@@ -200,7 +200,7 @@ def test_lora_dpo_on_a_bf16_base_starts_exactly_at_its_reference(sft_workdir, tm
             "--config.lora.rank=4", "--config.lora.base_dtype=bfloat16",
             "--config.train.steps=2", "--config.train.eval_every=2",
             "--config.train.checkpoint_every=2", "--config.reward.num_train_pairs=64",
-            "--config.reward.num_eval_pairs=32", "--config.ppo.num_eval_prompts=8",
+            "--config.reward.num_eval_pairs=32", "--config.sampling.num_eval_prompts=8",
             "--config.train.num_samples=0")
     first = metric_rows(tmp_path)[0]
     assert first["eval/rewards/chosen"] == 0.0 and first["eval/rewards/rejected"] == 0.0

@@ -116,10 +116,10 @@ def _stage_loss(stage, cfg):
     """(loss of params, params) for ``stage``'s own loss on a fixed batch."""
     rng = np.random.default_rng(3)
     if stage == "sft":
-        from jaxrlhf.trainers.sft import sft_loss
+        from jaxrlhf.trainers.supervised import lm_loss
         graphdef, params = _model(cfg)
         batch = _lm_batch(rng)
-        return lambda p: sft_loss(graphdef, p, batch)[0], params
+        return lambda p: lm_loss(graphdef, p, batch)[0], params
     if stage == "reward":
         from jaxrlhf.trainers.reward import reward_loss
         graphdef, params = _model(cfg, ScalarModel, head_init="normal")
@@ -169,11 +169,11 @@ def test_remat_policies_give_the_same_loss_and_gradients(stage, remat, scan):
 
 def test_optimizer_state_stays_fp32_under_bf16_compute():
     from jaxrlhf import parallel
-    from jaxrlhf.trainers import sft
+    from jaxrlhf.trainers import supervised
     c = base_config()
     c.model.update(dtype="bfloat16", vocab_size=64)
     settings = RunSettings.from_config(c)
-    program = sft.build(settings, settings.model, parallel.make_mesh({"data": -1}))
+    program = supervised.lm_program(settings, settings.model, parallel.make_mesh({"data": -1}))
     dtypes = {x.dtype for x in jax.tree.leaves(program.abstract_state.opt_state)
               if jnp.issubdtype(x.dtype, jnp.floating)}
     assert dtypes == {jnp.dtype(jnp.float32)}
@@ -190,8 +190,9 @@ def tiny_ppo_program(**ppo_changes):
     from jaxrlhf.workdir import RewardModel, TrainedModel
     c = base_config()
     c.model.vocab_size = 64
-    c.ppo.update(batch_size=8, num_minibatches=2, ppo_epochs=1, prompt_length=4,
-                 response_length=6, **ppo_changes)
+    c.train.batch_size = 8
+    c.sampling.update(prompt_length=4, response_length=6)
+    c.ppo.update(num_minibatches=2, ppo_epochs=1, **ppo_changes)
     settings = RunSettings.from_config(c)
     tokenizer = types.SimpleNamespace(eos_token_id=1, pad_token_id=0)
     policy = TrainedModel(tokenizer, settings.model, *_model(settings.model), workdir="")

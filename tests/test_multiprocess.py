@@ -19,8 +19,8 @@ SFT = {"model.d_model": 32, "model.d_ff": 64, "data.num_train": 32, "data.num_ev
        "train.tensorboard": False}
 PPO = {"train.steps": 1, "train.log_every": 1, "train.eval_every": 1, "train.num_samples": 2,
        "train.tensorboard": False, "ppo.reward_source": "gold", "ppo.value_init": "policy",
-       "ppo.num_prompts": 32, "ppo.num_eval_prompts": 8, "ppo.batch_size": 8,
-       "ppo.num_minibatches": 2, "ppo.ppo_epochs": 1, "ppo.response_length": 8}
+       "ppo.num_prompts": 32, "sampling.num_eval_prompts": 8, "train.batch_size": 8,
+       "ppo.num_minibatches": 2, "ppo.ppo_epochs": 1, "sampling.response_length": 8}
 
 # One process's work: SFT stopped after 2 of 4 steps, SFT resumed, one PPO iteration.
 WORKER = """

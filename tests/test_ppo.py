@@ -17,7 +17,7 @@ from jaxrlhf.trainers import ppo
 
 
 GOLD = ("--config.ppo.reward_source=gold", "--config.ppo.value_init=policy")
-SMALL = ("--config.ppo.batch_size=32", "--config.ppo.num_minibatches=2",
+SMALL = ("--config.train.batch_size=32", "--config.ppo.num_minibatches=2",
          "--config.ppo.ppo_epochs=2", "--config.train.log_every=1")
 
 
@@ -60,13 +60,14 @@ def test_single_program_equals_phased(sft_workdir, options):
     config.policy_init = sft_workdir
     options = dict(options)
     config.lora.rank = options.pop("lora_rank", 0)
-    config.ppo.update(**{"reward_source": "gold", "value_init": "policy", "batch_size": 16,
+    config.train.batch_size = 16
+    config.ppo.update(**{"reward_source": "gold", "value_init": "policy",
                          "num_minibatches": 2, "ppo_epochs": 2, **options})
     mesh = parallel.make_mesh({"data": 1}, jax.devices()[:1])
     settings = RunSettings.from_config(config)
     policy, reward, task = ppo.load_inputs(settings)
     tok = policy.tokenizer
-    batch, _ = ppo.prompt_arrays(tok, task.demonstrations(settings.ppo.prompts_per_iteration,
+    batch, _ = ppo.prompt_arrays(tok, task.demonstrations(settings.prompts_per_iteration,
                                                           seed=0), settings)
     results = []
     for single in (True, False):
@@ -100,8 +101,9 @@ def test_whiten_advantages_switches_per_minibatch_whitening(sft_workdir, whiten)
     policy gradient vanishes and the policy stays put; without it the policy moves."""
     config = quickstart.get_config()
     config.policy_init = sft_workdir
-    config.ppo.update(reward_source="gold", value_init="policy", batch_size=16,
-                      num_minibatches=2, ppo_epochs=1, whiten_advantages=whiten)
+    config.train.batch_size = 16
+    config.ppo.update(reward_source="gold", value_init="policy", num_minibatches=2,
+                      ppo_epochs=1, whiten_advantages=whiten)
     settings = RunSettings.from_config(config)
     mesh = parallel.make_mesh({"data": 1}, jax.devices()[:1])
     policy, reward, task = ppo.load_inputs(settings)
@@ -109,10 +111,13 @@ def test_whiten_advantages_switches_per_minibatch_whitening(sft_workdir, whiten)
     state = program.init_state()
     batch, _ = ppo.prompt_arrays(policy.tokenizer, task.demonstrations(16, seed=0), settings)
     state, rollout = jax.jit(functools.partial(ppo_lib.rollout, models=program.models,
-                                               settings=settings.ppo))(state, program.frozen, batch)
+                                               settings=settings.ppo,
+                                               sampling=settings.sampling))(
+        state, program.frozen, batch)
     rollout = rollout._replace(advantages=0.5 * rollout.mask.astype(np.float32))  # exact mean
     new, _ = jax.jit(functools.partial(ppo_lib.update, ptx=None, models=program.models,
                                        settings=settings.ppo,
+                                       temperature=settings.sampling.temperature,
                                        optimizers=ppo.make_optimizers(settings)))(
         state, program.frozen, rollout)
     moved = max(float(np.max(np.abs(a - b))) for a, b in

@@ -12,7 +12,7 @@ from jaxrlhf.data import sft as sft_data
 from jaxrlhf.models.build import resolve_config
 from jaxrlhf.settings import RunSettings
 from jaxrlhf.tasks import get_task
-from jaxrlhf.trainers import sft
+from jaxrlhf.trainers import supervised
 
 TOKENIZER = get_task("sentiment").tokenizer
 
@@ -34,7 +34,7 @@ def _setup(**train):
 
 def _one_step(config, model_cfg, batch, mesh_axes, devices):
     mesh = parallel.make_mesh(mesh_axes, devices)
-    program = sft.build(RunSettings.from_config(config), model_cfg, mesh)
+    program = supervised.lm_program(RunSettings.from_config(config), model_cfg, mesh)
     state = jax.jit(program.init_state, out_shardings=program.state_shardings)()
     state, metrics = program.step(state, parallel.shard_batch(batch, mesh))
     return float(metrics["loss"]), jax.device_get(jax.tree.leaves(state.params))
@@ -105,7 +105,7 @@ def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
     config, model_cfg, batch = _setup()
     save_mesh = parallel.make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
     settings = RunSettings.from_config(config)
-    program = sft.build(settings, model_cfg, save_mesh)
+    program = supervised.lm_program(settings, model_cfg, save_mesh)
     state = jax.jit(program.init_state, out_shardings=program.state_shardings)()
     state, _ = program.step(state, parallel.shard_batch(batch, save_mesh))
     ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
@@ -116,7 +116,7 @@ def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
                for x in jax.tree.leaves(state.params))
     for axes, devices in (({"data": 8}, jax.devices()), ({"data": 1}, jax.devices()[:1])):
         mesh = parallel.make_mesh(axes, devices)
-        target_program = sft.build(settings, model_cfg, mesh)
+        target_program = supervised.lm_program(settings, model_cfg, mesh)
         target = checkpoint.abstract_like(jax.eval_shape(target_program.init_state),
                                           target_program.state_shardings)
         restored, extras = ckpt.restore(1, target, ("data",))

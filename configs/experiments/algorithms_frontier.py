@@ -7,7 +7,7 @@ PPO, GRPO and RLOO against that reward model at each KL coefficient of
 policy selected by that reward model at each n (read from one pool of ``bon.bon.n``
 samples per prompt). Each algorithm is its quickstart config (``configs/<method>/``) at
 the stage configs' sizes; every policy is evaluated alike on the same held-out prompts
-(``ppo.*``: temperature, response length, ``num_eval_prompts``).
+(``sampling.*``: temperature, response length, ``num_eval_prompts``).
 
     python -m experiments.algorithms_frontier.run [--config=configs/experiments/algorithms_frontier.py:smoke]
 """
@@ -42,12 +42,12 @@ def rl_variant(ppo_stage: ml_collections.ConfigDict, name: str) -> ml_collection
 
 def preference_stage(c: ml_collections.ConfigDict, loss: str) -> ml_collections.ConfigDict:
     """``configs/dpo/quickstart.py`` with the reward model's pairs (``reward.*``) and PPO's
-    held-out sampling (``ppo.*``), so DPO learns from the data the reward model learns from
-    and is evaluated as PPO is."""
+    held-out sampling (``sampling.*``), so DPO learns from the data the reward model learns
+    from and is evaluated as PPO is."""
     d = load_config_file(os.path.join(CONFIGS, "dpo", "quickstart.py"))
     d.train.tensorboard = False
     d.reward = copy.deepcopy(c.reward.reward)
-    d.ppo = copy.deepcopy(c.ppo.ppo)
+    d.sampling = copy.deepcopy(c.ppo.sampling)
     d.dpo.loss = loss
     return d
 
@@ -62,7 +62,8 @@ def get_config(size: str = "full"):
     c.bon = base_config()
     c.bon.train.tensorboard = False
     c.bon.ppo = copy.deepcopy(c.ppo.ppo)
-    c.bon.bon.update(n=64, num_prompts=c.ppo.ppo.num_eval_prompts, split="eval",
+    c.bon.sampling = copy.deepcopy(c.ppo.sampling)
+    c.bon.bon.update(n=64, num_prompts=c.ppo.sampling.num_eval_prompts, split="eval",
                      batch_size=1024)
     # ppo, grpo, rloo: ppo.kl_coef; dpo, ipo: dpo.beta; bon: n (each a power of 2 <= bon.n).
     c.strengths = ml_collections.ConfigDict(dict(

@@ -25,5 +25,5 @@ def get_config(size: str = "full"):
     if size == "smoke":
         c.proxy_pairs = (32, 64)
         c.bon.bon.update(n=8, num_prompts=16, batch_size=64)
-        c.bon.ppo.response_length = 12
+        c.bon.sampling.response_length = 12
     return c

@@ -19,9 +19,9 @@ SMOKE = {
     "sft": {"train.steps": 8, "data.num_train": 64, "data.num_eval": 16},
     "reward": {"train.steps": 6, "reward.num_train_pairs": 64, "reward.num_eval_pairs": 32,
                "reward.num_reference": 32},
-    "ppo": {"train.steps": 2, "ppo.batch_size": 16, "ppo.num_minibatches": 2,
-            "ppo.ppo_epochs": 1, "ppo.num_prompts": 64, "ppo.num_eval_prompts": 16,
-            "ppo.response_length": 12},
+    "ppo": {"train.steps": 2, "ppo.num_minibatches": 2, "ppo.ppo_epochs": 1,
+            "ppo.num_prompts": 64, "sampling.num_eval_prompts": 16,
+            "sampling.response_length": 12},
 }
 SMOKE_COMMON = {"model.d_model": 16, "model.n_heads": 2, "model.n_kv_heads": 2,
                 "model.d_ff": 32, "model.n_layers": 1, "train.batch_size": 16,

@@ -28,7 +28,8 @@ def get_config():
                            max_response_tokens=32, label_temperature=0.1)
     c.reward.train.update(steps=300, eval_every=100, checkpoint_every=100)
 
-    c.ppo.ppo.update(prompt_length=16, response_length=32, learning_rate=1e-4,
-                     num_prompts=8192)
+    c.ppo.sampling.update(prompt_length=16, response_length=32)
+    c.ppo.optim.learning_rate = 1e-4
+    c.ppo.ppo.num_prompts = 8192
     c.ppo.train.update(steps=60, eval_every=10, checkpoint_every=10)
     return c

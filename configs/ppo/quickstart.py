@@ -12,8 +12,9 @@ def get_config():
     c.train.log_every = 2
     c.train.eval_every = 10
     c.train.checkpoint_every = 10
-    c.ppo.learning_rate = 3e-4
-    c.ppo.batch_size = 64
+    c.optim.learning_rate = 3e-4
+    c.optim.eps = 1e-5                 # PPO detail 16
+    c.train.batch_size = 64            # responses per iteration
     c.ppo.num_minibatches = 4
     c.ppo.ppo_epochs = 4
     return c

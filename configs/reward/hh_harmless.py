@@ -7,7 +7,7 @@ from jaxrlhf.config import base_config
 
 def get_config():
     c = base_config()
-    c.reward.source = "hh-rlhf/harmless-base-test.jsonl.gz"
+    c.data.source = "hh-rlhf/harmless-base-test.jsonl.gz"
     c.reward.num_train_pairs = 2000
     c.reward.num_eval_pairs = 312
     c.reward.num_reference = 512

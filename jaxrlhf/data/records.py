@@ -20,7 +20,7 @@ from jaxrlhf.data import paths
 from jaxrlhf.errors import DataError, MissingInputError
 
 Record = tuple[str, dict]  # (origin "file:line", row)
-_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
+SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
 
 
 def describe(value: Any) -> str:
@@ -136,7 +136,7 @@ def load_records(source: str, split: str = "train") -> list[Record]:
     except FileNotFoundError:
         pass
     if path is None or not path.exists():
-        if source.endswith(_SUFFIXES) or source.startswith(("/", "./", "../", "~")):
+        if source.endswith(SUFFIXES) or source.startswith(("/", "./", "../", "~")):
             raise MissingInputError(f"{source!r}: no such file, as given or under the data "
                                     f"dir (set ${paths.ENV_VAR})")
         return _read_hf_dataset(source, split)

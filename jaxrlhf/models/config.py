@@ -23,16 +23,18 @@ ROPE_TYPES = ("default", "linear", "llama3")
 class ModelConfig:
     """Hyper-parameters of one decoder-only transformer."""
 
-    family: str
-    vocab_size: int
-    d_model: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    d_ff: int
-    max_seq_len: int
-    tie_embeddings: bool
-    qkv_bias: bool
+    # The defaults are a CPU-sized GPT-2; vocab_size 0: the tokenizer's size
+    # (models.build.resolve_config).
+    family: str = "gpt2"
+    vocab_size: int = 0
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int = 4
+    d_ff: int = 256
+    max_seq_len: int = 64
+    tie_embeddings: bool = True
+    qkv_bias: bool = True
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     dtype: str = "float32"

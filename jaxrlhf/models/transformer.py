@@ -12,6 +12,9 @@ Layer stack layouts:
   layer axis (logical name ``'layers'`` first), e.g. ``model.blocks.q.kernel`` is [L, D, H*Dh].
   It is created with ``nnx.vmap`` and applied with ``jax.lax.scan`` over the stacked state, so
   compile time does not grow with depth.
+Without a cache the attention mask may hold segment ids (packed pretraining rows, one id per
+document): a query then attends only to the causal keys of its own segment
+(:func:`same_segment`); a 0/1 mask is one segment, so it means what it always meant.
 The KV cache ([L, B, S, Hkv, Dh], in the compute dtype) is updated in place: each block writes
 only its new tokens' slots (``dynamic_update_slice``) and reads its layer for attention.
 ``remat`` ('full' or a ``jax.checkpoint_policies`` name, ``models.config.REMAT_POLICIES``) wraps
@@ -167,6 +170,18 @@ def attention(q, k, v, bias):
     return jnp.einsum("bkrts,bskd->btkrd", p, v).reshape(B, T, H, Dh)
 
 
+def same_segment(segment_ids: jax.Array) -> jax.Array:
+    """The keys each query's segment lets it read, [B,T,T] bool: those of the same segment
+    id, and every key for a padding query (segment 0), as under a 0/1 mask (a padding
+    query's output is never used). With a 0/1 mask a real query may read every real key,
+    so this changes nothing there.
+
+    segment_ids: [B,T] (0 = padding, else the segment, e.g. the document of a packed row).
+    """
+    q, k = segment_ids[:, :, None], segment_ids[:, None, :]
+    return (q == k) | (q == 0)
+
+
 def _remat(cfg: ModelConfig, f, checkpoint, cache):
     """``f`` wrapped by ``checkpoint`` (``nnx.remat`` / ``jax.checkpoint``) per ``cfg.remat``;
     never with a KV cache (decoding takes no gradient, and its loop merges the model outside
@@ -201,6 +216,14 @@ class Transformer(nnx.Module):
         self.ln_f = _norm(cfg, rngs)
 
     def __call__(self, input_ids, positions, attention_mask, cache: KVCache | None = None):
+        """Final hidden states [B,T,D] and the updated cache (None without one).
+
+        input_ids, positions: [B,T]. attention_mask: [B,T] without a cache, 0 on padding and
+        else a segment id: a 0/1 mask is one segment, and packed rows (jaxrlhf.data.packing)
+        number their documents so that a query reads only the earlier keys of its own
+        segment. With a cache, attention_mask [B,S] covers the cache slots and is read as
+        0/1 (nonzero = a real key).
+        """
         B, T = input_ids.shape
         x = self.embed(input_ids)
         if self.config.family == "gpt2":
@@ -215,6 +238,8 @@ class Transformer(nnx.Module):
             kpos = jnp.arange(mask.shape[1])
         qpos = idx + jnp.arange(T)
         ok = (kpos[None, :] <= qpos[:, None])[None] & mask[:, None, :]  # [B,T,S]
+        if cache is None:
+            ok = ok & same_segment(attention_mask)
         bias = jnp.where(ok, 0.0, NEG)[:, None].astype(jnp.float32)
         kv = None if cache is None else (cache.k, cache.v)
         if self.config.scan_layers:

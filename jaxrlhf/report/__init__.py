@@ -31,7 +31,7 @@ import os
 from typing import Any
 
 from jaxrlhf import runfiles
-from jaxrlhf.config import PIPELINE_STAGES as STAGES
+from jaxrlhf.stages import DEFAULT_PIPELINE as STAGES
 from jaxrlhf.errors import MissingInputError
 from jaxrlhf.metrics import METRICS_FILE, read_metrics
 from jaxrlhf.report import figures, markdown

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxrlhf.choices import ADVANTAGE_KINDS
 from jaxrlhf.losses import masked_mean
 
 
@@ -136,8 +137,8 @@ def _reinforce(rewards, values, mask, o: AdvantageOptions):
 
 class Estimator(NamedTuple):
     """``advantages(rewards, values, mask, options) -> (advantages, returns)``, each
-    [batch, resp]; whether it needs a value model, needs groups of responses per prompt,
-    and has its advantages whitened per minibatch (PPO detail 11) in the update."""
+    [batch, resp], and what it needs (``jaxrlhf.choices.AdvantageKind``): a value model,
+    groups of responses per prompt, per-minibatch whitening (PPO detail 11) in the update."""
     advantages: Callable[[jax.Array, jax.Array, jax.Array, AdvantageOptions],
                          tuple[jax.Array, jax.Array]]
     needs_values: bool
@@ -145,13 +146,7 @@ class Estimator(NamedTuple):
     whiten: bool
 
 
-ESTIMATORS: dict[str, Estimator] = {
-    # GAE on a learned value (Schulman et al. 2016); PPO's default.
-    "gae": Estimator(_gae, needs_values=True, needs_group=False, whiten=True),
-    # Group-normalised sequence rewards; already normalised, so not whitened again.
-    "grpo": Estimator(_grpo, needs_values=False, needs_group=True, whiten=False),
-    # Leave-one-out baseline; unwhitened as in Ahmadian et al. (2024) and TRL's default.
-    "rloo": Estimator(_rloo, needs_values=False, needs_group=True, whiten=False),
-    # No baseline but the minibatch mean that whitening subtracts.
-    "reinforce": Estimator(_reinforce, needs_values=False, needs_group=False, whiten=True),
-}
+_FUNCTIONS = {"gae": _gae, "grpo": _grpo, "rloo": _rloo, "reinforce": _reinforce}
+# One estimator for each name of ``choices.ADVANTAGE_KINDS``, with the needs listed there.
+ESTIMATORS: dict[str, Estimator] = {name: Estimator(_FUNCTIONS[name], *kind)
+                                    for name, kind in ADVANTAGE_KINDS.items()}

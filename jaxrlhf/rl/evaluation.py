@@ -19,6 +19,7 @@ from flax import nnx
 
 from jaxrlhf import sampling, scoring
 from jaxrlhf.data.tokenizer import encode_prompts
+from jaxrlhf.sections import SamplingSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +37,14 @@ class Evaluator:
     temperature: float
     top_k: int
     top_p: float
+
+    @classmethod
+    def of(cls, policy: nnx.GraphDef, gold: Callable | None, reward: nnx.GraphDef | None,
+           gain: float, bias: float, eos_id: int, pad_id: int,
+           sampling: SamplingSettings) -> Evaluator:
+        """The evaluator that samples as the run's ``sampling`` section says."""
+        return cls(policy, gold, reward, gain, bias, eos_id, pad_id, sampling.response_length,
+                   sampling.temperature, sampling.top_k, sampling.top_p)
 
     def sample(self, params: nnx.State, ids: jax.Array, mask: jax.Array,
                key: jax.Array) -> sampling.Completion:

@@ -7,9 +7,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxrlhf.choices import KL_ESTIMATORS
+
 KLState = dict[str, jax.Array]
 
-ESTIMATORS = ("k1", "k2", "k3")
+ESTIMATORS = KL_ESTIMATORS   # the names of jaxrlhf.choices
 
 
 def kl_estimate(logp: jax.Array, ref_logp: jax.Array, estimator: str = "k1") -> jax.Array:

@@ -29,7 +29,7 @@ from jaxrlhf.models import lora as lora_lib
 from jaxrlhf.rl import advantages as adv_lib, kl as kl_lib, rewards as rewards_lib
 from jaxrlhf.rl.evaluation import Evaluator, evaluate_policy as evaluate_samples
 from jaxrlhf.rl.objectives import TermInputs, combine, objective_terms
-from jaxrlhf.sections import PPOSettings
+from jaxrlhf.sections import PPOSettings, SamplingSettings
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -115,32 +115,32 @@ def value_params(policy: nnx.State, value: nnx.State, shared_trunk: bool,
 
 
 def rollout(state: PPOState, frozen: Frozen, prompts: Batch, *, models: Models,
-            settings: PPOSettings) -> tuple[PPOState, Rollout]:
+            settings: PPOSettings, sampling: SamplingSettings) -> tuple[PPOState, Rollout]:
     """Sample responses, score them and compute per-token rewards, values and advantages.
 
     The old log-probs are recomputed with one full forward pass rather than taken from the
     sampler (which agrees to ~1e-5): then the first minibatch's ratio is exactly 1 and the
     clip fraction starts at 0, as in TRL and lm-human-preferences.
     """
-    s = settings
+    s, g = settings, sampling
     rng, sample_key = jax.random.split(jax.random.wrap_key_data(state.rng))
     # [prompts * G, prompt_len]: each prompt answered num_generations times, consecutively
     query = jnp.repeat(prompts["prompt_ids"], s.num_generations, axis=0)
     query_mask = jnp.repeat(prompts["prompt_mask"], s.num_generations, axis=0)
     policy = models.policy_params(state.policy, frozen)
-    completion = evaluator(models, s).sample(models.sampling_params(state.policy, frozen),
+    completion = evaluator(models, g).sample(models.sampling_params(state.policy, frozen),
                                              query, query_mask, sample_key)
     response, mask = completion.tokens, completion.mask
-    if s.truncate_token_id >= 0:                                        # PPO detail 4
-        mask = rewards_lib.truncate_after_token(response, mask, s.truncate_token_id,
-                                                s.truncate_min_length)
+    if g.truncate_token_id >= 0:                                        # PPO detail 4
+        mask = rewards_lib.truncate_after_token(response, mask, g.truncate_token_id,
+                                                g.truncate_min_length)
         response = jnp.where(mask == 1, response, models.pad_id)
     seq, seq_mask = scoring.join(query, query_mask, response, mask)
     prompt_len = query.shape[1]
     logprobs, _ = scoring.response_log_probs(models.policy, policy, seq, seq_mask,
-                                             prompt_len, s.temperature)
+                                             prompt_len, g.temperature)
     ref_logprobs, _ = scoring.response_log_probs(models.ref, frozen.ref, seq, seq_mask,
-                                                 prompt_len, s.temperature)
+                                                 prompt_len, g.temperature)
     values = jnp.zeros_like(logprobs)           # critic-free estimators read no value
     if s.uses_value_model:
         values = scoring.response_outputs(
@@ -151,8 +151,8 @@ def rollout(state: PPOState, frozen: Frozen, prompts: Batch, *, models: Models,
     scores = gold if s.reward_source == "gold" else scoring.reward_scores(
         models.reward, frozen.reward, seq, seq_mask, models.gain, models.bias)
     has_eos = jnp.any((response == models.eos_id) & (mask == 1), axis=-1)
-    if s.penalize_missing_eos:                                          # PPO detail 5
-        scores = rewards_lib.apply_missing_eos_penalty(scores, has_eos, s.missing_eos_penalty)
+    if g.penalize_missing_eos:                                          # PPO detail 5
+        scores = rewards_lib.apply_missing_eos_penalty(scores, has_eos, g.missing_eos_penalty)
     beta = state.kl["beta"] if s.kl_in_reward else 0.0
     rewards, non_score = rewards_lib.shaped_rewards(scores, logprobs, ref_logprobs, mask, beta,
                                                     estimator=s.kl_estimator)
@@ -185,7 +185,8 @@ def rollout_metrics(r: Rollout, state: PPOState, eos_id: int) -> Metrics:
 
 
 def ppo_loss(params: dict[str, Any], batch: Batch, *, models: Models, settings: PPOSettings,
-             kl_coef: jax.Array, frozen: Frozen) -> tuple[jax.Array, Metrics, jax.Array]:
+             temperature: float, kl_coef: jax.Array,
+             frozen: Frozen) -> tuple[jax.Array, Metrics, jax.Array]:
     """The PPO objective of one micro-batch (:mod:`jaxrlhf.rl.objectives`): its value, its
     terms' metrics (means over real response tokens) and the token count."""
     s, mask = settings, batch["mask"]
@@ -193,7 +194,7 @@ def ppo_loss(params: dict[str, Any], batch: Batch, *, models: Models, settings: 
     prompt_len = batch["query"].shape[1]
     policy = models.policy_params(params["policy"], frozen)
     logprobs, entropies = scoring.response_log_probs(
-        models.policy, policy, seq, seq_mask, prompt_len, s.temperature,
+        models.policy, policy, seq, seq_mask, prompt_len, temperature,
         with_entropy=s.ent_coef > 0)
     values = None
     if s.uses_value_model:
@@ -215,7 +216,8 @@ def add_ptx_gradient(grads: dict[str, Any], policy: nnx.State, ptx: Batch, model
 
 
 def update(state: PPOState, frozen: Frozen, r: Rollout, ptx: Batch | None, *, models: Models,
-           settings: PPOSettings, optimizers: Optimizers) -> tuple[PPOState, Metrics]:
+           settings: PPOSettings, temperature: float,
+           optimizers: Optimizers) -> tuple[PPOState, Metrics]:
     """``ppo_epochs`` passes over the rollout in shuffled minibatches (PPO detail 13),
     advantages whitened per minibatch over real tokens (detail 11, ``whiten_advantages``)
     when the estimator asks for it, gradients accumulated over ``grad_accum`` micro-batches.
@@ -224,8 +226,8 @@ def update(state: PPOState, frozen: Frozen, r: Rollout, ptx: Batch | None, *, mo
     batch_size = r.query.shape[0]
     rng, epoch_key = jax.random.split(jax.random.wrap_key_data(state.rng))
     data = r._asdict()
-    loss_fn = functools.partial(ppo_loss, models=models, settings=s, kl_coef=state.kl["beta"],
-                                frozen=frozen)
+    loss_fn = functools.partial(ppo_loss, models=models, settings=s, temperature=temperature,
+                                kl_coef=state.kl["beta"], frozen=frozen)
     whiten = s.whiten_advantages and adv_lib.ESTIMATORS[s.advantage].whiten
 
     def step(optimizer, grads, opt_state, params):
@@ -248,8 +250,7 @@ def update(state: PPOState, frozen: Frozen, r: Rollout, ptx: Batch | None, *, mo
         return ({"policy": policy, "value": value}, (pol_opt, val_opt)), metrics
 
     def epoch(carry, key):
-        order = jax.random.permutation(key, batch_size).reshape(s.num_minibatches,
-                                                                s.minibatch_size)
+        order = jax.random.permutation(key, batch_size).reshape(s.num_minibatches, -1)
         return jax.lax.scan(minibatch_update, carry, order)
 
     carry = ({"policy": state.policy, "value": state.value}, (state.policy_opt, state.value_opt))
@@ -277,19 +278,21 @@ def adapt_kl(state: PPOState, r: Rollout, settings: PPOSettings) -> PPOState:
 Phase = Callable[[PPOState, Frozen, Batch, dict], tuple[PPOState, dict]]
 
 
-def iteration_phases(*, models: Models, settings: PPOSettings,
+def iteration_phases(*, models: Models, settings: PPOSettings, sampling: SamplingSettings,
                      optimizers: Optimizers) -> tuple[Phase, ...]:
     """The phases of one iteration, in order: sample and score (rollout and its statistics),
     optimise (the PPO epochs), then adapt the KL coefficient and count the iteration."""
     def sample_and_score(state, frozen, batch, carry):
         del carry
-        state, r = rollout(state, frozen, batch, models=models, settings=settings)
+        state, r = rollout(state, frozen, batch, models=models, settings=settings,
+                           sampling=sampling)
         return state, {"rollout": r, "metrics": rollout_metrics(r, state, models.eos_id)}
 
     def optimise(state, frozen, batch, carry):
         ptx = {k: batch[k] for k in PTX_FIELDS} if settings.ptx_coef > 0 else None
         state, metrics = update(state, frozen, carry["rollout"], ptx, models=models,
-                                settings=settings, optimizers=optimizers)
+                                settings=settings, temperature=sampling.temperature,
+                                optimizers=optimizers)
         return state, {**carry, "metrics": {**carry["metrics"], **metrics}}
 
     def adapt(state, frozen, batch, carry):
@@ -309,18 +312,16 @@ def run_phases(phases: Sequence[Phase], state: PPOState, frozen: Frozen,
     return state, carry["metrics"]
 
 
-def evaluator(models: Models, settings: PPOSettings) -> Evaluator:
+def evaluator(models: Models, sampling: SamplingSettings) -> Evaluator:
     """How the policy samples (in the rollout and in evaluation) and what scores it."""
-    s = settings
-    return Evaluator(models.ref, models.gold, models.reward, models.gain, models.bias,
-                     models.eos_id, models.pad_id, s.response_length, s.temperature, s.top_k,
-                     s.top_p)
+    return Evaluator.of(models.ref, models.gold, models.reward, models.gain, models.bias,
+                        models.eos_id, models.pad_id, sampling)
 
 
 def evaluate_policy(trainable: nnx.State, frozen: Frozen, batch: Batch, key: jax.Array, *,
-                    models: Models, settings: PPOSettings) -> dict[str, jax.Array]:
+                    models: Models, sampling: SamplingSettings) -> dict[str, jax.Array]:
     """Sample once per evaluation prompt; per-sample gold, proxy score and KL to the SFT
     (``jaxrlhf.rl.evaluation``)."""
-    return evaluate_samples(evaluator(models, settings),
+    return evaluate_samples(evaluator(models, sampling),
                             models.sampling_params(trainable, frozen), frozen.ref,
                             frozen.reward, batch, key)

@@ -66,11 +66,13 @@ def completion_unigram_entropy(task: Task, n: int = 2000, seed: int = 0) -> floa
 def traceable_gold(task: Task, tokenizer) -> GoldFn:
     """The task's gold reward as a traceable function of token ids.
 
-    Jitted directly when the task computes it from tokens (the built-in ``sentiment``);
-    otherwise a ``jax.pure_callback`` that decodes the texts on the host and calls the
-    task's text scorer (IMDb's classifier), so a PPO iteration stays one compiled program.
+    Jitted directly when the task computes it from tokens (the built-in ``sentiment``) of
+    its own vocabulary; otherwise — a text task (IMDb's classifier), or a policy with
+    another tokenizer (one pretrained on other text) — a ``jax.pure_callback`` that decodes
+    the texts on the host and calls the task's text scorer, so a PPO iteration stays one
+    compiled program.
     """
-    if isinstance(task, TokenGoldTask):
+    if isinstance(task, TokenGoldTask) and tokenizer.get_vocab() == task.tokenizer.get_vocab():
         return lambda query, query_mask, response, mask: task.gold_reward_from_tokens(
             response, mask)
 

@@ -5,8 +5,9 @@
 ``bon.*``)
 
 Samples ``bon.n`` responses to each of ``bon.num_prompts`` prompts of the task from the
-policy (as PPO samples: ``ppo.temperature``, ``ppo.response_length``, ...), scores every
-one with the reward model (or, with ``ppo.reward_source=gold``, the gold reward) and with
+policy (as PPO samples: ``sampling.temperature``, ``sampling.response_length``, ...),
+scores every one with the reward model (or, with ``ppo.reward_source=gold``, the gold
+reward) and with
 the task's gold reward, and keeps the best by the reward model. It writes
 
 * ``best_of_n.jsonl``: the chosen responses as SFT rows ``{prompt, completion}`` (plus
@@ -23,21 +24,25 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh
 
 from jaxrlhf import parallel, runfiles, workdir as workdir_lib
 from jaxrlhf.data.tokenizer import decode_rows, encode_prompts
 from jaxrlhf.errors import ConfigError
 from jaxrlhf.metrics import METRICS_FILE, MetricWriter
-from jaxrlhf.models.transformer import CausalLM
+from jaxrlhf.models.transformer import CausalLM, ScalarModel
 from jaxrlhf.rl import best_of_n, evaluation
 from jaxrlhf.settings import RunSettings
 from jaxrlhf.tasks import get_task
 from jaxrlhf.tasks.base import traceable_gold
+from jaxrlhf.trainers.stage import (DryRunPrograms, Stage, abstract_batch, abstract_trained,
+                                    gold_line, policy_config, trained_config)
 
 CHOSEN_FILE = "best_of_n.jsonl"
 POOL_FILE = "pool.npz"
@@ -52,19 +57,24 @@ def prompts_of(settings: RunSettings, task) -> list[str]:
     return [d["prompt"] for d in task.demonstrations(b.num_prompts, seed=settings.seed)]
 
 
+def sampler(ev: evaluation.Evaluator) -> Callable:
+    """``(params, reward_params, ids, mask, key) -> {tokens, mask, score, gold}``: one
+    sample per prompt row, scored, as one compiled program."""
+    @jax.jit
+    def sample_and_score(params, reward_params, ids, mask, key):
+        out = ev.sample(params, ids, mask, key)
+        gold, score = ev.score(ids, mask, out.tokens, out.mask, reward_params)
+        return {"tokens": out.tokens, "mask": out.mask, "score": score, "gold": gold}
+    return sample_and_score
+
+
 def sample_pool(ev: evaluation.Evaluator, params, reward_params, ids: np.ndarray,
                 mask: np.ndarray, n: int, batch_size: int, seed: int,
                 mesh) -> dict[str, np.ndarray]:
     """``n`` samples per prompt [prompts, prompt_len], ``batch_size`` rows at a time (the
     last batch padded): tokens and mask [prompts, n, resp], score and gold [prompts, n]."""
     rows = np.repeat(np.arange(len(ids)), n)                        # prompt of each sample
-
-    @jax.jit
-    def sample_and_score(params, reward_params, ids, mask, key):
-        out = ev.sample(params, ids, mask, key)
-        gold, score = ev.score(ids, mask, out.tokens, out.mask, reward_params)
-        return {"tokens": out.tokens, "mask": out.mask, "score": score, "gold": gold}
-
+    sample_and_score = sampler(ev)
     parts = []
     for i, start in enumerate(range(0, len(rows), batch_size)):
         take = rows[np.minimum(np.arange(start, start + batch_size), len(rows) - 1)]
@@ -92,7 +102,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Sample, score and select best-of-n; write the chosen responses, the pool, the
     best-of-n' curve and the summary to ``workdir``."""
     settings = RunSettings.from_config(config)
-    p, b = settings.ppo, settings.bon
+    p, b, g = settings.ppo, settings.bon, settings.sampling
     if not settings.policy_init:
         raise ConfigError("no policy: pass --checkpoint=POLICY_DIR (config.policy_init)")
     if p.reward_source == "model" and not settings.reward_init:
@@ -103,13 +113,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     reward = (workdir_lib.load_reward_model(settings.reward_init) if p.reward_source == "model"
               else None)
     task, tok = get_task(settings.data.task), policy.tokenizer
-    ev = evaluation.Evaluator(
+    ev = evaluation.Evaluator.of(
         policy.graphdef, traceable_gold(task, tok),
         reward.model.graphdef if reward else None, reward.gain if reward else 1.0,
-        reward.bias if reward else 0.0, tok.eos_token_id, tok.pad_token_id,
-        p.response_length, p.temperature, p.top_k, p.top_p)
+        reward.bias if reward else 0.0, tok.eos_token_id, tok.pad_token_id, g)
     prompts = prompts_of(settings, task)
-    ids, mask = encode_prompts(tok, prompts, p.prompt_length)
+    ids, mask = encode_prompts(tok, prompts, g.prompt_length)
     place = lambda params: parallel.place(params, mesh, settings.rules)  # noqa: E731
     pool = sample_pool(ev, place(policy.params), place(reward.model.params) if reward else None,
                        ids, mask, b.n, b.batch_size, settings.seed, mesh)
@@ -146,3 +155,31 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                "split": b.split}
     workdir_lib.write_json(workdir, workdir_lib.SUMMARY_FILE, summary)
     return summary
+
+
+def dry_run(settings: RunSettings, mesh: Mesh) -> DryRunPrograms:
+    """Sampling and scoring one batch of ``bon.batch_size`` rows, over abstract weights."""
+    policy_cfg = policy_config(settings)
+    policy = abstract_trained(CausalLM, policy_cfg)
+    reward = (abstract_trained(ScalarModel, trained_config(settings.reward_init)
+                               if settings.reward_init else policy_cfg, head_init="normal")
+              if settings.ppo.reward_source == "model" else None)
+    task = get_task(settings.data.task)
+    ev = evaluation.Evaluator.of(
+        policy.graphdef, traceable_gold(task, task.tokenizer),
+        reward.graphdef if reward else None, 1.0, 0.0, policy.tokenizer.eos_token_id,
+        policy.tokenizer.pad_token_id, settings.sampling)
+    n, length = settings.bon.batch_size, settings.sampling.prompt_length
+    batch = abstract_batch(mesh, ids=((n, length), jax.numpy.int32),
+                           mask=((n, length), jax.numpy.int32))
+    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+    args = (policy.params, reward.params if reward else None, batch["ids"], batch["mask"], key)
+    return {"sample_and_score": (sampler(ev), args, policy.params)}
+
+
+STAGE = Stage(
+    name="bon", help="best-of-n samples of a policy by a reward model (rejection sampling)",
+    sections=("bon", "sampling", "ppo"), train=run, produces="chosen",
+    reads=("policy", "reward_model"), has_steps=False, dry_run=dry_run,
+    check=lambda settings, num_devices: settings.data_parallel_size(num_devices),
+    headline=lambda s: f"best-of-{s.get('n')} {gold_line(s)}")

@@ -4,14 +4,14 @@
     --config.policy_init=SFT_WORKDIR``
 
 The pairs are those the reward model learns from (``jaxrlhf.pairs``, ``config.reward.*``):
-with no ``reward.source``, two samples of the SFT policy per prompt labelled by the task's
+with no ``data.source``, two samples of the SFT policy per prompt labelled by the task's
 gold reward. The reference log-probs — response tokens only — are computed once, before
 training, from the frozen SFT policy and travel with the pairs. The loss (``dpo.loss``,
 ``jaxrlhf.losses.PREFERENCE_LOSSES``) is a supervised stage's loss over the shared step of
 ``jaxrlhf.trainers.supervised``. Every evaluation reports the held-out pairs' metrics
 (TRL's names: ``eval/rewards/accuracies``, ...) and, on the task, the gold reward and KL of
-samples of the policy drawn as PPO draws them on PPO's held-out prompts
-(``jaxrlhf.rl.evaluation``), so DPO lands on PPO's reward–KL plot.
+samples of the policy drawn as PPO draws them (``config.sampling.*``) on PPO's held-out
+prompts (``jaxrlhf.rl.evaluation``), so DPO lands on PPO's reward–KL plot.
 """
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ from jaxrlhf.models.transformer import CausalLM
 from jaxrlhf.rl import evaluation
 from jaxrlhf.settings import RunSettings
 from jaxrlhf.trainers import loop, supervised
+from jaxrlhf.trainers.stage import (DryRunPrograms, Stage, abstract_batch, abstract_state,
+                                    abstract_trained, gold_line, number, policy_config)
 from jaxrlhf.workdir import TrainedModel
 
 REFERENCE_FIELDS = ("ref_chosen_logps", "ref_rejected_logps")
@@ -151,3 +153,28 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                "step": int(state.step)}
     workdir_lib.write_json(workdir, workdir_lib.SUMMARY_FILE, summary)
     return summary
+
+
+def dry_run(settings: RunSettings, mesh: Mesh) -> DryRunPrograms:
+    """The DPO step over abstract weights and a pair batch (with its reference log-probs)
+    of the config's shape."""
+    program = build(settings, abstract_trained(CausalLM, policy_config(settings)), mesh)
+    b, n = settings.train.batch_size, settings.reward.pair_length
+    rows = {k: ((b, n), jnp.int32) for k in ("chosen_ids", "chosen_mask", "rejected_ids",
+                                             "rejected_mask")}
+    scalars = {k: ((b,), jnp.float32) for k in ("margin", *REFERENCE_FIELDS)}
+    batch = abstract_batch(mesh, **rows, **scalars, prompt_length=((b,), jnp.int32))
+    return {"step": (program.step, (abstract_state(program), batch),
+                     program.abstract_state.params)}
+
+
+def headline(summary: dict[str, Any]) -> str:
+    line = (f"{summary.get('loss', 'dpo').upper()} held-out pair accuracy "
+            f"{number(summary.get('eval_accuracy'))}")
+    return line + (f", {gold_line(summary)}" if "gold_after" in summary else "")
+
+
+STAGE = Stage(
+    name="dpo", help="direct preference optimisation (DPO, cDPO, IPO, SimPO) from a policy",
+    sections=("reward", "dpo", "sampling"), train=train, produces="policy",
+    reads=("policy",), has_steps=True, headline=headline, dry_run=dry_run)

@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxrlhf import optim, parallel, workdir as workdir_lib
+from jaxrlhf import checkpoint, optim, parallel, workdir as workdir_lib
 from jaxrlhf.data import sft as sft_data
 from jaxrlhf.data.iterator import BatchIterator
 from jaxrlhf.data.tokenizer import decode_rows, left_pad
@@ -39,6 +39,8 @@ from jaxrlhf.settings import RunSettings
 from jaxrlhf.tasks import get_task
 from jaxrlhf.tasks.base import Task, traceable_gold
 from jaxrlhf.trainers import loop
+from jaxrlhf.trainers.stage import (DryRunPrograms, Stage, abstract_batch, abstract_state,
+                                    abstract_trained, gold_line, policy_config, trained_config)
 from jaxrlhf.workdir import RewardModel, TrainedModel
 
 
@@ -183,11 +185,12 @@ def build(settings: RunSettings, mesh: Mesh, policy: TrainedModel, reward: Rewar
     frozen_shardings = parallel.state_shardings(frozen, mesh, settings.rules)
     frozen = parallel.put(frozen, frozen_shardings)
     iterate = compile_iteration(
-        iteration_phases(models=models, settings=p, optimizers=optimizers),
+        iteration_phases(models=models, settings=p, sampling=settings.sampling,
+                         optimizers=optimizers),
         single_program=p.single_program, state_shardings=state_shardings,
         frozen_shardings=frozen_shardings, mesh=mesh)
     evaluate = parallel.MeshJit(mesh, functools.partial(evaluate_policy, models=models,
-                                                        settings=p))
+                                                        sampling=settings.sampling))
     return Program(models, init_state, abstract_state, state_shardings, frozen, iterate,
                    lambda state, batch: iterate(state, frozen, batch),
                    lambda params, batch, key: evaluate(params, frozen, batch, key))
@@ -197,9 +200,9 @@ def prompt_arrays(tokenizer, examples: list[dict],
                   settings: RunSettings) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Left-padded prompts (``prompt_ids``, ``prompt_mask`` [n, prompt_length]) and, when
     the ptx term is on, the demonstrations as LM rows; with what was altered on the way
-    (prompts cut to their last ``ppo.prompt_length`` tokens, empty prompts, and the ptx
-    rows' counts)."""
-    length = settings.ppo.prompt_length
+    (prompts cut to their last ``sampling.prompt_length`` tokens, empty prompts, and the
+    ptx rows' counts)."""
+    length = settings.sampling.prompt_length
     prompts = [tokenizer(e["prompt"])["input_ids"] for e in examples]
     ids, mask = left_pad(prompts, tokenizer.pad_token_id, length)
     arrays = {"prompt_ids": ids, "prompt_mask": mask}  # [n, prompt_length]
@@ -248,8 +251,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     train_prompts, data_counts = prompt_arrays(
         tok, task.demonstrations(p.num_prompts, seed=settings.seed), settings)
     print(f"[ppo] train prompts: {data_counts}")
-    eval_prompts, eval_arrays = evaluation.held_out_prompts(task, tok, p.prompt_length,
-                                                            p.num_eval_prompts, settings.seed)
+    g = settings.sampling
+    eval_prompts, eval_arrays = evaluation.held_out_prompts(task, tok, g.prompt_length,
+                                                            g.num_eval_prompts, settings.seed)
     eval_batch = parallel.shard_batch(eval_arrays, mesh)
 
     def evaluate_state(state: PPOState) -> loop.Evaluation:
@@ -260,7 +264,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 for i in range(min(settings.train.num_samples, len(responses)))]
         return evaluation.summarize(out), rows
 
-    batches = BatchIterator(train_prompts, p.prompts_per_iteration, seed=settings.seed)
+    batches = BatchIterator(train_prompts, settings.prompts_per_iteration, seed=settings.seed)
     loop.run(workdir=workdir, train=settings.train, config=config, mesh=mesh,
              init_state=program.init_state, state_shardings=program.state_shardings,
              step_fn=program.step, batches=batches, evaluate=evaluate_state,
@@ -276,3 +280,47 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                "data_counts": data_counts}
     workdir_lib.write_json(workdir, workdir_lib.SUMMARY_FILE, summary)
     return summary
+
+
+def dry_run(settings: RunSettings, mesh: Mesh) -> DryRunPrograms:
+    """The iteration as one program, or (``ppo.single_program=False``) each phase, over
+    abstract weights and a prompt batch of the config's shape."""
+    p = settings.ppo
+    policy_cfg = policy_config(settings)
+    reward_cfg = trained_config(settings.reward_init) if settings.reward_init else policy_cfg
+    policy = abstract_trained(CausalLM, policy_cfg)
+    reward = (RewardModel(abstract_trained(ScalarModel, reward_cfg, head_init="normal"), 1.0,
+                          0.0) if p.reward_source == "model" else None)
+    task = get_task(settings.data.task) if p.reward_source == "gold" else None
+    if task is not None:
+        policy = dataclasses.replace(policy, tokenizer=task.tokenizer)
+    program = build(settings, mesh, policy, reward, task)
+    n, length = settings.prompts_per_iteration, settings.sampling.prompt_length
+    fields = {"prompt_ids": ((n, length), jnp.int32), "prompt_mask": ((n, length), jnp.int32)}
+    if p.ptx_coef > 0:
+        fields.update({k: ((n, settings.data.max_len), jnp.int32) for k in PTX_FIELDS})
+    args = (abstract_state(program), program.frozen, abstract_batch(mesh, **fields))
+    params = program.abstract_state.policy
+    if p.single_program:
+        return {"iteration": (program.iterate, args, params)}
+    steps, carry = {}, {}
+    phases = iteration_phases(models=program.models, settings=p, sampling=settings.sampling,
+                              optimizers=make_optimizers(settings))
+    for phase, pinned in zip(phases, pinned_phases(phases, program.state_shardings, mesh)):
+        steps[phase.__name__] = (pinned, (*args, carry), params)
+        state, carry = jax.eval_shape(phase, *args, carry)
+        args = (checkpoint.abstract_like(state, program.state_shardings), *args[1:])
+    return steps
+
+
+def headline(summary: dict[str, Any]) -> str:
+    """PPO with GAE, else its critic-free estimator's name (GRPO, RLOO, REINFORCE)."""
+    advantage = summary.get("advantage", "gae")
+    return f"{'PPO' if advantage == 'gae' else advantage.upper()} {gold_line(summary)}"
+
+
+STAGE = Stage(
+    name="ppo", help="PPO (or GRPO / RLOO / REINFORCE) against a reward model, KL to the SFT "
+                     "policy", sections=("ppo", "sampling"), train=train, produces="policy",
+    reads=("policy", "reward_model"), has_steps=True, headline=headline, dry_run=dry_run,
+    check=RunSettings.check_ppo_batches)

@@ -34,6 +34,8 @@ from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.transformer import CausalLM, ScalarModel
 from jaxrlhf.settings import RunSettings
 from jaxrlhf.trainers import loop, supervised
+from jaxrlhf.trainers.stage import (DryRunPrograms, Stage, abstract_batch, abstract_state,
+                                    number, policy_config)
 from jaxrlhf.workdir import TrainedModel
 
 
@@ -220,7 +222,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         init = born_sharded(adapters)
     program = build(settings, model_config, mesh, init, frozen)
     eval_batches = fixed_batches(data.eval, settings.train.batch_size)
-    gold_labelled = not settings.reward.source
+    gold_labelled = not settings.data.source
 
     def evaluate_state(state: supervised.TrainState) -> dict[str, float]:
         return evaluate_pairs(state.params, program, eval_batches, mesh, gold_labelled)[0]
@@ -248,3 +250,21 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                "data_counts": data.counts}
     workdir_lib.write_json(workdir, workdir_lib.SUMMARY_FILE, summary)
     return summary
+
+
+def dry_run(settings: RunSettings, mesh: Mesh) -> DryRunPrograms:
+    """The reward model's step over abstract weights and a pair batch of the config's shape."""
+    program = build(settings, policy_config(settings), mesh, init_params=None).supervised
+    b, n = settings.train.batch_size, settings.reward.pair_length
+    batch = abstract_batch(mesh, chosen_ids=((b, n), jnp.int32), chosen_mask=((b, n), jnp.int32),
+                           rejected_ids=((b, n), jnp.int32), rejected_mask=((b, n), jnp.int32),
+                           margin=((b,), jnp.float32))
+    return {"step": (program.step, (abstract_state(program), batch),
+                     program.abstract_state.params)}
+
+
+STAGE = Stage(
+    name="reward", help="a Bradley-Terry reward model on preference pairs",
+    sections=("reward",), train=train, produces="reward_model", reads=("policy",),
+    has_steps=True, dry_run=dry_run,
+    headline=lambda s: f"reward model held-out accuracy {number(s.get('eval_accuracy'))}")

@@ -11,93 +11,26 @@ tokenizer it then keeps; with ``lora.rank`` > 0 only adapters on that base train
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 from jax.sharding import Mesh
 
-from jaxrlhf import losses, parallel, sampling, workdir as workdir_lib
+from jaxrlhf import parallel, workdir as workdir_lib
 from jaxrlhf.data import records as records_lib, sft as sft_data
 from jaxrlhf.data.iterator import BatchIterator, fixed_batches
-from jaxrlhf.data.tokenizer import decode_rows, encode_prompts
-from jaxrlhf.errors import ConfigError, DataError
+from jaxrlhf.errors import DataError
 from jaxrlhf.metrics import read_metrics
-from jaxrlhf.models.build import (abstract_model, born_sharded, given_params_init,
-                                  initial_lm_params, lora_init, resolve_config)
-from jaxrlhf.models.config import ModelConfig
+from jaxrlhf.models.build import resolve_config
 from jaxrlhf.models.transformer import CausalLM
 from jaxrlhf.rl import evaluation
 from jaxrlhf.settings import RunSettings
 from jaxrlhf.tasks import get_task
 from jaxrlhf.trainers import loop, supervised
-from jaxrlhf.workdir import TrainedModel
-
-
-def sft_loss(graphdef: nnx.GraphDef, params: nnx.State,
-             batch: supervised.Batch) -> tuple[jax.Array, dict, jax.Array]:
-    """Mean response-token NLL of a batch, no extra metrics, and its token count."""
-    loss, metrics = losses.lm_nll(graphdef, params, batch)
-    return loss, {}, metrics["tokens"]
-
-
-def build(settings: RunSettings, model_config: ModelConfig, mesh: Mesh,
-          policy: TrainedModel | None = None) -> supervised.Program:
-    """The SFT program: a causal LM from ``policy`` (the run in ``policy_init``),
-    ``model_init`` or random, trained on ``sft_loss`` (under LoRA, adapters on it)."""
-    if policy is not None:
-        init = given_params_init(policy.params)
-    else:
-        init = initial_lm_params(model_config, model_init=settings.model_init,
-                                 seed=settings.seed)
-    frozen, lora = None, settings.lora.config
-    if lora is not None:
-        if policy is None and not settings.model_init:
-            raise ConfigError("config.lora.rank > 0 needs a base model to adapt: set "
-                              "config.policy_init (a finished run) or config.model_init")
-        plain = parallel.state_shardings(abstract_model(CausalLM, model_config)[1], mesh,
-                                         settings.rules)
-        adapters, frozen = lora_init(CausalLM, model_config, init(plain), lora=lora,
-                                     seed=settings.seed, base_dtype=settings.lora.base_dtype)
-        init = born_sharded(adapters)
-    return supervised.build(
-        loss=sft_loss, model_cls=CausalLM, model_config=model_config, init_params=init,
-        optim_settings=settings.optim, train=settings.train, mesh=mesh, rules=settings.rules,
-        count_metric="tokens", frozen=frozen, lora=lora)
-
-
-def evaluate(params: nnx.State, program: supervised.Program,
-             eval_batches: list[dict[str, np.ndarray]], mesh: Mesh) -> dict[str, float]:
-    """Token-weighted mean NLL over the held-out set, and its perplexity."""
-    loss = supervised.evaluate_means(params, program, eval_batches, mesh)["eval/loss"]
-    return {"eval/loss": loss, "eval/perplexity": float(np.exp(loss))}
-
-
-def sampler(graphdef: nnx.GraphDef, tokenizer, prompts: Sequence[str], num_samples: int,
-            sample_tokens: int) -> Callable[[Any, int], list[dict[str, str]]]:
-    """A callback that greedily completes the first ``num_samples`` ``prompts``, prints them
-    and returns them as rows for samples.jsonl."""
-    if not prompts or num_samples <= 0:
-        return lambda params, step: []
-    prompts = list(prompts[:num_samples])
-    ids, mask = encode_prompts(tokenizer, prompts)
-    generate = jax.jit(lambda params: sampling.generate(
-        graphdef, params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0),
-        max_new_tokens=sample_tokens, eos_id=tokenizer.eos_token_id,
-        pad_id=tokenizer.pad_token_id, greedy=True))
-
-    def sample(params, step: int) -> list[dict[str, str]]:
-        completion = generate(params)
-        responses = decode_rows(tokenizer, completion.tokens, completion.mask)
-        print(f"\n[step {step}] " + " | ".join(f"{p!r} -> {r!r}" for p, r in
-                                                zip(prompts, responses)))
-        return [{"prompt": p, "response": r} for p, r in zip(prompts, responses)]
-
-    return sample
+from jaxrlhf.trainers.stage import (DryRunPrograms, Stage, abstract_batch, abstract_state,
+                                    abstract_trained, gold_line, number, policy_config)
 
 
 @dataclasses.dataclass
@@ -170,13 +103,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     workdir_lib.write_model_card(workdir, model_config, "params", lora=settings.lora.config,
                                  base=settings.policy_init or settings.model_init,
                                  base_dtype=settings.lora.base_dtype)
-    program = build(settings, model_config, mesh, policy)
+    program = supervised.lm_program(settings, model_config, mesh, policy)
     eval_batches = fixed_batches(
         data.eval, settings.train.batch_size,
         f"the SFT evaluation set ({settings.data.eval_source or settings.data.source or 'task'})")
     t = settings.train
-    sample = sampler(program.graphdef, data.tokenizer, data.eval_prompts, t.num_samples,
-                     t.sample_tokens)
+    sample = supervised.greedy_sampler(program.graphdef, data.tokenizer, data.eval_prompts,
+                                       t.num_samples, t.sample_tokens)
 
     # From a policy, report the task's gold reward and KL from it, as every stage that
     # trains a policy does (rejection-sampling fine-tuning lands on PPO's reward-KL plot).
@@ -186,7 +119,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     def evaluate_state(state: supervised.TrainState) -> loop.Evaluation:
         rows = sample(program.full_params(state.params), int(state.step))
-        return {**evaluate(state.params, program, eval_batches, mesh),
+        return {**supervised.evaluate_lm(state.params, program, eval_batches, mesh),
                 **sample_eval(state.params)}, rows
 
     batches = BatchIterator(data.train, t.batch_size, seed=settings.seed)
@@ -203,3 +136,27 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         summary.update(evaluation.before_after(evals))
     workdir_lib.write_json(workdir, workdir_lib.SUMMARY_FILE, summary)
     return summary
+
+
+def dry_run(settings: RunSettings, mesh: Mesh) -> DryRunPrograms:
+    """The SFT step over abstract weights and a batch of the config's shape."""
+    cfg = policy_config(settings)
+    policy = abstract_trained(CausalLM, cfg) if settings.policy_init else None
+    program = supervised.lm_program(settings, cfg, mesh, policy)
+    t, n = settings.train, settings.data.max_len
+    batch = abstract_batch(mesh, **{k: ((t.batch_size, n), jnp.int32)
+                                    for k in ("input_ids", "attention_mask", "loss_mask")})
+    return {"step": (program.step, (abstract_state(program), batch),
+                     program.abstract_state.params)}
+
+
+def headline(summary: dict[str, Any]) -> str:
+    line = (f"SFT held-out loss {number(summary.get('first_eval_loss'))} -> "
+            f"{number(summary.get('eval_loss'))}")
+    return line + (f", {gold_line(summary)}" if "gold_after" in summary else "")
+
+
+STAGE = Stage(
+    name="sft", help="supervised fine-tuning on demonstrations (loss on response tokens)",
+    sections=("sampling",), train=train, produces="policy", reads=("policy", "chosen"),
+    has_steps=True, headline=headline, dry_run=dry_run)

@@ -1,4 +1,6 @@
-"""The supervised train step and its compiled program, shared by SFT and reward modelling.
+"""The supervised train step and its compiled program, shared by every supervised stage
+(pretraining, SFT, reward modelling, DPO); and what the causal-LM stages share (the LM
+loss and program, held-out NLL, greedy samples).
 
 A stage supplies only its loss: ``loss(graphdef, params, batch) -> (mean loss, {metric:
 mean}, count)``. The step accumulates it over micro-batches
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.struct
@@ -25,10 +27,14 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxrlhf import optim, parallel
+from jaxrlhf import losses, optim, parallel, sampling
+from jaxrlhf.data.tokenizer import decode_rows, encode_prompts
+from jaxrlhf.errors import ConfigError
 from jaxrlhf.models import lora
-from jaxrlhf.models.build import ParamsInit, abstract_model
+from jaxrlhf.models.build import (ParamsInit, abstract_model, born_sharded, given_params_init,
+                                  initial_lm_params, lora_init)
 from jaxrlhf.models.config import ModelConfig
+from jaxrlhf.models.transformer import CausalLM
 from jaxrlhf.rl import evaluation
 from jaxrlhf.sections import OptimSettings, TrainSettings
 from jaxrlhf.settings import RunSettings
@@ -161,14 +167,13 @@ def policy_evaluation(settings: RunSettings, program: Program, reference: Traine
                       task: Task, mesh: Mesh) -> Callable[[nnx.State], dict[str, float]]:
     """``trained params -> {eval/gold, eval/gold_stderr, eval/score, eval/kl}`` of a
     policy-training supervised stage (DPO; SFT from a policy): one sample per held-out
-    prompt, drawn as PPO draws them (``ppo.*``), scored by the task's gold reward, with its
-    KL from the ``reference`` policy it started from (``jaxrlhf.rl.evaluation``)."""
-    p, adapters = settings.ppo, settings.lora.config
+    prompt, drawn as PPO draws them (``sampling.*``), scored by the task's gold reward, with
+    its KL from the ``reference`` policy it started from (``jaxrlhf.rl.evaluation``)."""
+    g, adapters = settings.sampling, settings.lora.config
     tok = reference.tokenizer
-    ev = evaluation.Evaluator(reference.graphdef, traceable_gold(task, tok), None, 1.0, 0.0,
-                              tok.eos_token_id, tok.pad_token_id, p.response_length,
-                              p.temperature, p.top_k, p.top_p)
-    _, prompts = evaluation.held_out_prompts(task, tok, p.prompt_length, p.num_eval_prompts,
+    ev = evaluation.Evaluator.of(reference.graphdef, traceable_gold(task, tok), None, 1.0, 0.0,
+                                 tok.eos_token_id, tok.pad_token_id, g)
+    _, prompts = evaluation.held_out_prompts(task, tok, g.prompt_length, g.num_eval_prompts,
                                              settings.seed)
     batch = parallel.shard_batch(prompts, mesh)
 
@@ -181,3 +186,67 @@ def policy_evaluation(settings: RunSettings, program: Program, reference: Traine
     ref = parallel.place(reference.params, mesh, settings.rules)
     return lambda params: evaluation.summarize(parallel.fetch(
         sample(params, program.frozen, ref, batch)))
+
+
+def lm_loss(graphdef: nnx.GraphDef, params: nnx.State,
+             batch: Batch) -> tuple[jax.Array, dict, jax.Array]:
+    """Mean NLL of a batch's counted tokens (``losses.lm_nll``: SFT's response tokens,
+    pretraining's every token), no extra metrics, and their count."""
+    loss, metrics = losses.lm_nll(graphdef, params, batch)
+    return loss, {}, metrics["tokens"]
+
+
+def lm_program(settings: RunSettings, model_config: ModelConfig, mesh: Mesh,
+               policy: TrainedModel | None = None) -> Program:
+    """The program of a stage that trains a causal LM on :func:`lm_loss` (SFT,
+    pretraining): from ``policy`` (the run in ``policy_init``), ``model_init`` or random
+    weights (under LoRA, adapters on them)."""
+    if policy is not None:
+        init = given_params_init(policy.params)
+    else:
+        init = initial_lm_params(model_config, model_init=settings.model_init,
+                                 seed=settings.seed)
+    frozen, lora = None, settings.lora.config
+    if lora is not None:
+        if policy is None and not settings.model_init:
+            raise ConfigError("config.lora.rank > 0 needs a base model to adapt: set "
+                              "config.policy_init (a finished run) or config.model_init")
+        plain = parallel.state_shardings(abstract_model(CausalLM, model_config)[1], mesh,
+                                         settings.rules)
+        adapters, frozen = lora_init(CausalLM, model_config, init(plain), lora=lora,
+                                     seed=settings.seed, base_dtype=settings.lora.base_dtype)
+        init = born_sharded(adapters)
+    return build(
+        loss=lm_loss, model_cls=CausalLM, model_config=model_config, init_params=init,
+        optim_settings=settings.optim, train=settings.train, mesh=mesh, rules=settings.rules,
+        count_metric="tokens", frozen=frozen, lora=lora)
+
+
+def evaluate_lm(params: nnx.State, program: Program,
+                eval_batches: list[dict[str, np.ndarray]], mesh: Mesh) -> dict[str, float]:
+    """Token-weighted mean NLL over the held-out set, and its perplexity."""
+    loss = evaluate_means(params, program, eval_batches, mesh)["eval/loss"]
+    return {"eval/loss": loss, "eval/perplexity": float(np.exp(loss))}
+
+
+def greedy_sampler(graphdef: nnx.GraphDef, tokenizer, prompts: Sequence[str], num_samples: int,
+            sample_tokens: int) -> Callable[[Any, int], list[dict[str, str]]]:
+    """A callback that greedily completes the first ``num_samples`` ``prompts``, prints them
+    and returns them as rows for samples.jsonl."""
+    if not prompts or num_samples <= 0:
+        return lambda params, step: []
+    prompts = list(prompts[:num_samples])
+    ids, mask = encode_prompts(tokenizer, prompts)
+    generate = jax.jit(lambda params: sampling.generate(
+        graphdef, params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0),
+        max_new_tokens=sample_tokens, eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id, greedy=True))
+
+    def sample(params, step: int) -> list[dict[str, str]]:
+        completion = generate(params)
+        responses = decode_rows(tokenizer, completion.tokens, completion.mask)
+        print(f"\n[step {step}] " + " | ".join(f"{p!r} -> {r!r}" for p, r in
+                                                zip(prompts, responses)))
+        return [{"prompt": p, "response": r} for p, r in zip(prompts, responses)]
+
+    return sample

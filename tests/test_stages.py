@@ -1,0 +1,94 @@
+"""The stage table is the one home of a stage: the command line, the pipeline's wiring,
+the Python API and the dry run are lookups in it (docs/design.md, "Extending it")."""
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from jaxrlhf import api, cli, config as config_lib, dry_run, pipeline, stages
+from jaxrlhf.trainers.stage import PRODUCTS, Stage
+
+NAMES = sorted(stages.STAGES)
+
+
+def test_every_stage_is_a_command_an_api_entry_and_its_modules_record():
+    for name, stage in stages.STAGES.items():
+        assert stage.name == name and name in cli.COMMANDS and name in api.COMMANDS
+        module = sys.modules[stage.train.__module__]
+        assert module.STAGE is stage                   # one record, exported by its module
+        assert stage.produces in (None, *PRODUCTS) and set(stage.reads) <= set(PRODUCTS)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_stage_dry_runs_its_programs(name):
+    """Each stage compiles its programs from abstract weights and batches (the base config
+    on the emulated devices, PPO's batches split as PPO splits them)."""
+    config = config_lib.base_config()
+    config.train.batch_size, config.ppo.num_minibatches, config.bon.batch_size = 32, 4, 32
+    report = dry_run.report(name, config)[name]
+    assert report["programs"] and all(m["peak_bytes"] > 0 and m["parameters"] > 0
+                                      for m in report["programs"].values())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_stage_has_a_one_line_headline(name):
+    summary = {"gold_before": 0.1, "gold_after": 0.5, "kl": 2.0, "eval_loss": 1.0,
+               "first_eval_loss": 2.0, "eval_accuracy": 0.9, "n": 4,
+               "eval_bits_per_byte": 1.5}
+    for given in (summary, {}):
+        line = stages.get(name).headline(given)
+        assert line and "\n" not in line
+
+
+def test_help_lists_every_command_from_the_table():
+    result = subprocess.run([sys.executable, "-m", "jaxrlhf", "--help"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for name, stage in stages.STAGES.items():
+        assert any(line.split() and line.split()[0] == name and stage.help in line
+                   for line in lines), name
+    for command in ("pipeline", "sample", "export"):
+        assert any(line.split()[:1] == [command] for line in lines), command
+
+
+def _fake_stage(calls: list) -> Stage:
+    def train(config, workdir):
+        calls.append((config.policy_init, workdir))
+        return {"note": "ran"}
+    return Stage(name="distill", help="a stage added by one line in the table",
+                 sections=(), train=train, produces=None, reads=("policy",), has_steps=False,
+                 headline=lambda s: f"distilled: {s.get('note')}",
+                 dry_run=lambda settings, mesh: {})
+
+
+def test_a_stage_added_to_the_table_is_a_command_wired_into_pipelines(monkeypatch, tmp_path):
+    """One record in the table: it is listed by --help, runs through the API, is wired to
+    the policy of an earlier stage in a pipeline, and counts as finished by its summary."""
+    calls = []
+    monkeypatch.setitem(stages.STAGES, "distill", _fake_stage(calls))
+    assert "distill" in cli.help_text() and "a stage added by one line" in cli.help_text()
+    config = config_lib.load_config_file("configs/pipeline/quickstart.py")
+    config.stages = (("sft", "sft"), ("distill", "distill"))
+    config.distill = config_lib.base_config()
+    wired = pipeline.stage_configs(config, str(tmp_path))
+    assert wired["distill"][0].policy_init == str(tmp_path / "sft")
+    assert pipeline.run("distill", config.distill, str(tmp_path / "d")) == {"note": "ran"}
+    assert calls == [("", str(tmp_path / "d"))]
+    assert not api.finished("distill", config.distill, str(tmp_path / "d"))
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "summary.json").write_text("{}")
+    assert api.finished("distill", config.distill, str(tmp_path / "d"))
+    assert cli.summary_line("distill", {"note": "x"}, "w") == "distill done: distilled: x. Workdir: w"
+
+
+def test_an_unknown_stage_names_the_closest():
+    with pytest.raises(ValueError, match="unknown stage 'sfft'; did you mean 'sft'"):
+        stages.get("sfft")
+
+
+def test_a_record_with_an_unknown_product_is_refused():
+    with pytest.raises(ValueError, match="not products"):
+        dataclasses.replace(_fake_stage([]), reads=("value_model",))
