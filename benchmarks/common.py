@@ -88,7 +88,7 @@ def run_settings(cfg: ModelConfig, args: argparse.Namespace, stage: str, *,
     n = cfg.max_seq_len
     c.data.max_len = n
     c.reward.update(max_prompt_tokens=n // 2, max_response_tokens=n - n // 2 - 1)
-    c.sampling.update(prompt_length=n // 2, response_length=n - n // 2, **(sampling or {}))
+    c.sampling.update({"prompt_length": n // 2, "response_length": n - n // 2, **(sampling or {})})
     c.train.update(steps=1000, **(train or {}))
     c.ppo.update(**(ppo or {}))
     settings = RunSettings.from_config(c)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import sys
-import typing
 from collections.abc import Mapping
 from typing import Any
 

@@ -118,3 +118,20 @@ def full_dataset(relative):
     return pytest.mark.skipif(not present, reason=(
         f"needs the full dataset {relative}: set ${paths.ENV_VAR} to a directory holding it "
         "(see tests/fixtures/README.md)"))
+
+
+def assert_same_numbers(got, want, rel=1e-6, path="measured"):
+    """``got`` has ``want``'s structure, strings and booleans, and its numbers to ``rel``:
+    least-squares fits recomputed on another CPU or BLAS differ in their last digits."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), path
+        for key in want:
+            assert_same_numbers(got[key], want[key], rel, f"{path}.{key}")
+    elif isinstance(want, (list, tuple)):
+        assert isinstance(got, (list, tuple)) and len(got) == len(want), path
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_same_numbers(g, w, rel, f"{path}[{i}]")
+    elif isinstance(want, float) or (isinstance(got, float) and not isinstance(want, bool)):
+        assert got == pytest.approx(want, rel=rel, abs=1e-12), path
+    else:
+        assert got == want, path

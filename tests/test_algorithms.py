@@ -12,7 +12,7 @@ import pytest
 
 import jaxrlhf
 from conftest import metric_rows, read_summary, run_cli
-from jaxrlhf import checkpoint, config as config_lib, pipeline
+from jaxrlhf import checkpoint, config as config_lib, pipeline, stages as stages_lib
 
 TRL_DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies",
                    "rewards/margins", "logps/chosen", "logps/rejected")
@@ -76,7 +76,7 @@ def test_expert_iteration_pipeline_is_wired_bon_then_sft():
     assert stages["bon"][0].bon.split == "train"
     assert stages["rs_sft"][0].policy_init == "/runs/ei/sft"
     assert stages["rs_sft"][0].data.source == "/runs/ei/bon/best_of_n.jsonl"
-    config_lib.validate(config, 1)
+    stages_lib.validate("pipeline", config, 1)
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, assert_same_numbers
 from experiments import common
 from experiments.bon_overoptimization import run as experiment
 from notebooks.run import kernel_environment
@@ -20,8 +20,8 @@ def test_committed_verdict_follows_from_its_series():
     result = common.load(experiment.NAME)
     verdict = experiment.criterion(result["series"])
     assert verdict["passed"] == result["passed"]
-    assert json.dumps(verdict["measured"], default=float) == json.dumps(result["measured"],
-                                                                        default=float)
+    assert_same_numbers(json.loads(json.dumps(verdict["measured"], default=float)),
+                        result["measured"])
     assert result["criterion"] == experiment.CRITERION and result["claim"] == experiment.CLAIM
     folder = os.path.join(REPO, "experiments", experiment.NAME)
     assert os.path.exists(os.path.join(folder, common.FIGURE_FILE))

@@ -134,8 +134,8 @@ def _stage_loss(stage, cfg):
     settings = dataclasses.replace(RunSettings.from_config(base_config()).ppo, ent_coef=0.01,
                                    kl_in_reward=False, kl_estimator="k3")
     models, params, data = _ppo_inputs(cfg, rng)
-    return lambda p: ppo_loss(p, data, models=models, settings=settings, kl_coef=0.05,
-                              frozen=Frozen(ref=None, reward=None))[0], params
+    return lambda p: ppo_loss(p, data, models=models, settings=settings, temperature=0.7,
+                              kl_coef=0.05, frozen=Frozen(ref=None, reward=None))[0], params
 
 
 # Every stage, every policy and both layer layouts, in 6 cases (the full product is slow).
@@ -227,7 +227,7 @@ def test_activations_are_split_over_the_batch_axes(stage, axis):
     batch. Two ways this failed: FSDP-sharded weights led XLA to split the hidden axis of
     the residual stream and keep the MLP's activations whole on every device; and PPO's
     minibatches, gathered by a random permutation, were replicated."""
-    from jaxrlhf import dry_run, memory, parallel
+    from jaxrlhf import memory, parallel, stages
     from jaxrlhf.config import load_config_file
     c = load_config_file(f"configs/{stage}/quickstart.py")
     c.model.update(vocab_size=68, d_ff=1024)
@@ -237,6 +237,6 @@ def test_activations_are_split_over_the_batch_axes(stage, axis):
     temp = {}
     for n in (8, 1):
         mesh = parallel.make_mesh({axis: n}, devices=jax.devices()[:n])
-        jitted, args, _ = getattr(dry_run, f"{stage}_steps")(settings, mesh)[program]
+        jitted, args, _ = stages.get(stage).dry_run(settings, mesh)[program]
         temp[n] = memory.compiled_memory(jitted.lower(*args).compile())["temp_bytes"]
     assert temp[8] < 0.3 * temp[1], temp

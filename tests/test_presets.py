@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from conftest import REPO
+from jaxrlhf import stages
 from jaxrlhf.config import preset_config
 from jaxrlhf.models.hf_config import model_config_from_hf
 from jaxrlhf.models.presets import PRESETS, preset
@@ -39,8 +40,10 @@ def test_preset_is_the_published_shape(name):
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_preset_configs_validate_for_8_devices(name):
+    for stage in ("sft", "reward", "dpo", "pretrain", "ppo"):
+        stages.validate(stage, preset_config(name, stage), num_devices=8)
+    assert RunSettings.from_config(preset_config(name, "ppo")).prompts_per_iteration == 256
     settings = RunSettings.from_config(preset_config(name))
-    settings.check_mesh(8)
     assert settings.model == preset(name, dtype="bfloat16", scan_layers=True,
                                     remat=settings.model.remat, logits_chunk=64)
     assert settings.model.param_dtype == "float32" and settings.ppo.frozen_dtype == "bfloat16"
@@ -49,5 +52,6 @@ def test_preset_configs_validate_for_8_devices(name):
 def test_config_files_are_the_presets():
     from jaxrlhf.config import load_config_file
     for name in PRESETS:
-        assert load_config_file(os.path.join(REPO, "configs", "presets", f"{name}.py")) == \
-            preset_config(name)
+        path = os.path.join(REPO, "configs", "presets", f"{name}.py")
+        assert load_config_file(path) == preset_config(name)
+        assert load_config_file(path + ":ppo") == preset_config(name, "ppo")

@@ -15,7 +15,7 @@ from jaxrlhf.data import corpus, packing
 QUICKSTART = os.path.join(REPO, "configs", "pretrain", "quickstart.py")
 TINY = {"data.source": "", "data.num_train": 160, "data.num_eval": 40, "data.max_len": 32,
         "data.bpe_vocab_size": 300, "model.d_model": 32, "model.n_heads": 2,
-        "model.n_kv_heads": 2, "model.d_ff": 64, "model.n_layers": 1, "model.max_seq_len": 32,
+        "model.n_kv_heads": 2, "model.d_ff": 64, "model.n_layers": 1, "model.max_seq_len": 40,
         "train.batch_size": 8, "train.steps": 40, "train.eval_every": 20,
         "train.checkpoint_every": 20, "train.log_every": 5, "train.num_samples": 1,
         "train.sample_tokens": 8, "train.tensorboard": False}
@@ -111,7 +111,7 @@ def test_a_pretrained_model_starts_every_later_stage(pretrained, tmp_path):
     for name in ("sft", "reward", "ppo"):
         chain[name] = stages[name]
         chain[name].policy_init = pretrained.workdir     # the first stage's; wired after
-        chain[name].model.update(d_model=32, n_heads=2, n_kv_heads=2, d_ff=64, max_seq_len=32)
+        chain[name].model.update(d_model=32, n_heads=2, n_kv_heads=2, d_ff=64, max_seq_len=40)
     result = jaxrlhf.run("pipeline", chain, str(tmp_path / "chain"))
     assert [result.summary[n]["step"] for n in ("sft", "reward")] == [8, 6]
     assert result.summary["ppo"]["iterations"] == 2

@@ -276,5 +276,6 @@ def test_critic_free_objective_has_no_value_term():
     assert not s.uses_value_model and not s.shared_trunk
     with pytest.raises(ValueError, match="num_generations=1 must be >= 2"):
         _ppo_settings(advantage="rloo")
-    with pytest.raises(ValueError, match="divisible by ppo.num_generations=5"):
-        _ppo_settings(advantage="rloo", num_generations=5)
+    with pytest.raises(ValueError, match="train.batch_size=64 must be divisible by "
+                                         "ppo.num_generations=5"):
+        _ppo_settings(advantage="rloo", num_generations=5).check_batch(64)

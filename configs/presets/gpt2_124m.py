@@ -4,10 +4,11 @@
 Random init; `--config.model_init=DIR` loads a local HF checkpoint of this shape (pass
 `--config.data.tokenizer=DIR` for its tokenizer). Any stage: `python -m jaxrlhf sft
 --config=configs/presets/gpt2_124m.py --workdir=W`; `--dry_run` compiles the stage's step
-and prints its peak memory per device without running it.
+and prints its peak memory per device without running it; `FILE.py:ppo` gives PPO's
+batch of 256 prompts.
 """
 from jaxrlhf.config import preset_config
 
 
-def get_config():
-    return preset_config("gpt2_124m")
+def get_config(stage: str = "sft"):
+    return preset_config("gpt2_124m", stage)

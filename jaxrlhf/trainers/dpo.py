@@ -36,8 +36,8 @@ from jaxrlhf.models.transformer import CausalLM
 from jaxrlhf.rl import evaluation
 from jaxrlhf.settings import RunSettings
 from jaxrlhf.trainers import loop, supervised
-from jaxrlhf.trainers.stage import (DryRunPrograms, Stage, abstract_batch, abstract_state,
-                                    abstract_trained, gold_line, number, policy_config)
+from jaxrlhf.trainers.stage import (DryRunPrograms, Stage, abstract_batch, abstract_trained,
+                                    number, policy_config, step_program, with_gold)
 from jaxrlhf.workdir import TrainedModel
 
 REFERENCE_FIELDS = ("ref_chosen_logps", "ref_rejected_logps")
@@ -163,18 +163,13 @@ def dry_run(settings: RunSettings, mesh: Mesh) -> DryRunPrograms:
     rows = {k: ((b, n), jnp.int32) for k in ("chosen_ids", "chosen_mask", "rejected_ids",
                                              "rejected_mask")}
     scalars = {k: ((b,), jnp.float32) for k in ("margin", *REFERENCE_FIELDS)}
-    batch = abstract_batch(mesh, **rows, **scalars, prompt_length=((b,), jnp.int32))
-    return {"step": (program.step, (abstract_state(program), batch),
-                     program.abstract_state.params)}
-
-
-def headline(summary: dict[str, Any]) -> str:
-    line = (f"{summary.get('loss', 'dpo').upper()} held-out pair accuracy "
-            f"{number(summary.get('eval_accuracy'))}")
-    return line + (f", {gold_line(summary)}" if "gold_after" in summary else "")
+    return step_program(program, abstract_batch(mesh, **rows, **scalars,
+                                                prompt_length=((b,), jnp.int32)))
 
 
 STAGE = Stage(
     name="dpo", help="direct preference optimisation (DPO, cDPO, IPO, SimPO) from a policy",
     sections=("reward", "dpo", "sampling"), train=train, produces="policy",
-    reads=("policy",), has_steps=True, headline=headline, dry_run=dry_run)
+    reads=("policy",), has_steps=True, dry_run=dry_run,
+    headline=lambda s: with_gold(f"{s.get('loss', 'dpo').upper()} held-out pair accuracy "
+                                 f"{number(s.get('eval_accuracy'))}", s))

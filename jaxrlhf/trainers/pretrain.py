@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh
 
@@ -33,8 +32,7 @@ from jaxrlhf.models.build import resolve_config
 from jaxrlhf.models.transformer import CausalLM
 from jaxrlhf.settings import RunSettings
 from jaxrlhf.trainers import loop, supervised
-from jaxrlhf.trainers.stage import (DryRunPrograms, Stage, abstract_batch, abstract_state,
-                                    abstract_trained, number, trained_config)
+from jaxrlhf.trainers.stage import DryRunPrograms, Stage, number, trained_config
 from jaxrlhf.workdir import TrainedModel
 
 PROMPT_WORDS = 3   # the logged samples continue the first words of held-out documents
@@ -152,13 +150,7 @@ def dry_run(settings: RunSettings, mesh: Mesh) -> DryRunPrograms:
     else:
         cfg = resolve_config(settings.model, model_init=settings.model_init,
                              vocab_size=settings.model.vocab_size or settings.data.bpe_vocab_size)
-    policy = abstract_trained(CausalLM, cfg) if settings.policy_init else None
-    program = supervised.lm_program(settings, cfg, mesh, policy)
-    t, n = settings.train, settings.data.max_len
-    batch = abstract_batch(mesh, **{k: ((t.batch_size, n), jnp.int32)
-                                    for k in ("input_ids", "attention_mask", "loss_mask")})
-    return {"step": (program.step, (abstract_state(program), batch),
-                     program.abstract_state.params)}
+    return supervised.lm_dry_run(settings, mesh, cfg)
 
 
 STAGE = Stage(

@@ -34,8 +34,8 @@ from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.transformer import CausalLM, ScalarModel
 from jaxrlhf.settings import RunSettings
 from jaxrlhf.trainers import loop, supervised
-from jaxrlhf.trainers.stage import (DryRunPrograms, Stage, abstract_batch, abstract_state,
-                                    number, policy_config)
+from jaxrlhf.trainers.stage import (DryRunPrograms, Stage, abstract_batch, number,
+                                    policy_config, step_program)
 from jaxrlhf.workdir import TrainedModel
 
 
@@ -259,8 +259,7 @@ def dry_run(settings: RunSettings, mesh: Mesh) -> DryRunPrograms:
     batch = abstract_batch(mesh, chosen_ids=((b, n), jnp.int32), chosen_mask=((b, n), jnp.int32),
                            rejected_ids=((b, n), jnp.int32), rejected_mask=((b, n), jnp.int32),
                            margin=((b,), jnp.float32))
-    return {"step": (program.step, (abstract_state(program), batch),
-                     program.abstract_state.params)}
+    return step_program(program, batch)
 
 
 STAGE = Stage(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh
@@ -29,8 +28,7 @@ from jaxrlhf.rl import evaluation
 from jaxrlhf.settings import RunSettings
 from jaxrlhf.tasks import get_task
 from jaxrlhf.trainers import loop, supervised
-from jaxrlhf.trainers.stage import (DryRunPrograms, Stage, abstract_batch, abstract_state,
-                                    abstract_trained, gold_line, number, policy_config)
+from jaxrlhf.trainers.stage import DryRunPrograms, Stage, number, policy_config, with_gold
 
 
 @dataclasses.dataclass
@@ -140,23 +138,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 def dry_run(settings: RunSettings, mesh: Mesh) -> DryRunPrograms:
     """The SFT step over abstract weights and a batch of the config's shape."""
-    cfg = policy_config(settings)
-    policy = abstract_trained(CausalLM, cfg) if settings.policy_init else None
-    program = supervised.lm_program(settings, cfg, mesh, policy)
-    t, n = settings.train, settings.data.max_len
-    batch = abstract_batch(mesh, **{k: ((t.batch_size, n), jnp.int32)
-                                    for k in ("input_ids", "attention_mask", "loss_mask")})
-    return {"step": (program.step, (abstract_state(program), batch),
-                     program.abstract_state.params)}
-
-
-def headline(summary: dict[str, Any]) -> str:
-    line = (f"SFT held-out loss {number(summary.get('first_eval_loss'))} -> "
-            f"{number(summary.get('eval_loss'))}")
-    return line + (f", {gold_line(summary)}" if "gold_after" in summary else "")
+    return supervised.lm_dry_run(settings, mesh, policy_config(settings))
 
 
 STAGE = Stage(
     name="sft", help="supervised fine-tuning on demonstrations (loss on response tokens)",
     sections=("sampling",), train=train, produces="policy", reads=("policy", "chosen"),
-    has_steps=True, headline=headline, dry_run=dry_run)
+    has_steps=True, dry_run=dry_run,
+    headline=lambda s: with_gold(f"SFT held-out loss {number(s.get('first_eval_loss'))} -> "
+                                 f"{number(s.get('eval_loss'))}", s))

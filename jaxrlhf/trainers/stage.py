@@ -71,6 +71,12 @@ def gold_line(summary: Mapping[str, Any]) -> str:
             f", KL {number(summary.get('kl'), 2)} nats")
 
 
+def with_gold(line: str, summary: Mapping[str, Any]) -> str:
+    """``line``, and :func:`gold_line` after it when the stage evaluated a policy on the
+    task (SFT from a policy, DPO on the task)."""
+    return line + (f", {gold_line(summary)}" if "gold_after" in summary else "")
+
+
 # -- the abstract inputs of a dry run -------------------------------------------------------
 def model_config(settings: RunSettings) -> ModelConfig:
     """The model a stage would train, without its data: the tokenizer's size is needed only
@@ -115,3 +121,9 @@ def abstract_trained(cls, cfg: ModelConfig, **kwargs) -> workdir_lib.TrainedMode
 def abstract_state(program) -> Any:
     """A program's abstract train state on its shardings."""
     return checkpoint.abstract_like(program.abstract_state, program.state_shardings)
+
+
+def step_program(program, batch: dict[str, jax.ShapeDtypeStruct]) -> DryRunPrograms:
+    """A supervised program's step over its abstract state and the abstract ``batch``."""
+    return {"step": (program.step, (abstract_state(program), batch),
+                     program.abstract_state.params)}

@@ -39,6 +39,7 @@ from jaxrlhf.rl import evaluation
 from jaxrlhf.sections import OptimSettings, TrainSettings
 from jaxrlhf.settings import RunSettings
 from jaxrlhf.tasks.base import Task, traceable_gold
+from jaxrlhf.trainers.stage import DryRunPrograms, abstract_batch, abstract_trained, step_program
 from jaxrlhf.workdir import TrainedModel
 
 Batch = Mapping[str, jax.Array]
@@ -250,3 +251,14 @@ def greedy_sampler(graphdef: nnx.GraphDef, tokenizer, prompts: Sequence[str], nu
         return [{"prompt": p, "response": r} for p, r in zip(prompts, responses)]
 
     return sample
+
+
+def lm_dry_run(settings: RunSettings, mesh: Mesh, model_config: ModelConfig) -> DryRunPrograms:
+    """The step of :func:`lm_program` over abstract weights (a finished run's shape when
+    ``policy_init`` is set) and a batch of ``train.batch_size`` rows of ``data.max_len``."""
+    policy = abstract_trained(CausalLM, model_config) if settings.policy_init else None
+    program = lm_program(settings, model_config, mesh, policy)
+    t, n = settings.train, settings.data.max_len
+    return step_program(program, abstract_batch(
+        mesh, **{k: ((t.batch_size, n), jnp.int32)
+                 for k in ("input_ids", "attention_mask", "loss_mask")}))
