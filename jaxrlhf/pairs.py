@@ -2,8 +2,9 @@
 
 Shared by every stage that learns from preferences (the reward model, DPO), so they train
 on the same data from the same config fields (``config.reward.*``, ``config.data.*``). With
-no ``data.source`` the pairs are built on the task and labelled by its gold reward — two
-samples of the SFT policy per prompt when one is given, else two demonstrations; otherwise
+no ``data.source`` the pairs are built on the task and labelled by its gold reward —
+``reward.samples_per_prompt`` samples of the SFT policy per prompt (compared in every pair,
+or ``reward.pairs_per_prompt`` of them) when one is given, else demonstrations; otherwise
 they are TRL ``{prompt, chosen, rejected}`` or Anthropic HH ``{chosen, rejected}`` rows.
 """
 from __future__ import annotations
@@ -26,35 +27,40 @@ from jaxrlhf.tasks.base import Task
 from jaxrlhf.workdir import TrainedModel
 
 
-def policy_pairs(r: RewardSettings, policy: TrainedModel,
-                 prompts: list[str], seed: int) -> tuple[list[str], list[str]]:
-    """Two sampled responses per prompt from the SFT policy (temperature
-    ``reward.sample_temperature``), each one batch of all prompts."""
+def policy_samples(r: RewardSettings, policy: TrainedModel, prompts: list[str],
+                   seed: int) -> list[list[str]]:
+    """``reward.samples_per_prompt`` sampled responses to each prompt from the SFT policy
+    (temperature ``reward.sample_temperature``), each one batch of all prompts: [K][prompts]."""
     tok = policy.tokenizer
     ids, mask = encode_prompts(tok, prompts)
     generate = jax.jit(functools.partial(
         sampling.generate, policy.graphdef, max_new_tokens=r.max_response_tokens,
         eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, temperature=r.sample_temperature))
-    key_a, key_b = jax.random.split(jax.random.key(seed))
-    a, b = (generate(policy.params, ids, mask, key) for key in (key_a, key_b))
-    return decode_rows(tok, a.tokens, a.mask), decode_rows(tok, b.tokens, b.mask)
+    keys = jax.random.split(jax.random.key(seed), r.samples_per_prompt)
+    outs = (generate(policy.params, ids, mask, key) for key in keys)
+    return [decode_rows(tok, out.tokens, out.mask) for out in outs]
 
 
-def gold_pairs(r: RewardSettings, task: Task, n: int, seed: int,
-               policy: TrainedModel | None) -> list[preference.PreferencePair]:
-    """Pairs on the task's prompts, labelled by its gold reward: two SFT-policy samples per
-    prompt when a policy is given, else two of the task's demonstrations."""
+def gold_pairs(r: RewardSettings, task: Task, n: int, seed: int, policy: TrainedModel | None
+               ) -> tuple[list[preference.PreferencePair], preference.LabelStats]:
+    """About ``n`` pairs on the task's prompts, labelled by its gold reward (the recipe of
+    ``reward.samples_per_prompt`` responses and ``reward.pairs_per_prompt`` pairs per
+    prompt): samples of the SFT policy when a policy is given, else the task's
+    demonstrations; ``ceil(n / pairs per prompt)`` prompts."""
+    k = r.samples_per_prompt
+    per_prompt = r.pairs_per_prompt or k * (k - 1) // 2
+    m = -(-n // per_prompt)                                             # prompts
     if policy is not None:
-        prompts = task.prompts(n, seed=seed)
-        responses_a, responses_b = policy_pairs(r, policy, prompts, seed)
+        prompts = task.prompts(m, seed=seed)
+        responses = policy_samples(r, policy, prompts, seed)
     else:
-        demos = task.demonstrations(2 * n, seed=seed)
-        prompts = [d["prompt"] for d in demos[:n]]
-        responses_a = [d["completion"] for d in demos[:n]]
-        responses_b = [d["completion"] for d in demos[n:]]
-    return preference.gold_labelled_pairs(
-        prompts, responses_a, responses_b, task.gold_reward, np.random.default_rng(seed),
-        mode=r.label_mode, temperature=r.label_temperature)
+        demos = task.demonstrations(k * m, seed=seed)
+        prompts = [d["prompt"] for d in demos[:m]]
+        responses = [[d["completion"] for d in demos[j * m:(j + 1) * m]] for j in range(k)]
+    pairs, stats = preference.gold_labelled_pairs(
+        prompts, responses, task.gold_reward, np.random.default_rng(seed), mode=r.label_mode,
+        temperature=r.label_temperature, pairs_per_prompt=r.pairs_per_prompt)
+    return pairs[:n], stats
 
 
 def file_pairs(r: RewardSettings, d: DataSettings) -> tuple[list, list]:
@@ -88,9 +94,10 @@ def prepare_pairs(settings: RunSettings, workdir: str, policy: TrainedModel | No
     policy's when there is one; ``stage`` names the run in the printed statistics)."""
     r, d, seed = settings.reward, settings.data, settings.seed
     task = None if d.source else get_task(d.task)
+    labels = {}
     if task is not None:
-        train = gold_pairs(r, task, r.num_train_pairs, seed, policy)
-        evals = gold_pairs(r, task, r.num_eval_pairs, seed + 1, policy)
+        train, labels["train"] = gold_pairs(r, task, r.num_train_pairs, seed, policy)
+        evals, labels["eval"] = gold_pairs(r, task, r.num_eval_pairs, seed + 1, policy)
     else:
         train, evals = file_pairs(r, d)
     tokenizer = workdir_lib.run_tokenizer(
@@ -103,7 +110,8 @@ def prepare_pairs(settings: RunSettings, workdir: str, policy: TrainedModel | No
     train_arrays, train_stats = preference.tokenize_pairs(train, tokenizer, **limits)
     eval_arrays, eval_stats = preference.tokenize_pairs(evals, tokenizer, **limits)
     stats = {"train": train_stats.report(), "eval": eval_stats.report()}
-    counts = {"train": train_stats.counts(), "eval": eval_stats.counts()}
+    counts = {split: {**split_stats.counts(), **(labels[split].report() if labels else {})}
+              for split, split_stats in (("train", train_stats), ("eval", eval_stats))}
     print(f"[{stage}] train data: {counts['train']}; eval data: {counts['eval']}")
     if len(train_arrays["margin"]) < settings.train.batch_size:
         raise DataError(f"{d.source or 'task ' + repr(d.task)}: "

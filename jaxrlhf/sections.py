@@ -1,24 +1,21 @@
 """The typed sections of a run's settings — ``optim``, ``train``, ``data``, ``sampling``,
-``reward``, ``ppo``, ``dpo``, ``bon``, ``pretrain``, ``lora`` — and the checks they share.
+``reward``, ``ppo``, ``dpo``, ``bon``, ``pretrain``, ``lora``.
 
 Each section is a frozen dataclass that carries its fields' defaults (the one place they
 are written: ``jaxrlhf.config.base_config`` is built from them) and whose ``__post_init__``
 checks its own ranges and relations, naming the offending config field
 (``config.ppo.clip=-1 must be >= 0``) in a ``ConfigError``. ``jaxrlhf.settings.RunSettings``
-reads them from a ``ConfigDict``, after :func:`check_types` has checked every value's kind.
+reads them from a ``ConfigDict``, after ``jaxrlhf.checks.check_types`` has checked every
+value's kind.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
-import typing
-from collections.abc import Mapping, Sequence
-from typing import Any
 
+from jaxrlhf.checks import fail, in_range, positive
 from jaxrlhf.choices import ADVANTAGE_KINDS, KL_ESTIMATORS
 from jaxrlhf.data.preference import LABEL_MODES
-from jaxrlhf.errors import ConfigError
 from jaxrlhf.losses import PREFERENCE_LOSSES
 from jaxrlhf.models.config import DTYPES
 from jaxrlhf.models.lora import LoRAConfig
@@ -29,46 +26,6 @@ VALUE_INITS = ("reward", "policy", "shared")
 BON_SPLITS = ("eval", "train")
 FROZEN_DTYPES = ("", "bfloat16", "float32")
 MIN_BPE_VOCAB = 258  # the 256 byte-level symbols, <|pad|> and <|endoftext|>
-
-
-def fail(field: str, value: Any, why: str) -> typing.NoReturn:
-    """Raise a ConfigError: ``config.FIELD=VALUE`` and why it cannot be used."""
-    raise ConfigError(f"config.{field}={value!r} {why}")
-
-
-def _in_range(section: Any, prefix: str, fields: Sequence[str], lo: float, hi: float, *,
-              hi_open: bool = False) -> None:
-    for name in fields:
-        value = getattr(section, name)
-        if not lo <= value <= hi or (hi_open and value == hi):
-            fail(f"{prefix}.{name}", value, f"must lie in [{lo}, {hi}{')' if hi_open else ']'}")
-
-
-def check_types(cls, values: Mapping[str, Any], prefix: str) -> None:
-    """Each value has its field's declared type: an integer for ``int`` (not a bool), a
-    finite number for ``float``, true/false for ``bool``, a string for ``str``."""
-    hints = typing.get_type_hints(cls)
-    for name, value in values.items():
-        want, field = hints.get(name), f"{prefix}{name}"
-        if want is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                fail(field, value, "must be a number")
-            if not math.isfinite(value):
-                fail(field, value, "must be finite")
-        elif want is int and (isinstance(value, bool) or not isinstance(value, int)):
-            fail(field, value, "must be an integer")
-        elif want is bool and not isinstance(value, bool):
-            fail(field, value, "must be True or False")
-        elif want is str and not isinstance(value, str):
-            fail(field, value, "must be a string")
-
-
-def _positive(section: Any, prefix: str, fields: Sequence[str], *,
-              allow_zero: bool = False) -> None:
-    for name in fields:
-        value = getattr(section, name)
-        if value < 0 or (value == 0 and not allow_zero):
-            fail(f"{prefix}.{name}", value, "must be >= 0" if allow_zero else "must be positive")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,11 +45,11 @@ class OptimSettings:
     grad_clip: float = 1.0
 
     def __post_init__(self):
-        _positive(self, "optim", ("learning_rate",))
-        _positive(self, "optim", ("warmup_steps", "grad_clip", "weight_decay", "eps"),
+        positive(self, "optim", ("learning_rate",))
+        positive(self, "optim", ("warmup_steps", "grad_clip", "weight_decay", "eps"),
                   allow_zero=True)
-        _in_range(self, "optim", ("end_lr_ratio",), 0.0, 1.0)
-        _in_range(self, "optim", ("b1", "b2"), 0.0, 1.0, hi_open=True)
+        in_range(self, "optim", ("end_lr_ratio",), 0.0, 1.0)
+        in_range(self, "optim", ("b1", "b2"), 0.0, 1.0, hi_open=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,10 +73,10 @@ class TrainSettings:
     run_steps: int = 0
 
     def __post_init__(self):
-        _positive(self, "train", ("steps", "batch_size", "grad_accum", "log_every",
+        positive(self, "train", ("steps", "batch_size", "grad_accum", "log_every",
                                   "eval_every", "checkpoint_every", "keep_checkpoints"))
-        _positive(self, "train", ("run_steps", "num_samples"), allow_zero=True)
-        _positive(self, "train", ("sample_tokens",))
+        positive(self, "train", ("run_steps", "num_samples"), allow_zero=True)
+        positive(self, "train", ("sample_tokens",))
         if self.batch_size % self.grad_accum:
             fail("train.batch_size", self.batch_size,
                  f"must be divisible by train.grad_accum={self.grad_accum}")
@@ -147,7 +104,7 @@ class DataSettings:
     def __post_init__(self):
         if self.task not in TASKS:
             fail("data.task", self.task, f"is not a built-in task; choose from {sorted(TASKS)}")
-        _positive(self, "data", ("num_train", "num_eval"))
+        positive(self, "data", ("num_train", "num_eval"))
         if self.max_len < 2:
             fail("data.max_len", self.max_len, "must be at least 2 (a token to read and one "
                  "to predict)")
@@ -177,9 +134,9 @@ class SamplingSettings:
     missing_eos_penalty: float = -1.0
 
     def __post_init__(self):
-        _positive(self, "sampling", ("temperature", "prompt_length", "response_length",
+        positive(self, "sampling", ("temperature", "prompt_length", "response_length",
                                      "num_eval_prompts"))
-        _positive(self, "sampling", ("top_k", "truncate_min_length"), allow_zero=True)
+        positive(self, "sampling", ("top_k", "truncate_min_length"), allow_zero=True)
         if not 0.0 < self.top_p <= 1.0:
             fail("sampling.top_p", self.top_p, "must lie in (0, 1]")
         if self.truncate_token_id < -1:
@@ -191,17 +148,22 @@ class SamplingSettings:
 class RewardSettings:
     """The preference pairs of reward modelling and DPO (``jaxrlhf.pairs``) and the
     Bradley–Terry loss options. Without ``data.source`` the pairs are built on the task:
-    two samples of the SFT policy per prompt at ``sample_temperature`` (the pair recipe's
-    own temperature: DPO trains on these and is evaluated at ``sampling.temperature``),
-    labelled by the gold reward (``label_mode``: ``bradley_terry`` at ``label_temperature``
-    or ``max``). ``num_reference`` responses fix the score normalisation (PPO detail 9)."""
+    ``samples_per_prompt`` samples of the SFT policy per prompt at ``sample_temperature``
+    (the pair recipe's own temperature: DPO trains on these and is evaluated at
+    ``sampling.temperature``), ``pairs_per_prompt`` of their pairs (0: all), labelled by the
+    gold reward (``label_mode``: ``bradley_terry`` at ``label_temperature`` or ``max``,
+    which drops exact ties). ``num_reference`` responses fix the score normalisation (PPO detail 9)."""
     num_train_pairs: int = 2048
     num_eval_pairs: int = 512
     num_reference: int = 512
     max_prompt_tokens: int = 8
     max_response_tokens: int = 24
+    # The pair recipe (Rafailov et al. 2023, §6.1: 4 samples, all 6 pairs, label_mode max):
+    # responses per prompt, and the pairs of them compared (0: every one, K(K-1)/2).
+    samples_per_prompt: int = 2
+    pairs_per_prompt: int = 0
     label_mode: str = "bradley_terry"
-    label_temperature: float = 0.1
+    label_temperature: float = 0.1     # on the gold reward's own scale
     sample_temperature: float = 1.0
     use_margin: bool = False
     center_coef: float = 0.0
@@ -209,10 +171,17 @@ class RewardSettings:
     def __post_init__(self):
         if self.label_mode not in LABEL_MODES:
             fail("reward.label_mode", self.label_mode, f"must be one of {LABEL_MODES}")
-        _positive(self, "reward", ("num_train_pairs", "num_eval_pairs", "num_reference",
+        positive(self, "reward", ("num_train_pairs", "num_eval_pairs", "num_reference",
                                    "max_prompt_tokens", "max_response_tokens",
                                    "label_temperature", "sample_temperature"))
-        _positive(self, "reward", ("center_coef",), allow_zero=True)
+        positive(self, "reward", ("center_coef", "pairs_per_prompt"), allow_zero=True)
+        if self.samples_per_prompt < 2:
+            fail("reward.samples_per_prompt", self.samples_per_prompt, "must be at least 2 "
+                 "(a pair needs two responses to one prompt)")
+        most = self.samples_per_prompt * (self.samples_per_prompt - 1) // 2
+        if self.pairs_per_prompt > most:
+            fail("reward.pairs_per_prompt", self.pairs_per_prompt, f"exceeds the {most} pairs "
+                 f"of reward.samples_per_prompt={self.samples_per_prompt} responses")
 
     @property
     def pair_length(self) -> int:
@@ -268,11 +237,11 @@ class PPOSettings:
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
                 fail(f"ppo.{field}", getattr(self, field), f"must be one of {allowed}")
-        _positive(self, "ppo", ("num_prompts", "num_minibatches", "ppo_epochs", "grad_accum",
+        positive(self, "ppo", ("num_prompts", "num_minibatches", "ppo_epochs", "grad_accum",
                                 "kl_target", "kl_horizon", "num_generations"))
-        _positive(self, "ppo", ("kl_coef", "clip", "value_clip", "vf_coef", "ent_coef",
+        positive(self, "ppo", ("kl_coef", "clip", "value_clip", "vf_coef", "ent_coef",
                                 "ptx_coef"), allow_zero=True)
-        _in_range(self, "ppo", ("gamma", "lam"), 0.0, 1.0)
+        in_range(self, "ppo", ("gamma", "lam"), 0.0, 1.0)
         if ADVANTAGE_KINDS[self.advantage].needs_group and self.num_generations < 2:
             fail("ppo.num_generations", self.num_generations,
                  f"must be >= 2 for ppo.advantage={self.advantage!r}, whose baseline is the "
@@ -331,8 +300,8 @@ class DPOSettings:
     def __post_init__(self):
         if self.loss not in PREFERENCE_LOSSES:
             fail("dpo.loss", self.loss, f"must be one of {tuple(PREFERENCE_LOSSES)}")
-        _positive(self, "dpo", ("beta",))
-        _positive(self, "dpo", ("simpo_gamma",), allow_zero=True)
+        positive(self, "dpo", ("beta",))
+        positive(self, "dpo", ("simpo_gamma",), allow_zero=True)
         if not (0.0 < self.label_smoothing < 0.5 if self.loss == "cdpo"
                 else self.label_smoothing == 0.0):
             fail("dpo.label_smoothing", self.label_smoothing,
@@ -350,7 +319,7 @@ class BestOfNSettings:
     batch_size: int = 512
 
     def __post_init__(self):
-        _positive(self, "bon", ("n", "num_prompts", "batch_size"))
+        positive(self, "bon", ("n", "num_prompts", "batch_size"))
         if self.split not in BON_SPLITS:
             fail("bon.split", self.split, f"must be one of {BON_SPLITS}")
 
@@ -381,8 +350,8 @@ class LoRASettings:
     base_dtype: str = "float32"
 
     def __post_init__(self):
-        _positive(self, "lora", ("rank",), allow_zero=True)
-        _positive(self, "lora", ("alpha",))
+        positive(self, "lora", ("rank",), allow_zero=True)
+        positive(self, "lora", ("alpha",))
         if self.base_dtype not in DTYPES:
             fail("lora.base_dtype", self.base_dtype, f"must be one of {DTYPES}")
         try:

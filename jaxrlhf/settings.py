@@ -22,11 +22,12 @@ from typing import Any
 import ml_collections
 
 from jaxrlhf import parallel
+from jaxrlhf.checks import check_types, fail
 from jaxrlhf.errors import ConfigError
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.sections import (BestOfNSettings, DataSettings, DPOSettings, LoRASettings,
                               OptimSettings, PPOSettings, PretrainSettings, RewardSettings,
-                              SamplingSettings, TrainSettings, check_types, fail)
+                              SamplingSettings, TrainSettings)
 
 
 # Deprecated name -> the one field it now sets. Kept for one release (removed in 0.2).

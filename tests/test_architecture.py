@@ -16,7 +16,8 @@ PACKAGE = ROOT / "jaxrlhf"
 # The longest matching prefix places a module.
 LAYERS = (
     ("jaxrlhf.metrics", "jaxrlhf.parallel", "jaxrlhf.data", "jaxrlhf.models", "jaxrlhf.memory",
-     "jaxrlhf.analysis", "jaxrlhf.errors", "jaxrlhf.runfiles", "jaxrlhf.choices"),
+     "jaxrlhf.analysis", "jaxrlhf.errors", "jaxrlhf.runfiles", "jaxrlhf.choices",
+     "jaxrlhf.checks"),
     ("jaxrlhf.baselines", "jaxrlhf.checkpoint", "jaxrlhf.scoring"),
     ("jaxrlhf.losses", "jaxrlhf.sampling", "jaxrlhf.tasks", "jaxrlhf.settings",
      "jaxrlhf.sections"),

@@ -91,19 +91,17 @@ def test_an_interrupted_pretraining_resumes_bit_exactly(pretrained, tmp_path):
     assert metric_rows(str(tmp_path)) == metric_rows(pretrained.workdir)
 
 
-def test_the_command_line_runs_the_quickstart_and_its_dry_run(tmp_path):
+def test_the_command_line_runs_the_quickstart(tmp_path):
     overrides = [f"--config.{k}={v}" for k, v in TINY.items() if k != "train.tensorboard"]
     result = run_cli("pretrain", QUICKSTART, tmp_path / "run", *overrides,
                      "--config.train.steps=4", "--config.train.eval_every=2")
     assert "pretrain done: pretraining held-out loss" in result.stdout
     assert "bits per byte" in result.stdout
-    dry = run_cli("pretrain", QUICKSTART, tmp_path / "dry", "--dry_run")
-    assert "pretrain step: peak" in dry.stdout and not (tmp_path / "dry").exists()
 
 
-def test_a_pretrained_model_starts_every_later_stage(pretrained, tmp_path):
-    """pretrain -> DPO, and pretrain -> SFT -> reward -> PPO, each stage starting from the
-    policy before it (LoRA off: every parameter trains)."""
+def test_a_pretrained_model_starts_sft_reward_and_ppo(pretrained, tmp_path):
+    """pretrain -> SFT -> reward -> PPO, each stage starting from the policy before it (LoRA
+    off: every parameter trains)."""
     stages = config_lib.load_config_file("configs/experiments/stages.py:smoke")
     chain = jaxrlhf.load_config("configs/pipeline/quickstart.py")
     chain.unlock()
@@ -115,6 +113,10 @@ def test_a_pretrained_model_starts_every_later_stage(pretrained, tmp_path):
     result = jaxrlhf.run("pipeline", chain, str(tmp_path / "chain"))
     assert [result.summary[n]["step"] for n in ("sft", "reward")] == [8, 6]
     assert result.summary["ppo"]["iterations"] == 2
+
+
+@pytest.mark.slow
+def test_a_pretrained_model_starts_dpo(pretrained, tmp_path):
     dpo = config_lib.load_config_file("configs/dpo/quickstart.py")
     dpo.update_from_flattened_dict({"policy_init": pretrained.workdir, "train.steps": 2,
                                     "train.batch_size": 8, "train.eval_every": 2,

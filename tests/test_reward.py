@@ -91,8 +91,9 @@ def test_gold_labels_by_max_prefer_the_higher_gold():
     prompts = [d["prompt"] for d in demos[:32]]
     a = [d["completion"] for d in demos[:32]]
     b = [d["completion"] for d in demos[32:]]
-    pairs = preference.gold_labelled_pairs(prompts, a, b, task.gold_reward,
-                                           np.random.default_rng(0), mode="max")
+    pairs, stats = preference.gold_labelled_pairs(prompts, [a, b], task.gold_reward,
+                                                  np.random.default_rng(0), mode="max")
+    assert stats.candidates == 32 and stats.ties_dropped == stats.ties == 32 - len(pairs)
     g_c = task.gold_reward([p.prompt for p in pairs], [p.chosen for p in pairs])
     g_r = task.gold_reward([p.prompt for p in pairs], [p.rejected for p in pairs])
     assert len(pairs) > 0 and np.all(g_c > g_r)

@@ -43,8 +43,8 @@ def heldout_pairs(config: ml_collections.ConfigDict, sft_dir: str) -> dict[str, 
     """Fresh pairs of SFT-policy samples labelled as the training pairs are, tokenised."""
     settings = RunSettings.from_config(config.reward)
     policy = workdir_lib.load_model(sft_dir, CausalLM)
-    pairs = gold_pairs(settings.reward, get_task(settings.data.task), config.heldout_pairs,
-                       config.heldout_seed, policy)
+    pairs, _ = gold_pairs(settings.reward, get_task(settings.data.task), config.heldout_pairs,
+                          config.heldout_seed, policy)
     arrays, _ = preference.tokenize_pairs(
         pairs, policy.tokenizer, max_prompt_tokens=settings.reward.max_prompt_tokens,
         max_response_tokens=settings.reward.max_response_tokens)

@@ -7,6 +7,7 @@ the rejected response, so a reward model scores both at their EOS, the last real
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
 
@@ -146,38 +147,70 @@ def tokenize_pairs(pairs: Sequence[PreferencePair], tokenizer, *, max_prompt_tok
     return out, stats
 
 
-def gold_labelled_pairs(prompts: Sequence[str], responses_a: Sequence[str],
-                        responses_b: Sequence[str],
+@dataclasses.dataclass
+class LabelStats:
+    """What labelling did: the candidate pairs it compared, those whose gold rewards tie
+    exactly, and the ties it dropped (``max`` drops every tie; a Bradley–Terry draw labels
+    a tie by a fair coin, as the model says)."""
+    candidates: int = 0
+    ties: int = 0
+    ties_dropped: int = 0
+
+    def report(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+def prompt_pairs(samples: int, pairs_per_prompt: int, rng: np.random.Generator) -> list:
+    """Which of ``samples`` responses to one prompt are compared: every pair ``(i, j)``,
+    ``i < j`` (``pairs_per_prompt`` 0), or that many of them at random, in order."""
+    every = list(itertools.combinations(range(samples), 2))
+    if not pairs_per_prompt or pairs_per_prompt >= len(every):
+        return every
+    return [every[k] for k in sorted(rng.choice(len(every), pairs_per_prompt, replace=False))]
+
+
+def gold_labelled_pairs(prompts: Sequence[str], responses: Sequence[Sequence[str]],
                         gold_reward: Callable[[list[str], list[str]], np.ndarray],
                         rng: np.random.Generator, *, mode: str = "bradley_terry",
-                        temperature: float = 1.0) -> list[PreferencePair]:
-    """Label pairs of responses by a programmatic gold reward.
+                        temperature: float = 1.0, pairs_per_prompt: int = 0
+                        ) -> tuple[list[PreferencePair], LabelStats]:
+    """Label pairs of responses by a programmatic gold reward; ``responses[k][i]`` is the
+    k-th response to ``prompts[i]``.
 
-    ``mode="max"`` prefers the larger gold score (ties dropped); ``mode="bradley_terry"``
-    draws the label with P(a preferred) = sigmoid((g_a - g_b) / temperature), the
-    preference model of Bradley & Terry (1952) as used by Christiano et al. (2017, eq. 1).
-    The gold difference ``g_chosen - g_rejected`` is kept as the pair's ``margin`` (it is
-    negative where a Bradley-Terry draw preferred the lower-scoring response).
+    Each prompt's K responses give the pairs of :func:`prompt_pairs` — every one of the
+    K(K-1)/2, as in the preference data of Rafailov et al. (2023, §6.1: 4 samples, 6 pairs)
+    — each labelled by ``mode``: ``"max"`` prefers the larger gold score (exact ties are
+    dropped and counted); ``"bradley_terry"`` draws the label with P(a preferred) =
+    sigmoid((g_a - g_b) / temperature) on the gold reward's own scale, the preference model
+    of Bradley & Terry (1952) as used by Christiano et al. (2017, eq. 1). The gold
+    difference ``g_chosen - g_rejected`` is kept as the pair's ``margin`` (negative where a
+    Bradley–Terry draw preferred the lower-scoring response).
     """
-    prompts = list(prompts)
-    gold_a = np.asarray(gold_reward(prompts, list(responses_a)), np.float64)
-    gold_b = np.asarray(gold_reward(prompts, list(responses_b)), np.float64)
-    if mode == "max":
-        keep = gold_a != gold_b
-        a_wins = gold_a > gold_b
-    elif mode == "bradley_terry":
-        keep = np.ones_like(gold_a, bool)
-        p_a = 1.0 / (1.0 + np.exp(-(gold_a - gold_b) / temperature))
-        a_wins = rng.random(len(prompts)) < p_a
-    else:
+    if mode not in LABEL_MODES:
         raise ValueError(f"label mode {mode!r} is not one of {LABEL_MODES}")
+    prompts = list(prompts)
+    gold = np.stack([np.asarray(gold_reward(prompts, list(r)), np.float64)
+                     for r in responses])                                   # [K, prompts]
+    which = [(i, a, b) for i in range(len(prompts))
+             for a, b in prompt_pairs(len(responses), pairs_per_prompt, rng)]
+    g_a = np.array([gold[a, i] for i, a, _ in which])
+    g_b = np.array([gold[b, i] for i, _, b in which])
+    stats = LabelStats(candidates=len(which), ties=int((g_a == g_b).sum()))
+    if mode == "max":
+        keep, a_wins = g_a != g_b, g_a > g_b
+        stats.ties_dropped = stats.ties
+    else:
+        keep = np.ones(len(which), bool)
+        a_wins = rng.random(len(which)) < 1.0 / (1.0 + np.exp(-(g_a - g_b) / temperature))
     pairs = []
-    for i in np.flatnonzero(keep):
-        a, b = responses_a[i], responses_b[i]
-        chosen, rejected = (a, b) if a_wins[i] else (b, a)
-        margin = (gold_a[i] - gold_b[i]) * (1 if a_wins[i] else -1)
-        pairs.append(PreferencePair(prompts[i], chosen, rejected, float(margin), f"gold:{i}"))
-    return pairs
+    for n in np.flatnonzero(keep):
+        i, a, b = which[n]
+        first, second = responses[a][i], responses[b][i]
+        chosen, rejected = (first, second) if a_wins[n] else (second, first)
+        margin = (g_a[n] - g_b[n]) * (1 if a_wins[n] else -1)
+        pairs.append(PreferencePair(prompts[i], chosen, rejected, float(margin),
+                                    f"gold:{i}:{a}-{b}"))
+    return pairs, stats
 
 
 def pairs_from_records(records: Iterable[tuple[str, dict]]) -> list[PreferencePair]:
