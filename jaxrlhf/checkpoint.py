@@ -111,6 +111,11 @@ class Checkpointer:
         items.update({name: ocp.args.JsonSave(value) for name, value in extras.items()})
         self._manager.save(step, args=ocp.args.Composite(**items))
 
+    def clear(self) -> None:
+        """Delete every checkpoint in the directory (a fresh start of a run)."""
+        for step in self._manager.all_steps():
+            self._manager.delete(step)
+
     def restore_newest(self, abstract_state: Any, extra_names: tuple[str, ...], *,
                        say: Callable[[str], None] = print) -> tuple[int, Any, dict] | None:
         """``(step, state, extras)`` of the newest intact checkpoint; None if there are none.

@@ -41,20 +41,21 @@ def policy_samples(r: RewardSettings, policy: TrainedModel, prompts: list[str],
     return [decode_rows(tok, out.tokens, out.mask) for out in outs]
 
 
-def gold_pairs(r: RewardSettings, task: Task, n: int, seed: int, policy: TrainedModel | None
+def gold_pairs(r: RewardSettings, task: Task, n: int, seed: int, policy: TrainedModel | None,
+               split: str = "train"
                ) -> tuple[list[preference.PreferencePair], preference.LabelStats]:
-    """About ``n`` pairs on the task's prompts, labelled by its gold reward (the recipe of
-    ``reward.samples_per_prompt`` responses and ``reward.pairs_per_prompt`` pairs per
-    prompt): samples of the SFT policy when a policy is given, else the task's
+    """About ``n`` pairs on the task's prompts of ``split``, labelled by its gold reward
+    (the recipe of ``reward.samples_per_prompt`` responses and ``reward.pairs_per_prompt``
+    pairs per prompt): samples of the SFT policy when a policy is given, else the task's
     demonstrations; ``ceil(n / pairs per prompt)`` prompts."""
     k = r.samples_per_prompt
     per_prompt = r.pairs_per_prompt or k * (k - 1) // 2
     m = -(-n // per_prompt)                                             # prompts
     if policy is not None:
-        prompts = task.prompts(m, seed=seed)
+        prompts = task.prompts(m, seed=seed, split=split)
         responses = policy_samples(r, policy, prompts, seed)
     else:
-        demos = task.demonstrations(k * m, seed=seed)
+        demos = task.demonstrations(k * m, seed=seed, split=split)
         prompts = [d["prompt"] for d in demos[:m]]
         responses = [[d["completion"] for d in demos[j * m:(j + 1) * m]] for j in range(k)]
     pairs, stats = preference.gold_labelled_pairs(
@@ -97,7 +98,8 @@ def prepare_pairs(settings: RunSettings, workdir: str, policy: TrainedModel | No
     labels = {}
     if task is not None:
         train, labels["train"] = gold_pairs(r, task, r.num_train_pairs, seed, policy)
-        evals, labels["eval"] = gold_pairs(r, task, r.num_eval_pairs, seed + 1, policy)
+        evals, labels["eval"] = gold_pairs(r, task, r.num_eval_pairs, seed + 1, policy,
+                                            "test")
     else:
         train, evals = file_pairs(r, d)
     tokenizer = workdir_lib.run_tokenizer(

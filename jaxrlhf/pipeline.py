@@ -8,7 +8,9 @@ pairs; ``jaxrlhf.stages.pipeline_stages``), e.g. rejection-sampling fine-tuning:
 reward -> best-of-n -> SFT on the chosen responses. Each stage is wired to the ones before
 it by what each stage reads and produces (``jaxrlhf.stages.STAGES``): it starts from the
 policy of the latest stage that trained one (pretraining, SFT, PPO, DPO), uses the latest
-reward model, and an SFT stage after a best-of-n stage trains on its choices.
+reward model, and an SFT stage after a best-of-n stage trains on its choices — unless its
+config names the stage to read from, ``policy_init="@sft"`` (several methods from one SFT
+policy, as ``configs/pipeline/imdb_research.py`` runs them).
 """
 from __future__ import annotations
 
@@ -27,14 +29,17 @@ from jaxrlhf.trainers import bon
 TIMING_FILE = "timing.json"
 
 
-def wire(stage: str, config: ml_collections.ConfigDict, products: dict[str, str]) -> None:
-    """Point a stage's config at the latest earlier product of each kind it reads
-    (``Stage.reads``): the policy (``policy_init``), the reward model (``reward_init``), the
-    best-of-n choices (``data.source``)."""
-    fields = {"policy": "policy_init", "reward_model": "reward_init", "chosen": "data.source"}
+def wire(stage: str, config: ml_collections.ConfigDict, products: dict[str, str],
+         stage_products: dict[str, str]) -> None:
+    """Point a stage's config at what it reads (``Stage.reads``) through its product fields
+    (``stages.PRODUCT_FIELDS``: ``policy_init``, ``reward_init``, ``data.source``): the
+    product of the stage a field names (``"@sft"``; ``stage_products``, by stage name),
+    else the latest earlier product of that kind (``products``, by kind)."""
+    named = stages_lib.references(config)
     for product in stages_lib.get(stage).reads:
-        if product in products:
-            config_lib.override(config, fields[product], products[product])
+        path = stage_products[named[product]] if product in named else products.get(product)
+        if path is not None:
+            config_lib.override(config, stages_lib.PRODUCT_FIELDS[product], path)
 
 
 def product_path(stage: str, stage_dir: str) -> str:
@@ -47,14 +52,15 @@ def stage_configs(config: ml_collections.ConfigDict,
                   workdir: str) -> dict[str, tuple[ml_collections.ConfigDict, str, str]]:
     """Each stage's config (a copy; ``config`` is not changed), workdir and command, wired
     to the previous stages' workdirs."""
-    out, products = {}, {}
+    out, products, stage_products = {}, {}, {}
+    stages_lib.check_references(config)
     for name, command in stages_lib.pipeline_stages(config):
         stage_config, stage_dir = copy.deepcopy(config[name]), os.path.join(workdir, name)
-        wire(command, stage_config, products)
+        wire(command, stage_config, products, stage_products)
         out[name] = (stage_config, stage_dir, command)
         produces = stages_lib.get(command).produces
         if produces is not None:
-            products[produces] = product_path(command, stage_dir)
+            products[produces] = stage_products[name] = product_path(command, stage_dir)
     return out
 
 

@@ -25,6 +25,7 @@ REWARD_SOURCES = ("model", "gold")
 VALUE_INITS = ("reward", "policy", "shared")
 BON_SPLITS = ("eval", "train")
 FROZEN_DTYPES = ("", "bfloat16", "float32")
+BEST_MODES = ("min", "max")
 MIN_BPE_VOCAB = 258  # the 256 byte-level symbols, <|pad|> and <|endoftext|>
 
 
@@ -59,7 +60,10 @@ class TrainSettings:
     ``batch_size`` is the rows of one optimizer step (sequences, pairs) and, for PPO, the
     responses of one iteration (``batch_size / ppo.num_generations`` prompts);
     ``run_steps`` > 0 stops an invocation after that many and checkpoints (re-run resumes),
-    for time-sliced jobs and resume tests."""
+    for time-sliced jobs and resume tests. ``best_metric`` (e.g. ``eval/loss``; "": off) is
+    early stopping by checkpoint selection: the state at the evaluation with the lowest
+    (``best_mode`` "min") or highest ("max") value is kept in ``WORKDIR/best``, and it, not
+    the last state, is what the stage reports and later stages load."""
     steps: int = 200
     batch_size: int = 32
     grad_accum: int = 1
@@ -71,8 +75,12 @@ class TrainSettings:
     sample_tokens: int = 24        # their length (SFT and pretraining's greedy samples)
     tensorboard: bool = True
     run_steps: int = 0
+    best_metric: str = ""
+    best_mode: str = "min"
 
     def __post_init__(self):
+        if self.best_mode not in BEST_MODES:
+            fail("train.best_mode", self.best_mode, f"must be one of {BEST_MODES}")
         positive(self, "train", ("steps", "batch_size", "grad_accum", "log_every",
                                   "eval_every", "checkpoint_every", "keep_checkpoints"))
         positive(self, "train", ("run_steps", "num_samples"), allow_zero=True)
@@ -329,9 +337,11 @@ class PretrainSettings:
     """Causal-LM pretraining on raw text (``jaxrlhf.trainers.pretrain``): documents of the
     ``text_field`` of ``data.source`` rows (or ``.txt`` files) packed into rows of
     ``data.max_len`` tokens; ``cross_document`` False blocks attention across the documents
-    of a row (a segment mask)."""
+    of a row (a segment mask); ``clean_html_breaks`` replaces ``<br />`` tags by spaces (the
+    IMDb reviews' line breaks, ``jaxrlhf.data.imdb.clean_review``)."""
     text_field: str = "text"
     cross_document: bool = True
+    clean_html_breaks: bool = False
 
     def __post_init__(self):
         if not self.text_field:

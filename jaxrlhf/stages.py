@@ -8,6 +8,7 @@ config for the stage that will run it.
 """
 from __future__ import annotations
 
+import copy
 import difflib
 
 import ml_collections
@@ -27,6 +28,47 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
 )}
 PIPELINE = "pipeline"                        # the command that runs a sequence of stages
 DEFAULT_PIPELINE = ("sft", "reward", "ppo")  # a pipeline config without ``stages``
+# The config field through which a stage reads each product of an earlier stage.
+PRODUCT_FIELDS = {"policy": "policy_init", "reward_model": "reward_init",
+                  "chosen": "data.source"}
+REFERENCE = "@"   # "@<stage name>" in such a field: that pipeline stage's product
+
+
+def references(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """``{product: stage name}`` of a pipeline stage's config fields that name an earlier
+    stage (``policy_init="@sft"``) instead of its latest product of that kind."""
+    out = {}
+    for product, field in PRODUCT_FIELDS.items():
+        node = config
+        for part in field.split("."):
+            node = node.get(part, "") if isinstance(node, ml_collections.ConfigDict) else ""
+        if isinstance(node, str) and node.startswith(REFERENCE):
+            out[product] = node[len(REFERENCE):]
+    return out
+
+
+def check_references(config: ml_collections.ConfigDict) -> None:
+    """Every ``@stage`` reference of a pipeline names an earlier stage that produces what
+    the field reads; raises ConfigError naming the field otherwise."""
+    produced: dict[str, str] = {}
+    for name, command in pipeline_stages(config):
+        for product, ref in references(config[name]).items():
+            if produced.get(ref) != product:
+                raise ConfigError(
+                    f"config.{name}.{PRODUCT_FIELDS[product]}='{REFERENCE}{ref}' must name an "
+                    f"earlier stage of the pipeline that produces a {product}; the earlier "
+                    f"stages produce {produced or 'nothing'}")
+        if get(command).produces is not None:
+            produced[name] = get(command).produces
+
+
+def without_references(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of a stage's config with its ``@stage`` references cleared, to validate
+    before the stages they name have run."""
+    config = copy.deepcopy(config)
+    for product in references(config):
+        config_lib.override(config, PRODUCT_FIELDS[product], "")
+    return config
 
 
 def get(name: str) -> Stage:
@@ -75,9 +117,10 @@ def validate(command: str, config: ml_collections.ConfigDict, num_devices: int) 
     validated stage by stage, and the field names carry the stage (``config.ppo.ppo.clip``)."""
     check_command(command, config)
     if command == PIPELINE:
+        check_references(config)
         for name, stage in pipeline_stages(config):
             try:
-                validate(stage, config[name], num_devices)
+                validate(stage, without_references(config[name]), num_devices)
             except ConfigError as e:
                 raise ConfigError(str(e).replace("config.", f"config.{name}.", 1)) from None
         return

@@ -6,6 +6,7 @@
     WORKDIR/model.json      the model card            WORKDIR/samples.jsonl  decoded samples
     WORKDIR/tokenizer/      the run's tokenizer       WORKDIR/summary.json   the stage's headline numbers
     WORKDIR/checkpoints/    Orbax checkpoints         (reward) reward_normalization.json, calibration.json
+    WORKDIR/best/           the best-evaluated state (with config.train.best_metric)
 
 The model card records the model's config and where the checkpoint keeps its parameters, so
 :func:`load_model` reads any stage's workdir (SFT, reward, PPO, DPO) the same way. A LoRA
@@ -38,6 +39,7 @@ CONFIG_FILE = "config.json"
 MODEL_CARD = "model.json"
 TOKENIZER_DIR = "tokenizer"
 CHECKPOINT_DIR = "checkpoints"
+BEST_DIR = "best"
 SAMPLES_FILE = "samples.jsonl"
 SUMMARY_FILE = "summary.json"
 NORMALIZATION_FILE = "reward_normalization.json"
@@ -111,8 +113,16 @@ class TrainedModel:
     workdir: str
 
 
+def model_directory(workdir: str) -> str:
+    """Where the model a run hands on is kept: its best-evaluated state (``best/``) when it
+    selected one by ``train.best_metric``, else its newest checkpoint."""
+    best = os.path.join(workdir, BEST_DIR)
+    return best if checkpoint.latest_step(best) is not None else os.path.join(
+        workdir, CHECKPOINT_DIR)
+
+
 def load_model(workdir: str, model_cls: Callable[..., nnx.Module], **kwargs) -> TrainedModel:
-    """The newest checkpoint of the run in ``workdir`` as ``model_cls`` (``CausalLM`` for an
+    """The model the run in ``workdir`` hands on (:func:`model_directory`) as ``model_cls`` (``CausalLM`` for an
     SFT or PPO run, ``ScalarModel`` for a reward run), with its tokenizer and model config.
     A missing or incompatible checkpoint is a clear error."""
     if not os.path.exists(os.path.join(workdir, MODEL_CARD)):
@@ -127,8 +137,8 @@ def load_model(workdir: str, model_cls: Callable[..., nnx.Module], **kwargs) -> 
         abstract, abstract_frozen = lora_lib.split_trainable(
             abstract_model(model_cls, model_config, lora=lora, **kwargs)[1])
     sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # this process
-    _, tree = checkpoint.restore_subtree(os.path.join(workdir, CHECKPOINT_DIR),
-                                         card["params_key"], sharding)
+    _, tree = checkpoint.restore_subtree(model_directory(workdir), card["params_key"],
+                                         sharding)
     try:
         params = checkpoint.nnx_state_from_tree(abstract, tree)
     except ValueError as e:

@@ -94,3 +94,21 @@ def test_an_unknown_stage_names_the_closest():
 def test_a_record_with_an_unknown_product_is_refused():
     with pytest.raises(ValueError, match="not products"):
         dataclasses.replace(_fake_stage([]), reads=("value_model",))
+
+
+def test_a_stage_may_name_the_stage_it_reads_from():
+    """``policy_init="@sft"`` wires the SFT stage's workdir even after a later policy
+    (PPO); a reference to a stage that is not earlier, or produces another kind, is refused
+    before anything runs."""
+    c = config_lib.load_config_file(f"{REPO}/configs/pipeline/imdb_research.py")
+    wired = pipeline.stage_configs(c, "/W")
+    assert wired["ppo_gold"][0].policy_init == "/W/sft"      # not /W/ppo, the latest policy
+    assert wired["ppo"][0].policy_init == "/W/sft"
+    assert wired["bon"][0].reward_init == "/W/reward"
+    for field, ref, why in (("policy_init", "@bon", "produces a policy"),
+                            ("policy_init", "@dpo", "earlier stage"),
+                            ("reward_init", "@sft", "produces a reward_model")):
+        bad = config_lib.load_config_file(f"{REPO}/configs/pipeline/imdb_research.py")
+        bad.ppo[field] = ref
+        with pytest.raises(config_lib.ConfigError, match=f"config.ppo.{field}='{ref}'.*{why}"):
+            stages.validate("pipeline", bad, 1)

@@ -100,29 +100,53 @@ def mean_and_stderr(x: np.ndarray) -> tuple[float, float]:
     return float(x.mean()), float(x.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
 
 
-def summarize(out: Mapping[str, np.ndarray], prefix: str = "eval/") -> dict[str, float]:
-    """Mean gold (± s.e.), proxy score and KL of per-sample evaluation results."""
-    gold, stderr = mean_and_stderr(out["gold"])
-    return {f"{prefix}gold": gold, f"{prefix}gold_stderr": stderr,
+def gold_probability(gold: np.ndarray) -> np.ndarray:
+    """P(positive) = sigmoid(gold) of a gold reward that is a classifier's logit."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(gold, np.float64)))
+
+
+def gold_metrics(gold: np.ndarray, gold_is_logit: bool, prefix: str) -> dict[str, float]:
+    """Mean gold of per-sample values ± its s.e. (``{prefix}gold``, ``{prefix}gold_stderr``)
+    and, for a logit gold, the same of its probability (``{prefix}gold_prob...``)."""
+    mean, stderr = mean_and_stderr(gold)
+    out = {f"{prefix}gold": mean, f"{prefix}gold_stderr": stderr}
+    if gold_is_logit:
+        prob, prob_stderr = mean_and_stderr(gold_probability(gold))
+        out.update({f"{prefix}gold_prob": prob, f"{prefix}gold_prob_stderr": prob_stderr})
+    return out
+
+
+def summarize(out: Mapping[str, np.ndarray], gold_is_logit: bool = False,
+              prefix: str = "eval/") -> dict[str, float]:
+    """Mean gold (± s.e.; and P(positive) for a logit gold), proxy score and KL of
+    per-sample evaluation results."""
+    return {**gold_metrics(out["gold"], gold_is_logit, prefix),
             f"{prefix}score": float(np.mean(out["score"])),
             f"{prefix}kl": float(np.mean(out["kl"]))}
 
 
 def before_after(evals: list[Mapping[str, float]]) -> dict[str, float]:
     """The summary keys every policy-training stage reports, from its first evaluation
-    (the SFT policy) and its last: ``gold_before``, ``gold_after`` (± ``*_stderr``),
-    ``score_before``, ``score_after`` and ``kl``."""
+    (the SFT policy) and its last: ``gold_before``, ``gold_after`` (± ``*_stderr``; for a
+    logit gold also ``gold_prob_before`` / ``gold_prob_after``), ``score_before``,
+    ``score_after`` and ``kl``."""
     first, last = evals[0], evals[-1]
-    return {"gold_before": first["eval/gold"], "gold_before_stderr": first["eval/gold_stderr"],
-            "gold_after": last["eval/gold"], "gold_after_stderr": last["eval/gold_stderr"],
-            "score_before": first["eval/score"], "score_after": last["eval/score"],
+    out = {}
+    for name in ("gold", "gold_prob"):
+        if f"eval/{name}" in first:
+            out.update({f"{name}_before": first[f"eval/{name}"],
+                        f"{name}_before_stderr": first[f"eval/{name}_stderr"],
+                        f"{name}_after": last[f"eval/{name}"],
+                        f"{name}_after_stderr": last[f"eval/{name}_stderr"]})
+    return {**out, "score_before": first["eval/score"], "score_after": last["eval/score"],
             "kl": last["eval/kl"]}
 
 
 def held_out_prompts(task, tokenizer, prompt_length: int, n: int,
                      seed: int) -> tuple[list[str], dict[str, np.ndarray]]:
-    """The task's held-out prompts every stage evaluates on (``task.prompts(n, seed + 1)``)
+    """The task's held-out prompts every stage evaluates on (``task.prompts(n, seed + 1,
+    "test")``)
     and their left-padded ``prompt_ids`` / ``prompt_mask`` [n, prompt_length]."""
-    prompts = task.prompts(n, seed=seed + 1)
+    prompts = task.prompts(n, seed=seed + 1, split="test")
     ids, mask = encode_prompts(tokenizer, prompts, prompt_length)
     return prompts, {"prompt_ids": ids, "prompt_mask": mask}

@@ -21,6 +21,13 @@ from jaxrlhf.data.tokenizer import decode_rows
 
 # (query, query_mask, response, response_mask) -> [batch] gold reward, traceable under jit.
 GoldFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+# Where a task's prompts come from: training ("train") or held-out evaluation ("test").
+SPLITS = ("train", "test")
+
+
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"task split {split!r} is not one of {SPLITS}")
 
 
 @runtime_checkable
@@ -29,12 +36,15 @@ class Task(Protocol):
 
     name: str
     tokenizer: transformers.PreTrainedTokenizerFast
+    gold_is_logit: bool    # the gold is a classifier's logit: sigmoid(gold) is reported too
 
-    def prompts(self, n: int, seed: int) -> list[str]:
-        """``n`` prompts, deterministic in ``seed``."""
+    def prompts(self, n: int, seed: int, split: str = "train") -> list[str]:
+        """``n`` prompts of ``split`` (``SPLITS``: held-out evaluation reads "test"),
+        deterministic in ``seed``."""
 
-    def demonstrations(self, n: int, seed: int) -> list[dict[str, str]]:
-        """``n`` ``{prompt, completion}`` demonstrations, deterministic in ``seed``."""
+    def demonstrations(self, n: int, seed: int, split: str = "train") -> list[dict[str, str]]:
+        """``n`` ``{prompt, completion}`` demonstrations of ``split``, deterministic in
+        ``seed``."""
 
     def gold_reward(self, prompts: list[str], responses: list[str]) -> np.ndarray:
         """The gold reward of each (prompt, response), float32 [n]."""

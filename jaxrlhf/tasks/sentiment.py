@@ -15,7 +15,7 @@ import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from jaxrlhf.data.tokenizer import EOS, PAD, wrap
-from jaxrlhf.tasks.base import completion_unigram_entropy
+from jaxrlhf.tasks.base import check_split, completion_unigram_entropy
 
 UNK = "<|unk|>"
 SENTIMENT: dict[str, float] = {
@@ -54,6 +54,7 @@ class SentimentTask:
     """Controlled sentiment on a synthetic English-like language (see module docstring)."""
 
     name = "sentiment"
+    gold_is_logit = False
 
     def __init__(self, max_clauses: int = 3):
         self.max_clauses = max_clauses
@@ -89,12 +90,17 @@ class SentimentTask:
             parts.append(self._clause(rng))
         return " " + " , ".join(parts) + " ."
 
-    def prompts(self, n: int, seed: int) -> list[str]:
+    def prompts(self, n: int, seed: int, split: str = "train") -> list[str]:
+        """Generated prompts: both splits draw from one generator, which the callers keep
+        apart by seed (held-out sets use ``seed + 1``)."""
+        check_split(split)
         rng = np.random.default_rng(seed)
         return [self._prompt(rng) for _ in range(n)]
 
-    def demonstrations(self, n: int, seed: int) -> list[dict[str, str]]:
-        """``{prompt, completion}``; the completion starts with a space and has no EOS text."""
+    def demonstrations(self, n: int, seed: int, split: str = "train") -> list[dict[str, str]]:
+        """``{prompt, completion}``; the completion starts with a space and has no EOS text.
+        Splits as in :meth:`prompts`."""
+        check_split(split)
         rng = np.random.default_rng(seed)
         out = []
         for _ in range(n):

@@ -53,7 +53,7 @@ def prompts_of(settings: RunSettings, task) -> list[str]:
     (``bon.split='eval'``) or those PPO trains on (``'train'``)."""
     b = settings.bon
     if b.split == "eval":
-        return task.prompts(b.num_prompts, seed=settings.seed + 1)
+        return task.prompts(b.num_prompts, seed=settings.seed + 1, split="test")
     return [d["prompt"] for d in task.demonstrations(b.num_prompts, seed=settings.seed)]
 
 
@@ -145,16 +145,29 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         writer.write(row["bon/n"], row)
     writer.close()
 
-    gold_before, gold_before_se = evaluation.mean_and_stderr(pool["gold"].mean(-1))
-    gold_after, gold_after_se = evaluation.mean_and_stderr(pick(pool["gold"]))
-    summary = {"gold_before": gold_before, "gold_before_stderr": gold_before_se,
-               "gold_after": gold_after, "gold_after_stderr": gold_after_se,
+    summary = {**_gold_summary(pool["gold"], pick(pool["gold"]), task.gold_is_logit),
                "score_before": float(pool["score"].mean()),
                "score_after": float(pick(pool["score"]).mean()),
                "kl": best_of_n.kl_best_of_n(b.n), "n": b.n, "num_prompts": len(prompts),
                "split": b.split}
     workdir_lib.write_json(workdir, workdir_lib.SUMMARY_FILE, summary)
     return summary
+
+
+def _gold_summary(pool_gold: np.ndarray, chosen_gold: np.ndarray, gold_is_logit: bool
+                  ) -> dict[str, float]:
+    """``gold_before`` (a random sample of the pool: per prompt, the mean over its n) and
+    ``gold_after`` (the chosen), each ± s.e. over prompts; for a logit gold the same of
+    P(positive) (``gold_prob_*``)."""
+    values = {"gold": (pool_gold.mean(-1), chosen_gold)}
+    if gold_is_logit:
+        prob = evaluation.gold_probability
+        values["gold_prob"] = (prob(pool_gold).mean(-1), prob(chosen_gold))
+    out = {}
+    for name, (before, after) in values.items():
+        for when, x in (("before", before), ("after", after)):
+            out[f"{name}_{when}"], out[f"{name}_{when}_stderr"] = evaluation.mean_and_stderr(x)
+    return out
 
 
 def dry_run(settings: RunSettings, mesh: Mesh) -> DryRunPrograms:

@@ -8,6 +8,10 @@ resumes from the newest intact checkpoint with the data iterator where it was, b
 and leaves ``metrics.jsonl`` and ``samples.jsonl`` byte-identical to an uninterrupted
 run's: a fresh start empties them, a resume cuts them back to the restored step.
 
+With ``train.best_metric`` the loop also keeps the state of the best evaluation so far in
+``WORKDIR/best`` (:class:`_Best`) and returns it at the end: early stopping by checkpoint
+selection, so a reward model whose held-out loss rises after step k hands on step k.
+
 A NaN or infinity — in a logged metric, an evaluation, or the state about to be
 checkpointed — stops the run with ``DivergedError`` naming the last good checkpoint, which
 by construction holds only finite values.
@@ -27,8 +31,8 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from jaxrlhf import checkpoint, parallel, runfiles, workdir as workdir_lib
-from jaxrlhf.errors import DivergedError
-from jaxrlhf.metrics import PERF_PREFIX, MetricWriter
+from jaxrlhf.errors import ConfigError, DivergedError
+from jaxrlhf.metrics import PERF_PREFIX, MetricWriter, read_metrics
 from jaxrlhf.sections import TrainSettings
 
 Batch = Mapping[str, jax.Array]
@@ -72,6 +76,41 @@ class _Logs:
         return result
 
 
+class _Best:
+    """The best evaluation so far by ``train.best_metric`` and its state in ``WORKDIR/best``.
+
+    Resuming recovers the best value from the metrics kept through the restored step. A
+    best state saved past that step (the run died between it and the next checkpoint) is
+    the one the bit-identical replay reaches again, so the directory only takes states
+    newer than the one it holds.
+    """
+
+    def __init__(self, workdir: str, train: TrainSettings):
+        self.metric, self.sign = train.best_metric, 1.0 if train.best_mode == "min" else -1.0
+        self.ckpt = checkpoint.Checkpointer(os.path.join(workdir, workdir_lib.BEST_DIR),
+                                            keep=1)
+        self.value = math.inf
+
+    def resume(self, workdir: str, step: int) -> None:
+        for row in read_metrics(workdir):
+            if row["step"] <= step and self.metric in row:
+                self.value = min(self.value, self.sign * row[self.metric])
+
+    def offer(self, step: int, evaluation: Mapping[str, float], state: Any) -> None:
+        if self.metric not in evaluation:
+            raise ConfigError(f"config.train.best_metric={self.metric!r} is not reported by "
+                              f"this stage's evaluation; it reports {sorted(evaluation)}")
+        value = self.sign * evaluation[self.metric]
+        if value < self.value:
+            self.value = value
+            if step > (self.ckpt.latest_step() if self.ckpt.latest_step() is not None else -1):
+                self.ckpt.save(step, state, {})
+
+    def state(self, target: Any) -> Any:
+        self.ckpt.wait()
+        return self.ckpt.restore(self.ckpt.latest_step(), target, ())[0]
+
+
 def _bar_text(row: Mapping[str, float], keys: Sequence[str]) -> dict[str, str]:
     shown = {key.rsplit("/", 1)[-1]: f"{row[key]:.4g}" for key in keys if key in row}
     shown["tok_s"] = f"{row[PERF_PREFIX + 'tokens_per_sec']:.0f}"
@@ -93,26 +132,33 @@ def run(*, workdir: str, train: TrainSettings, config: ml_collections.ConfigDict
     ``config.json`` and every checkpoint. ``init_state()`` returns the initial state (a
     stage's own jitted program places it, so imported weights are never constants of a
     compiled program); ``abstract_state``, its shapes, is the restore target. Returns the
-    final state.
+    final state, or with ``train.best_metric`` (once the run is complete) the best one.
     """
     t = train
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINT_DIR),
                                    keep=t.keep_checkpoints)
     logs = _Logs(workdir, t.tensorboard)
     target = checkpoint.abstract_like(abstract_state, state_shardings)
+    best = _Best(workdir, t) if t.best_metric else None
     restored = ckpt.restore_newest(target, ("data",), say=lambda m: print(f"[{desc}] {m}"))
     if restored is None:
         logs.restart()
+        if best is not None:
+            best.ckpt.clear()
         workdir_lib.write_config(workdir, config)
         state = init_state()
         start = 0
         row = dict(logs.evaluation(0, evaluate(state)))
         _check_finite(0, row, ckpt)
         logs.metrics.write(0, row)
+        if best is not None:
+            best.offer(0, row, state)
     else:
         start, state, extras = restored
         batches.set_state(extras["data"])
         logs.keep_through(start)
+        if best is not None:
+            best.resume(workdir, start)
         print(f"[{desc}] resuming from step {start} in {ckpt.directory}")
 
     bar = tqdm(total=t.steps, initial=start, desc=desc, dynamic_ncols=True,
@@ -136,6 +182,8 @@ def run(*, workdir: str, train: TrainSettings, config: ml_collections.ConfigDict
         if step % t.eval_every == 0 or last:
             evaluation = logs.evaluation(step, evaluate(state))
             _check_finite(step, evaluation, ckpt)
+            if best is not None:
+                best.offer(step, evaluation, state)
             row.update(evaluation)
             tick = time.perf_counter()  # evaluation time is not training throughput
         if row:
@@ -146,4 +194,8 @@ def run(*, workdir: str, train: TrainSettings, config: ml_collections.ConfigDict
     ckpt.close()
     logs.metrics.close()
     runfiles.barrier(f"{desc}:logs")  # every process may now read what process 0 wrote
+    if best is not None:
+        if end == t.steps:
+            state = best.state(target)
+        best.ckpt.close()
     return state

@@ -262,7 +262,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         rows = [{"prompt": eval_prompts[i], "response": responses[i],
                  "gold": float(out["gold"][i]), "score": float(out["score"][i])}
                 for i in range(min(settings.train.num_samples, len(responses)))]
-        return evaluation.summarize(out), rows
+        return evaluation.summarize(out, task.gold_is_logit), rows
 
     batches = BatchIterator(train_prompts, settings.prompts_per_iteration, seed=settings.seed)
     loop.run(workdir=workdir, train=settings.train, config=config, mesh=mesh,

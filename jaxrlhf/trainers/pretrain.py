@@ -8,8 +8,9 @@ corpus) are tokenized — by ``data.tokenizer``, the policy's in ``policy_init``
 byte-level BPE trained on the training documents — and packed with an EOS after each into
 rows of ``data.max_len`` tokens, no padding (``jaxrlhf.data.packing``). With
 ``pretrain.cross_document=False`` a segment mask keeps every document's attention to
-itself. The held-out documents are ``data.eval_source``'s, or the last ``data.num_eval``
-of the source. The step is the supervised one (``jaxrlhf.trainers.supervised``) with the
+itself. The held-out documents are ``data.num_eval`` evenly spaced ones of
+``data.eval_source`` (a file sorted by label, as IMDb's, still gives both), or the last
+``data.num_eval`` of the source. The step is the supervised one (``jaxrlhf.trainers.supervised``) with the
 LM loss of SFT; each evaluation reports the held-out loss per token, its perplexity and
 bits per byte (``jaxrlhf.losses.bits_per_byte``), which compares models whatever their
 tokenizers. The workdir is a policy like SFT's: ``policy_init`` of ``sft``, ``reward``,
@@ -21,10 +22,12 @@ import dataclasses
 from typing import Any
 
 import ml_collections
+import numpy as np
 from jax.sharding import Mesh
 
 from jaxrlhf import losses, parallel, workdir as workdir_lib
 from jaxrlhf.data import corpus, packing
+from jaxrlhf.data.imdb import clean_review
 from jaxrlhf.data.iterator import BatchIterator, fixed_batches
 from jaxrlhf.errors import DataError
 from jaxrlhf.metrics import read_metrics
@@ -55,19 +58,33 @@ class Corpus:
 
 def documents(settings: RunSettings) -> tuple[list[str], list[str]]:
     """Training and held-out documents: at most ``data.num_train`` and ``data.num_eval``."""
+    train, held_out = _documents(settings)
+    if settings.pretrain.clean_html_breaks:
+        return [clean_review(t) for t in train], [clean_review(t) for t in held_out]
+    return train, held_out
+
+
+def _documents(settings: RunSettings) -> tuple[list[str], list[str]]:
     d, field = settings.data, settings.pretrain.text_field
     if not d.source:
         texts = corpus.generated_corpus(d.num_train + d.num_eval, seed=settings.seed)
         return texts[: d.num_train], texts[d.num_train:]
     texts = corpus.load_texts(d.source, d.split, field)
     if d.eval_source:
-        return texts[: d.num_train], corpus.load_texts(d.eval_source, d.eval_split,
-                                                       field)[: d.num_eval]
+        held_out = corpus.load_texts(d.eval_source, d.eval_split, field)
+        return texts[: d.num_train], evenly_spaced(held_out, d.num_eval)
     if len(texts) <= d.num_eval:
         raise DataError(f"{d.source}: {len(texts)} documents, too few to hold out "
                         f"config.data.num_eval={d.num_eval} and train on the rest; lower "
                         "data.num_eval or set data.eval_source")
     return texts[:-d.num_eval][: d.num_train], texts[-d.num_eval:]
+
+
+def evenly_spaced(items: list[str], n: int) -> list[str]:
+    """``n`` items (all if fewer) at evenly spaced positions, first and last included."""
+    if len(items) <= n:
+        return items
+    return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
 
 
 def pack(texts: list[str], tokenizer, settings: RunSettings, what: str) -> packing.PackedRows:

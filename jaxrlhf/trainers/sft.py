@@ -53,7 +53,7 @@ def prepare_data(settings: RunSettings, workdir: str, inherited=None) -> SFTData
     if task is not None:
         tokenizer = workdir_lib.run_tokenizer(workdir, task=task, **tokenizer_kw)
         train = task.demonstrations(d.num_train, seed=settings.seed)
-        evals = task.demonstrations(d.num_eval, seed=settings.seed + 1)
+        evals = task.demonstrations(d.num_eval, seed=settings.seed + 1, split="test")
     else:
         records = records_lib.load_records(d.source, d.split)
         if d.eval_source:

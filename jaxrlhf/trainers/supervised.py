@@ -166,7 +166,8 @@ def evaluate_means(params: nnx.State, program: Program, batches: list[dict[str, 
 
 def policy_evaluation(settings: RunSettings, program: Program, reference: TrainedModel,
                       task: Task, mesh: Mesh) -> Callable[[nnx.State], dict[str, float]]:
-    """``trained params -> {eval/gold, eval/gold_stderr, eval/score, eval/kl}`` of a
+    """``trained params -> {eval/gold, eval/gold_stderr, eval/score, eval/kl}`` (and
+    ``eval/gold_prob`` for a logit gold) of a
     policy-training supervised stage (DPO; SFT from a policy): one sample per held-out
     prompt, drawn as PPO draws them (``sampling.*``), scored by the task's gold reward, with
     its KL from the ``reference`` policy it started from (``jaxrlhf.rl.evaluation``)."""
@@ -186,7 +187,7 @@ def policy_evaluation(settings: RunSettings, program: Program, reference: Traine
 
     ref = parallel.place(reference.params, mesh, settings.rules)
     return lambda params: evaluation.summarize(parallel.fetch(
-        sample(params, program.frozen, ref, batch)))
+        sample(params, program.frozen, ref, batch)), task.gold_is_logit)
 
 
 def lm_loss(graphdef: nnx.GraphDef, params: nnx.State,
