@@ -28,7 +28,7 @@ import ml_collections
 import pandas as pd
 from tqdm.auto import tqdm
 
-from jaxrlhf import checkpoint, config as config_lib, pipeline, runfiles, stages as stages_lib
+from jaxrlhf import config as config_lib, pipeline, runfiles, stages as stages_lib
 from jaxrlhf import workdir as workdir_lib
 from jaxrlhf.errors import ConfigError
 from jaxrlhf.metrics import METRICS_FILE, read_metrics
@@ -161,18 +161,12 @@ def run_once(stage: str, config: ml_collections.ConfigDict, workdir: str,
 
 def finished(stage: str, config: ml_collections.ConfigDict, workdir: str) -> bool:
     """Whether the run in ``workdir`` has written its summary after its last step (a
-    pipeline: after its last stage's; a stage without steps, such as best-of-n: at all)."""
-    command, last = stage, config
-    stage_dir = workdir
-    if stage == stages_lib.PIPELINE:
-        name, command = stages_lib.pipeline_stages(config)[-1]
-        last, stage_dir = config[name], os.path.join(workdir, name)
-    if not os.path.exists(os.path.join(workdir, workdir_lib.SUMMARY_FILE)):
-        return False
-    if not stages_lib.get(command).has_steps:
-        return os.path.exists(os.path.join(stage_dir, workdir_lib.SUMMARY_FILE))
-    step = checkpoint.latest_step(os.path.join(stage_dir, workdir_lib.CHECKPOINT_DIR))
-    return step == last.train.steps
+    pipeline: its own summary, and its last stage finished)."""
+    if stage != stages_lib.PIPELINE:
+        return pipeline.stage_finished(stage, config, workdir)
+    name, command = stages_lib.pipeline_stages(config)[-1]
+    return (os.path.exists(os.path.join(workdir, workdir_lib.SUMMARY_FILE))
+            and pipeline.stage_finished(command, config[name], os.path.join(workdir, name)))
 
 
 def _claim(point_dir: str, config: ml_collections.ConfigDict, overrides: Mapping[str, Any]):

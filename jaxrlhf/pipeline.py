@@ -22,7 +22,7 @@ from typing import Any
 
 import ml_collections
 
-from jaxrlhf import config as config_lib, report, runfiles, stages as stages_lib
+from jaxrlhf import checkpoint, config as config_lib, report, runfiles, stages as stages_lib
 from jaxrlhf import workdir as workdir_lib
 from jaxrlhf.trainers import bon
 
@@ -76,6 +76,17 @@ def _add_wall_time(workdir: str, seconds: float) -> float:
     return total
 
 
+def stage_finished(command: str, config: ml_collections.ConfigDict, stage_dir: str) -> bool:
+    """Whether the ``command`` run in ``stage_dir`` has written its summary after its last
+    step (a stage without steps, such as best-of-n: at all)."""
+    if not os.path.exists(os.path.join(stage_dir, workdir_lib.SUMMARY_FILE)):
+        return False
+    if not stages_lib.get(command).has_steps:
+        return True
+    step = checkpoint.latest_step(os.path.join(stage_dir, workdir_lib.CHECKPOINT_DIR))
+    return step == config.train.steps
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Run (or resume) the stages, then write summary.json (and, for SFT -> reward -> PPO,
     ``report.md`` and its figures)."""
@@ -83,6 +94,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     os.makedirs(workdir, exist_ok=True)
     stages = stage_configs(config, workdir)
     for name, (stage_config, stage_dir, command) in stages.items():
+        if stage_finished(command, stage_config, stage_dir):
+            print(f"=== pipeline stage: {name} finished ({stage_dir}): reused")
+            continue
         print(f"=== pipeline stage: {name} ({stage_dir})")
         stages_lib.get(command).train(stage_config, stage_dir)
     wall = _add_wall_time(workdir, time.perf_counter() - start)

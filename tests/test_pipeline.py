@@ -32,11 +32,14 @@ def test_pipeline_improves_gold_and_resumes_exactly(tmp_path):
     assert ppo["kl"] == ppo["kl"] and abs(ppo["kl"]) < 100  # finite
 
     # Stop in the middle of PPO (after 6 of 16 iterations), then re-run the same command.
-    # The finished SFT and reward stages are the straight run's: the pipeline finds them done.
+    # The finished SFT and reward stages are the straight run's: the pipeline finds them done
+    # and reuses them without running them again.
     for stage in ("sft", "reward"):
         shutil.copytree(straight / stage, interrupted / stage)
     stopped = _pipeline(interrupted, "--config.ppo.train.run_steps=6")
-    assert "resuming from step 300" in stopped.stdout and "resuming from step 150" in stopped.stdout
+    for stage in ("sft", "reward"):
+        assert f"=== pipeline stage: {stage} finished" in stopped.stdout, stopped.stdout[-2000:]
+    assert "resuming from step" not in stopped.stdout
     resumed = _pipeline(interrupted)
     assert "resuming from step 6" in resumed.stdout
     assert read_summary(interrupted) == s

@@ -1,15 +1,16 @@
-"""Pretraining the IMDb language model of the research testbed (issue [2 of 5]): a GPT-2
+"""Pretraining the IMDb language model of the research testbed: a GPT-2
 on the text of the 25,000 IMDb training reviews (Maas et al. 2011), with a byte-level BPE
 trained on them; the 25,000 test reviews' text is held out.
 
-python -m jaxrlhf pretrain --config=configs/pretrain/imdb.py --workdir=runs/imdb_lm
+python -m jaxrlhf pretrain --config=configs/pretrain/imdb.py --workdir=runs/imdb_research/pretrain
 
 Each review is one document (``<br />`` line breaks replaced by spaces), packed with an
 EOS after each into rows of 256 tokens: 8.10M training tokens, 31,641 rows. The shape is
 the largest whose epoch fits about an hour on 2 CPU cores, measured at 32 rows x 256 tokens
 per step (``experiments/imdb_research/README.md``): 4 x 256 ran 2,560 tokens/s (53 min per
 epoch), 6 x 256 1,660 (81 min). 1,000 steps = 1.01 epochs. The workdir is a policy:
-``configs/pipeline/imdb_research.py`` starts every IMDb experiment from it.
+``configs/pipeline/imdb_research.py`` (its ``pretrain`` stage is this workdir when run
+with ``--workdir=runs/imdb_research``) starts every IMDb experiment from it.
 """
 from jaxrlhf.config import base_config
 

@@ -4,7 +4,9 @@ The held-out documents are the pretraining config's (``configs/pretrain/imdb.py`
 evenly spaced IMDb *test* reviews, ``<br />`` replaced by spaces). Each model reads them
 with its own tokenizer, packed with an EOS after each into rows of each length it can
 attend over; bits per byte (``jaxrlhf.losses.bits_per_byte``) compare models whatever
-their tokenizers.
+their tokenizers. Each model also continues the first :data:`PREFIX_WORDS` words of
+:data:`NUM_SAMPLES` of these documents with :data:`SAMPLE_TOKENS` tokens at temperature 1
+(no top-k / top-p): samples from the model's own distribution, not its greedy mode.
 
     python -m experiments.imdb_research.lm_compare --model=NAME=WORKDIR [...] \
         [--rows=96,256] [--out=experiments/imdb_research/lm_compare.json]
@@ -18,7 +20,7 @@ import os
 import jax
 import numpy as np
 
-from jaxrlhf import losses, workdir as workdir_lib
+from jaxrlhf import losses, sampling, workdir as workdir_lib
 from jaxrlhf.config import load_config_file
 from jaxrlhf.data import packing
 from jaxrlhf.data.iterator import fixed_batches
@@ -29,6 +31,7 @@ from jaxrlhf.trainers import pretrain
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIG = os.path.join(HERE, "..", "..", "configs", "pretrain", "imdb.py")
 BATCH = 32
+NUM_SAMPLES, PREFIX_WORDS, SAMPLE_TOKENS = 10, 5, 48
 
 
 def held_out_texts() -> list[str]:
@@ -56,6 +59,14 @@ def evaluate(workdir: str, texts: list[str], row_length: int) -> dict[str, float
                                                   losses.utf8_bytes(texts))}
 
 
+def sample_continuations(workdir: str, prompts: list[str]) -> list[dict[str, str]]:
+    """The model in ``workdir`` continuing ``prompts`` at temperature 1 (seed 0)."""
+    model = workdir_lib.load_model(workdir, CausalLM)
+    responses = sampling.complete(model.graphdef, model.params, model.tokenizer, prompts,
+                                  max_new_tokens=SAMPLE_TOKENS, temperature=1.0)
+    return [{"prompt": p, "response": r} for p, r in zip(prompts, responses)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", required=True, help="NAME=WORKDIR")
@@ -63,7 +74,9 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(HERE, "lm_compare.json"))
     args = parser.parse_args()
     texts = held_out_texts()
-    results = []
+    step = len(texts) // NUM_SAMPLES
+    prompts = [" ".join(texts[i * step].split()[:PREFIX_WORDS]) for i in range(NUM_SAMPLES)]
+    results, samples = [], {}
     for spec in args.model:
         name, workdir = spec.split("=", 1)
         max_len = workdir_lib.load_model(workdir, CausalLM).model_config.max_seq_len
@@ -72,9 +85,10 @@ def main() -> None:
                 row = {"model": name, **evaluate(workdir, texts, length)}
                 print(row)
                 results.append(row)
+        samples[name] = sample_continuations(workdir, prompts)
     with open(args.out, "w") as f:
         json.dump({"documents": len(texts), "bytes": losses.utf8_bytes(texts),
-                   "results": results}, f, indent=1)
+                   "results": results, "samples": samples}, f, indent=1)
 
 
 if __name__ == "__main__":
