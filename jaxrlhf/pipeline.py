@@ -64,16 +64,24 @@ def stage_configs(config: ml_collections.ConfigDict,
     return out
 
 
-def _add_wall_time(workdir: str, seconds: float) -> float:
-    """Wall time summed over every invocation that worked on this pipeline."""
+def _add_wall_time(workdir: str, seconds: float, stage: str | None = None) -> dict[str, Any]:
+    """Add ``seconds`` to the pipeline's wall time (``stage=None``) or to one stage's, summed
+    over every invocation that worked on it, in ``WORKDIR/timing.json``: ``{"wall_seconds":
+    total, "stage_wall_seconds": {stage: seconds}}``. A stage's time is added when it
+    returns, so the part of it an interrupted invocation spent is not counted."""
     path = os.path.join(workdir, TIMING_FILE)
-    total = seconds
+    timing = {"wall_seconds": 0.0, "stage_wall_seconds": {}}
     if os.path.exists(path):
         with open(path) as f:
-            total += json.load(f)["wall_seconds"]
+            timing.update(json.load(f))
+    if stage is None:
+        timing["wall_seconds"] += seconds
+    else:
+        stage_seconds = timing["stage_wall_seconds"]
+        stage_seconds[stage] = stage_seconds.get(stage, 0.0) + seconds
     runfiles.barrier("pipeline:timing")  # every process has read it before process 0 writes
-    runfiles.write_json(path, {"wall_seconds": total})
-    return total
+    runfiles.write_json(path, timing)
+    return timing
 
 
 def stage_finished(command: str, config: ml_collections.ConfigDict, stage_dir: str) -> bool:
@@ -98,14 +106,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             print(f"=== pipeline stage: {name} finished ({stage_dir}): reused")
             continue
         print(f"=== pipeline stage: {name} ({stage_dir})")
+        stage_start = time.perf_counter()
         stages_lib.get(command).train(stage_config, stage_dir)
-    wall = _add_wall_time(workdir, time.perf_counter() - start)
+        _add_wall_time(workdir, time.perf_counter() - stage_start, stage=name)
+    timing = _add_wall_time(workdir, time.perf_counter() - start)
+    wall = timing["wall_seconds"]
     if [(n, c) for n, (_, _, c) in stages.items()] == [(n, n) for n in stages_lib.DEFAULT_PIPELINE]:
         return report.write_report(workdir, wall_seconds=wall)
     summary = {"stages": list(stages), **{name: workdir_lib.read_json(stage_dir,
                                                                        workdir_lib.SUMMARY_FILE)
                                           for name, (_, stage_dir, _) in stages.items()},
-               "wall_seconds": wall}
+               "wall_seconds": wall, "stage_wall_seconds": timing["stage_wall_seconds"]}
     workdir_lib.write_json(workdir, workdir_lib.SUMMARY_FILE, summary)
     return summary
 
