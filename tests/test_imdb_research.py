@@ -102,3 +102,18 @@ def test_gate_and_targets_pass_and_fail_where_they_should():
     # PPO-gold never evaluated as far as PPO-RM's KL: no matched point, the target fails
     far = collect.checks(_results(kl=30.0, gold_curve=(0, 1, 2)))
     assert far["measured"]["matched_kl"] == [] and not far["checks"]["ppo_gold_above_ppo_rm"]
+
+
+def test_committed_results_follow_from_their_numbers():
+    """The committed verdict is recomputed from ``results.json``; the README states the gate
+    and targets as they were written before the run, and the verdict."""
+    with open(os.path.join(collect.HERE, collect.RESULTS_FILE)) as f:
+        results = json.load(f)
+    assert collect.checks(results) == results["verdict"]
+    assert (results["gate"], results["targets"]) == (collect.GATE, collect.TARGETS)
+    with open(os.path.join(collect.HERE, "README.md")) as f:
+        readme = " ".join(f.read().split())
+    assert collect.GATE in readme and collect.TARGETS in readme
+    assert ("**PASS**" if results["verdict"]["passed"] else "**FAIL**") in readme
+    assert set(results["stage_wall_seconds"]) == {
+        "pretrain", "sft", "reward", "ppo", "ppo_gold", "dpo", "bon"}

@@ -1,8 +1,6 @@
 """The main job end to end at reduced size, and resuming it after an interruption in PPO."""
 import shutil
 
-import pytest
-
 from conftest import read_summary, run_cli
 
 SMALL = ("--config.sft.train.steps=300", "--config.reward.train.steps=150",
@@ -43,13 +41,3 @@ def test_pipeline_improves_gold_and_resumes_exactly(tmp_path):
     resumed = _pipeline(interrupted)
     assert "resuming from step 6" in resumed.stdout
     assert read_summary(interrupted) == s
-
-
-@pytest.mark.slow
-def test_imdb_sentiment_pipeline_runs(tmp_path):
-    """The IMDb pipeline at reduced length: it runs end to end and PPO raises P(positive)."""
-    run_cli("pipeline", "configs/pipeline/imdb_sentiment.py", tmp_path,
-            "--config.sft.train.steps=600", "--config.reward.train.steps=150",
-            "--config.ppo.train.steps=30", timeout=1800)
-    ppo = read_summary(tmp_path)["ppo"]
-    assert ppo["gold_after"] > ppo["gold_before"], ppo
