@@ -18,7 +18,7 @@ from ml_collections import config_dict
 
 from jaxrlhf.errors import ConfigError, JaxRLHFError, MissingInputError
 from jaxrlhf.models.presets import PRESETS
-from jaxrlhf.settings import ALIASES, RunSettings, field_default
+from jaxrlhf.settings import ALIASES, RunSettings, alias_targets, field_default
 
 def base_config() -> ml_collections.ConfigDict:
     """The defaults every experiment config starts from (and states only what differs):
@@ -34,9 +34,9 @@ def base_config() -> ml_collections.ConfigDict:
         elif isinstance(value, Mapping):
             value = ml_collections.ConfigDict(dict(value))
         c[field.name] = value
-    for old, new in ALIASES.items():
+    for old in ALIASES:
         section, leaf = old.split(".")
-        c[section][leaf] = config_dict.placeholder(type(field_default(new)))
+        c[section][leaf] = config_dict.placeholder(type(field_default(alias_targets(old)[0])))
     return c
 
 

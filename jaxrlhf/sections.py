@@ -16,7 +16,7 @@ import re
 from jaxrlhf.checks import fail, in_range, positive
 from jaxrlhf.choices import ADVANTAGE_KINDS, KL_ESTIMATORS
 from jaxrlhf.data.preference import LABEL_MODES
-from jaxrlhf.losses import PREFERENCE_LOSSES
+from jaxrlhf.losses import LOSS_AGGREGATIONS, POLICY_LOSSES, PREFERENCE_LOSSES
 from jaxrlhf.models.config import DTYPES
 from jaxrlhf.models.lora import LoRAConfig
 from jaxrlhf.tasks import TASKS
@@ -218,7 +218,15 @@ class PPOSettings:
     whiten_rewards: bool = False                                                    # [9]
     gamma: float = 1.0                                                             # [10]
     lam: float = 0.95
-    clip: float = 0.2                                                              # [12]
+    # The policy loss (jaxrlhf.losses.POLICY_LOSSES): "ppo" (the clipped surrogate [12]),
+    # "gspo" / "gspo_token" (sequence-level ratio), "cispo" (clipped IS weight x log-prob);
+    # its ratio is clipped to [1 - clip_low, 1 + clip_high] (clip_high > clip_low: DAPO's
+    # clip-higher). loss_agg (LOSS_AGGREGATIONS): how per-token losses are averaged over
+    # the whole optimizer batch.
+    policy_loss: str = "ppo"
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    loss_agg: str = "token_mean"
     value_clip: float = 0.2
     vf_coef: float = 0.1
     ent_coef: float = 0.0
@@ -241,15 +249,16 @@ class PPOSettings:
     def __post_init__(self):
         choices = {"reward_source": REWARD_SOURCES, "value_init": VALUE_INITS,
                    "kl_estimator": KL_ESTIMATORS, "advantage": tuple(ADVANTAGE_KINDS),
-                   "frozen_dtype": FROZEN_DTYPES}
+                   "frozen_dtype": FROZEN_DTYPES, "policy_loss": tuple(POLICY_LOSSES),
+                   "loss_agg": LOSS_AGGREGATIONS}
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
                 fail(f"ppo.{field}", getattr(self, field), f"must be one of {allowed}")
         positive(self, "ppo", ("num_prompts", "num_minibatches", "ppo_epochs", "grad_accum",
                                 "kl_target", "kl_horizon", "num_generations"))
-        positive(self, "ppo", ("kl_coef", "clip", "value_clip", "vf_coef", "ent_coef",
+        positive(self, "ppo", ("kl_coef", "clip_high", "value_clip", "vf_coef", "ent_coef",
                                 "ptx_coef"), allow_zero=True)
-        in_range(self, "ppo", ("gamma", "lam"), 0.0, 1.0)
+        in_range(self, "ppo", ("gamma", "lam", "clip_low"), 0.0, 1.0)
         if ADVANTAGE_KINDS[self.advantage].needs_group and self.num_generations < 2:
             fail("ppo.num_generations", self.num_generations,
                  f"must be >= 2 for ppo.advantage={self.advantage!r}, whose baseline is the "

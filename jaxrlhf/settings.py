@@ -30,12 +30,13 @@ from jaxrlhf.sections import (BestOfNSettings, DataSettings, DPOSettings, LoRASe
                               SamplingSettings, TrainSettings)
 
 
-# Deprecated name -> the one field it now sets. Kept for one release (removed in 0.2).
-ALIASES: dict[str, str] = {
+# Deprecated name -> the field (or fields) it now sets. Kept for one release (removed in 0.2).
+ALIASES: dict[str, str | tuple[str, ...]] = {
     "ppo.learning_rate": "optim.learning_rate",
     "ppo.adam_eps": "optim.eps",
     "ppo.batch_size": "train.batch_size",
     "ppo.reward_init": "reward_init",
+    "ppo.clip": ("ppo.clip_low", "ppo.clip_high"),
     "reward.source": "data.source",
     "reward.split": "data.split",
     "reward.eval_source": "data.eval_source",
@@ -48,11 +49,18 @@ ALIASES: dict[str, str] = {
 _NOTIFIED: set[str] = set()   # aliases whose notice this process has printed
 
 
-def _notice_once(old: str, new: str) -> None:
+def alias_targets(old: str) -> tuple[str, ...]:
+    """The fields the deprecated name ``old`` (:data:`ALIASES`) sets."""
+    new = ALIASES[old]
+    return (new,) if isinstance(new, str) else new
+
+
+def _notice_once(old: str, new: tuple[str, ...]) -> None:
     if old not in _NOTIFIED:
         _NOTIFIED.add(old)
+        names = " and ".join(f"config.{name}" for name in new)
         print(f"jaxrlhf: config.{old} is deprecated and will be removed in 0.2: set "
-              f"config.{new} instead", file=sys.stderr)
+              f"{names} instead", file=sys.stderr)
 
 
 def _pop(tree: dict[str, Any], dotted: str) -> Any:
@@ -67,16 +75,18 @@ def resolve_aliases(config: ml_collections.ConfigDict) -> dict[str, Any]:
     set, its value given to its new name — as ``--config.NEW=VALUE`` would, over what the
     config file set there — with one notice per name and process."""
     tree = config.to_dict()
-    for old, new in ALIASES.items():
+    for old in ALIASES:
         value = _pop(tree, old)
         if value is None:
             continue
-        *parents, leaf = new.split(".")
-        node = tree
-        for part in parents:
-            node = node.setdefault(part, {})
-        _notice_once(old, new)
-        node[leaf] = value
+        names = alias_targets(old)
+        for name in names:
+            *parents, leaf = name.split(".")
+            node = tree
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        _notice_once(old, names)
     return tree
 
 

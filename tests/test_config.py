@@ -107,7 +107,7 @@ ALIAS_VALUES = {"ppo.learning_rate": 3e-5, "ppo.adam_eps": 1e-6, "ppo.batch_size
                  "ppo.top_p": 0.8, "ppo.prompt_length": 6, "ppo.response_length": 20,
                  "ppo.num_eval_prompts": 64, "ppo.truncate_token_id": 3,
                  "ppo.truncate_min_length": 2, "ppo.penalize_missing_eos": False,
-                 "ppo.missing_eos_penalty": -2.0}
+                 "ppo.missing_eos_penalty": -2.0, "ppo.clip": 0.3}
 
 
 def test_every_alias_is_tested():
@@ -122,19 +122,22 @@ def test_a_deprecated_name_sets_its_new_field_and_prints_one_notice(old, monkeyp
     field."""
     from jaxrlhf import settings as settings_lib
     monkeypatch.setattr(settings_lib, "_NOTIFIED", set())
-    new = settings_lib.ALIASES[old]
+    targets = settings_lib.alias_targets(old)        # ppo.clip sets clip_low and clip_high
     config = config_lib.load_config_file("configs/ppo/quickstart.py")
     config.lock()
     config_lib.override(config, old, ALIAS_VALUES[old])
     for _ in range(2):
-        assert settings_lib.field_default(new) != ALIAS_VALUES[old]
-        value = settings_lib.RunSettings.from_config(config)
-        for part in new.split("."):
-            value = getattr(value, part)
-        assert value == ALIAS_VALUES[old]
+        settings = settings_lib.RunSettings.from_config(config)
+        for new in targets:
+            assert settings_lib.field_default(new) != ALIAS_VALUES[old]
+            value = settings
+            for part in new.split("."):
+                value = getattr(value, part)
+            assert value == ALIAS_VALUES[old]
     notices = capsys.readouterr().err.strip().splitlines()
+    names = " and ".join(f"config.{new}" for new in targets)
     assert notices == [f"jaxrlhf: config.{old} is deprecated and will be removed in 0.2: set "
-                       f"config.{new} instead"]
+                       f"{names} instead"]
 
 
 def test_no_field_has_a_default_in_two_places():
@@ -221,7 +224,7 @@ def test_settings_are_typed_frozen_and_hashable():
     settings = RunSettings.from_config(_config())
     assert settings.ppo.updates_per_iteration == settings.ppo.ppo_epochs * settings.ppo.num_minibatches
     with pytest.raises(dataclasses.FrozenInstanceError):
-        settings.ppo.clip = 0.3
+        settings.ppo.clip_low = 0.3
     hash(settings.ppo)  # jitted code closes over it
     assert settings.model.vocab_size == 0  # resolved from the tokenizer later
 

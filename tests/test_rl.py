@@ -169,7 +169,7 @@ def test_objective_is_the_weighted_sum_of_its_terms(changes, names):
     x = _term_inputs(np.random.default_rng(7))
     total, metrics = combine(terms, x, s)
     pg = losses.ppo_policy_loss(x.logprobs, x.rollout["logprobs"], x.rollout["advantages"],
-                                x.mask, clip=s.clip)[0]
+                                x.mask, clip=s.clip_low)[0]
     vf = losses.value_loss(x.values, x.rollout["values"], x.rollout["returns"], x.mask,
                            clip=s.value_clip)[0]
     expected = pg + s.vf_coef * vf

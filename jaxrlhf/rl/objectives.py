@@ -1,7 +1,8 @@
 """PPO's objective as a weighted sum of named loss terms.
 
 Each term maps the model outputs on a micro-batch (:class:`TermInputs`) to ``(loss,
-metrics)``, a masked mean over the micro-batch's real response tokens. ``objective_terms``
+metrics)``, a mean over the micro-batch's real response tokens weighted as the loss
+aggregation ``ppo.loss_agg`` says (``losses.aggregation_weights``). ``objective_terms``
 turns the settings into a list of ``(coefficient, term name)`` and :func:`combine` adds them
 up, so a new term is one function in :data:`TERMS` plus the config field that weights it,
 and a notebook can switch any term off by its coefficient.
@@ -27,17 +28,21 @@ class TermInputs(NamedTuple):
     values: jax.Array | None   # the value model's V(s_t) before each response token (None:
                                # a critic-free advantage estimator)
     rollout: Mapping[str, jax.Array]   # the minibatch's rollout fields (old log-probs, ...)
-    mask: jax.Array            # 1 on the real response tokens
+    mask: jax.Array            # the loss aggregation's weights of the real response tokens
+                               # (losses.aggregation_weights; 1 each for "token_mean")
 
 
 Term = Callable[[TermInputs, PPOSettings], tuple[jax.Array, Metrics]]
 
 
 def policy_term(x: TermInputs, s: PPOSettings) -> tuple[jax.Array, Metrics]:
-    """Clipped surrogate (Schulman et al. 2017, eq. 7) on the rollout's advantages (whitened
-    per minibatch where the estimator calls for it)."""
-    return losses.ppo_policy_loss(x.logprobs, x.rollout["logprobs"], x.rollout["advantages"],
-                                  x.mask, clip=s.clip)
+    """The policy loss ``ppo.policy_loss`` (``losses.POLICY_LOSSES``: PPO's clipped
+    surrogate, GSPO, GSPO-token, CISPO) with the clip range ``[1 - clip_low, 1 +
+    clip_high]``, on the rollout's advantages (whitened per minibatch where the estimator
+    calls for it)."""
+    return losses.POLICY_LOSSES[s.policy_loss](
+        x.logprobs, x.rollout["logprobs"], x.rollout["advantages"], x.mask, s.clip_low,
+        s.clip_high)
 
 
 def value_term(x: TermInputs, s: PPOSettings) -> tuple[jax.Array, Metrics]:

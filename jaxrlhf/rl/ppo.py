@@ -188,7 +188,8 @@ def ppo_loss(params: dict[str, Any], batch: Batch, *, models: Models, settings: 
              temperature: float, kl_coef: jax.Array,
              frozen: Frozen) -> tuple[jax.Array, Metrics, jax.Array]:
     """The PPO objective of one micro-batch (:mod:`jaxrlhf.rl.objectives`): its value, its
-    terms' metrics (means over real response tokens) and the token count."""
+    terms' metrics (means over real response tokens under the weights of ``ppo.loss_agg``)
+    and the sum of those weights, by which the accumulator weights the micro-batch."""
     s, mask = settings, batch["mask"]
     seq, seq_mask = scoring.join(batch["query"], batch["query_mask"], batch["response"], mask)
     prompt_len = batch["query"].shape[1]
@@ -201,9 +202,10 @@ def ppo_loss(params: dict[str, Any], batch: Batch, *, models: Models, settings: 
         values = scoring.response_outputs(
             models.value, value_params(policy, params["value"], s.shared_trunk,
                                        frozen.value_base), seq, seq_mask, prompt_len)
-    inputs = TermInputs(logprobs, entropies, values, batch, mask)
+    weights = losses.aggregation_weights(mask, s.loss_agg)                 # [batch, resp]
+    inputs = TermInputs(logprobs, entropies, values, batch, weights)
     total, metrics = combine(objective_terms(s, kl_coef), inputs, s)
-    return total, metrics, mask.sum().astype(jnp.float32)
+    return total, metrics, weights.sum()
 
 
 def add_ptx_gradient(grads: dict[str, Any], policy: nnx.State, ptx: Batch, models: Models,
@@ -213,6 +215,16 @@ def add_ptx_gradient(grads: dict[str, Any], policy: nnx.State, ptx: Batch, model
     ptx_grads = jax.grad(lambda p: losses.lm_nll(
         models.policy, models.policy_params(p, frozen), ptx)[0])(policy)
     return {**grads, "policy": jax.tree.map(lambda g, h: g + coef * h, grads["policy"], ptx_grads)}
+
+
+def aggregate(grads: dict[str, Any], metrics: Metrics, mask: jax.Array,
+              loss_agg: str) -> tuple[dict[str, Any], Metrics]:
+    """The gradient and ``loss/*`` metrics of the whole minibatch's ``loss_agg`` aggregate
+    (``losses.aggregation_scale`` over its ``mask`` [batch, resp]) from the accumulated
+    weighted means."""
+    scale = losses.aggregation_scale(mask, loss_agg)
+    return (jax.tree.map(lambda g: g * scale, grads),
+            {k: v * scale if k.startswith("loss/") else v for k, v in metrics.items()})
 
 
 def update(state: PPOState, frozen: Frozen, r: Rollout, ptx: Batch | None, *, models: Models,
@@ -243,6 +255,7 @@ def update(state: PPOState, frozen: Frozen, r: Rollout, ptx: Batch | None, *, mo
         if whiten:                                                     # PPO detail 11
             mb["advantages"] = adv_lib.masked_whiten(mb["advantages"], mb["mask"])
         grads, metrics, _ = optim.accumulated_gradients(loss_fn, params, mb, s.grad_accum)
+        grads, metrics = aggregate(grads, metrics, mb["mask"], s.loss_agg)
         if ptx is not None:
             grads = add_ptx_gradient(grads, params["policy"], ptx, models, frozen, s.ptx_coef)
         policy, pol_opt = step(optimizers.policy, grads["policy"], pol_opt, params["policy"])
