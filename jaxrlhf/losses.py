@@ -168,14 +168,44 @@ def simpo_loss(x: PreferenceLogProbs, beta: float, gamma: float) -> tuple[jax.Ar
                                           jax.lax.stop_gradient(reward_r), x)
 
 
+def _log1m_exp(x: jax.Array) -> jax.Array:
+    """``log(1 - exp(x))`` for ``x < 0``, accurate near 0 and far below it (Maechler 2012,
+    "Accurately computing log(1 - exp(-|a|))")."""
+    return jnp.where(x > -math.log(2.0), jnp.log(-jnp.expm1(x)), jnp.log1p(-jnp.exp(x)))
+
+
+def orpo_loss(x: PreferenceLogProbs, lam: float) -> tuple[jax.Array, Metrics]:
+    """ORPO (Hong, Lee & Thorne 2024, eqs. 2-7): reference-free, ``L = L_SFT + lam * L_OR``.
+
+    With the length-normalised likelihood ``log P(y|x) = 1/|y| sum_t log pi(y_t)`` (eq. 4),
+    ``L_SFT = mean(-log P(y_w|x))`` and ``L_OR = mean(-log sigmoid(log odds(y_w) - log
+    odds(y_l)))`` with ``log odds(y) = log P - log(1 - P)``. The odds use the *mean*
+    token log-prob, as the paper and TRL's ``ORPOTrainer`` do; Tunix 0.1.7 feeds summed
+    log-probs to the odds (and the mean to L_SFT), a different quantity for any response
+    longer than one token. The implicit rewards logged are ``lam * log P``.
+    """
+    mean_c = x.chosen / jnp.maximum(x.chosen_tokens, 1.0)
+    mean_r = x.rejected / jnp.maximum(x.rejected_tokens, 1.0)
+    log_odds = (mean_c - mean_r) - (_log1m_exp(mean_c) - _log1m_exp(mean_r))
+    nll = -mean_c.mean()
+    odds_loss = -jax.nn.log_sigmoid(log_odds).mean()
+    metrics = _implicit_reward_metrics(jax.lax.stop_gradient(lam * mean_c),
+                                       jax.lax.stop_gradient(lam * mean_r), x)
+    return nll + lam * odds_loss, {**metrics, "orpo/nll": nll, "orpo/odds_loss": odds_loss,
+                                   "orpo/log_odds_ratio": log_odds.mean()}
+
+
 # ``dpo.loss`` name -> the loss with its hyper-parameters read from the DPO settings
-# (``beta``, ``label_smoothing``, ``simpo_gamma``).
+# (``beta``, ``label_smoothing``, ``simpo_gamma``; ORPO's lambda is ``beta``, as in TRL).
 PREFERENCE_LOSSES: dict[str, Callable[[PreferenceLogProbs, Any], tuple[jax.Array, Metrics]]] = {
     "dpo": lambda x, s: dpo_loss(x, s.beta),
     "cdpo": lambda x, s: dpo_loss(x, s.beta, s.label_smoothing),
     "ipo": lambda x, s: ipo_loss(x, s.beta),
     "simpo": lambda x, s: simpo_loss(x, s.beta, s.simpo_gamma),
+    "orpo": lambda x, s: orpo_loss(x, s.beta),
 }
+# Losses that read no reference log-probs (no reference pass before training).
+REFERENCE_FREE_LOSSES = ("simpo", "orpo")
 
 
 # --------------------------------------------------------------------------------------

@@ -308,7 +308,8 @@ class PPOSettings:
 class DPOSettings:
     """A loss of the DPO family (``jaxrlhf.losses.PREFERENCE_LOSSES``) and its options:
     "dpo" (Rafailov et al. 2023), "cdpo" (label-smoothed), "ipo" (Azar et al. 2023; beta is
-    its tau), "simpo" (Meng et al. 2024, reference-free, target margin ``simpo_gamma``)."""
+    its tau), "simpo" (Meng et al. 2024, reference-free, target margin ``simpo_gamma``),
+    "orpo" (Hong et al. 2024, reference-free; ``beta`` is its lambda, as in TRL)."""
     loss: str = "dpo"
     beta: float = 0.1
     label_smoothing: float = 0.0   # cDPO only: the assumed label-flip rate

@@ -173,12 +173,34 @@ def test_simpo():
     assert np.all(np.asarray(g.ref_chosen) == 0) and np.all(np.asarray(g.ref_rejected) == 0)
 
 
+def test_orpo():
+    """Hong et al. 2024, eqs. 2-7, on length-normalised log-probs (mean per token)."""
+    x, lam = _pairs(15), 0.25
+    c, r, nc, nr = (np.asarray(v, np.float64) for v in (x.chosen, x.rejected,
+                                                         x.chosen_tokens, x.rejected_tokens))
+    p_c, p_r = np.exp(c / nc), np.exp(r / nr)                       # P(y|x), eq. 4
+    log_odds = np.log(p_c / (1 - p_c)) - np.log(p_r / (1 - p_r))    # eq. 7
+    expected = np.mean(-np.log(p_c)) + lam * np.mean(-_log_sigmoid(log_odds))   # eq. 6
+    loss, met = jax.jit(losses.orpo_loss)(x, lam)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    np.testing.assert_allclose(met["orpo/log_odds_ratio"], log_odds.mean(), rtol=1e-4)
+    for key, value in _np_metrics(lam * c / nc, lam * r / nr, x).items():
+        np.testing.assert_allclose(met[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
+    g = jax.grad(lambda x: losses.orpo_loss(x, lam)[0])(x)          # reference-free
+    assert np.all(np.asarray(g.ref_chosen) == 0) and np.all(np.asarray(g.ref_rejected) == 0)
+    # a one-token response whose probability is near 1 keeps a finite odds (log1m_exp)
+    near_one = x._replace(chosen=np.full(len(c), -1e-7, np.float32),
+                          chosen_tokens=np.ones(len(c), np.float32))
+    assert np.isfinite(losses.orpo_loss(near_one, lam)[0])
+
+
 def test_every_configured_loss_is_its_formula():
     from types import SimpleNamespace
     x = _pairs(13)
     s = SimpleNamespace(beta=0.3, label_smoothing=0.1, simpo_gamma=0.7)
     expected = {"dpo": losses.dpo_loss(x, 0.3), "cdpo": losses.dpo_loss(x, 0.3, 0.1),
-                "ipo": losses.ipo_loss(x, 0.3), "simpo": losses.simpo_loss(x, 0.3, 0.7)}
+                "ipo": losses.ipo_loss(x, 0.3), "simpo": losses.simpo_loss(x, 0.3, 0.7),
+                "orpo": losses.orpo_loss(x, 0.3)}
     assert set(losses.PREFERENCE_LOSSES) == set(expected)
     for name, fn in losses.PREFERENCE_LOSSES.items():
         np.testing.assert_allclose(fn(x, s)[0], expected[name][0], err_msg=name)

@@ -120,7 +120,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     workdir_lib.write_model_card(workdir, policy.model_config, "params",
                                  lora=settings.lora.config, base=settings.policy_init,
                                  base_dtype=settings.lora.base_dtype)
-    t, reference_free = settings.train, settings.dpo.loss == "simpo"
+    t, reference_free = settings.train, settings.dpo.loss in losses.REFERENCE_FREE_LOSSES
     # The reference is the policy at step 0: under LoRA, the base as the adapters see it.
     start = (policy.params if settings.lora.config is None
              else lora_lib.cast(policy.params, settings.lora.base_dtype))
