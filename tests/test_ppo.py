@@ -146,3 +146,33 @@ def test_missing_reward_model_is_a_clear_error(sft_workdir, tmp_path):
     config.reward_init = sft_workdir  # an SFT run is not a reward model
     with pytest.raises(FileNotFoundError, match="reward-model run"):
         ppo.load_inputs(RunSettings.from_config(config))
+
+
+@pytest.mark.parametrize("dtype, bound", [("float32", 1e-4), ("bfloat16", 0.1)])
+def test_sampler_and_trainer_log_probs_agree(sft_workdir, dtype, bound):
+    """``policy/logprob_gap_*``: the sampler's log-probs of its tokens against the training
+    forward's before the first update — ~0 in fp32; in bf16 compute bounded, and reported
+    (nonzero: the two programs round differently)."""
+    import dataclasses
+    from jaxrlhf.models.build import abstract_model
+    from jaxrlhf.models.transformer import CausalLM
+    config = quickstart.get_config()
+    config.policy_init = sft_workdir
+    config.train.batch_size = 16
+    config.ppo.update(reward_source="gold", value_init="policy", num_minibatches=2,
+                      ppo_epochs=1)
+    settings = RunSettings.from_config(config)
+    policy, reward, task = ppo.load_inputs(settings)
+    model_config = policy.model_config.replace(dtype=dtype)
+    policy = dataclasses.replace(policy, model_config=model_config,
+                                 graphdef=abstract_model(CausalLM, model_config)[0])
+    batch, _ = ppo.prompt_arrays(policy.tokenizer, task.demonstrations(
+        settings.prompts_per_iteration, seed=0), settings)
+    mesh = parallel.make_mesh({"data": 1}, jax.devices()[:1])
+    program = ppo.build(settings, mesh, policy, reward, task)
+    state = jax.jit(program.init_state, out_shardings=program.state_shardings)()
+    _, metrics = program.step(state, parallel.shard_batch(batch, mesh))
+    gap_max, gap_mean = (float(metrics[f"policy/logprob_gap_{k}"]) for k in ("max", "mean"))
+    assert 0.0 <= gap_mean <= gap_max < bound, (gap_mean, gap_max)
+    if dtype == "bfloat16":
+        assert gap_max > 0.0

@@ -62,6 +62,7 @@ class Rollout(NamedTuple):
     response: jax.Array        # [batch, resp_len], pad after the first EOS
     mask: jax.Array            # [batch, resp_len], 1 up to and including the first EOS
     logprobs: jax.Array        # [batch, resp_len] old log-probs (the sampling distribution)
+    sampler_logprobs: jax.Array  # [batch, resp_len] the same, as the sampler computed them
     ref_logprobs: jax.Array    # [batch, resp_len]
     values: jax.Array          # [batch, resp_len] V(s_t) before each response token
     scores: jax.Array          # [batch] sequence scores after the missing-EOS penalty
@@ -119,8 +120,9 @@ def rollout(state: PPOState, frozen: Frozen, prompts: Batch, *, models: Models,
     """Sample responses, score them and compute per-token rewards, values and advantages.
 
     The old log-probs are recomputed with one full forward pass rather than taken from the
-    sampler (which agrees to ~1e-5): then the first minibatch's ratio is exactly 1 and the
-    clip fraction starts at 0, as in TRL and lm-human-preferences.
+    sampler (which agrees to ~1e-5 in fp32): then the first minibatch's ratio is exactly 1
+    and the clip fraction starts at 0, as in TRL and lm-human-preferences. The sampler's own
+    log-probs are kept, and their gap to the forward's logged (:func:`rollout_metrics`).
     """
     s, g = settings, sampling
     rng, sample_key = jax.random.split(jax.random.wrap_key_data(state.rng))
@@ -161,16 +163,22 @@ def rollout(state: PPOState, frozen: Frozen, prompts: Batch, *, models: Models,
     options = adv_lib.AdvantageOptions(s.gamma, s.lam, s.num_generations, s.scale_rewards)
     advantages, returns = adv_lib.ESTIMATORS[s.advantage].advantages(rewards, values, mask,
                                                                       options)
-    out = Rollout(query, query_mask, response, mask, logprobs, ref_logprobs, values, scores,
-                  gold, rewards, non_score, advantages, returns)
+    out = Rollout(query, query_mask, response, mask, logprobs, completion.logprobs * mask,
+                  ref_logprobs, values, scores, gold, rewards, non_score, advantages, returns)
     return state.replace(rng=jax.random.key_data(rng)), out
 
 
 def rollout_metrics(r: Rollout, state: PPOState, eos_id: int) -> Metrics:
-    """Per-iteration statistics named as in TRL / lm-human-preferences."""
+    """Per-iteration statistics named as in TRL / lm-human-preferences, and the largest and
+    mean absolute gap between the sampler's log-probs of the response tokens and the
+    training forward's before the first update (``policy/logprob_gap_max`` / ``_mean``: a
+    ratio that does not start at 1 shows here first; TRL #6789, verl #2953)."""
     mask = r.mask.astype(jnp.float32)
     non_score = r.non_score.sum(-1)
+    gap = jnp.abs(r.sampler_logprobs - r.logprobs) * mask   # sampler vs. training forward
     return {
+        "policy/logprob_gap_max": gap.max(),
+        "policy/logprob_gap_mean": gap.sum() / jnp.maximum(mask.sum(), 1.0),
         "objective/kl": scoring.sequence_kl(r.logprobs, r.ref_logprobs, mask).mean(),
         "objective/entropy": (-r.logprobs * mask).sum(-1).mean(),
         "objective/scores": r.scores.mean(),
