@@ -224,6 +224,13 @@ class PPOSettings:
     # clip-higher). loss_agg (LOSS_AGGREGATIONS): how per-token losses are averaged over
     # the whole optimizer batch.
     policy_loss: str = "ppo"
+    # DAPO's length terms (Yu et al. 2025, §3.4): overlong_buffer > 0 adds the soft
+    # overlong penalty over the last overlong_buffer tokens of the response length, times
+    # overlong_penalty, to the score; mask_truncated leaves responses without an EOS out
+    # of the loss (overlong filtering).
+    overlong_buffer: int = 0
+    overlong_penalty: float = 1.0
+    mask_truncated: bool = False
     clip_low: float = 0.2
     clip_high: float = 0.2
     loss_agg: str = "token_mean"
@@ -257,7 +264,8 @@ class PPOSettings:
         positive(self, "ppo", ("num_prompts", "num_minibatches", "ppo_epochs", "grad_accum",
                                 "kl_target", "kl_horizon", "num_generations"))
         positive(self, "ppo", ("kl_coef", "clip_high", "value_clip", "vf_coef", "ent_coef",
-                                "ptx_coef"), allow_zero=True)
+                                "ptx_coef", "overlong_buffer", "overlong_penalty"),
+                 allow_zero=True)
         in_range(self, "ppo", ("gamma", "lam", "clip_low"), 0.0, 1.0)
         if ADVANTAGE_KINDS[self.advantage].needs_group and self.num_generations < 2:
             fail("ppo.num_generations", self.num_generations,

@@ -106,7 +106,7 @@ def _ppo_inputs(cfg, rng, batch=4, prompt=5, response=6):
             "query_mask": jnp.ones((batch, prompt), jnp.int32),
             "response": jnp.asarray(rng.integers(2, cfg.vocab_size, (batch, response)),
                                     jnp.int32) * mask,
-            "mask": mask, "logprobs": f(batch, response) - 3, "advantages": f(batch, response),
+            "mask": mask, "loss_mask": mask, "logprobs": f(batch, response) - 3, "advantages": f(batch, response),
             "values": f(batch, response), "returns": f(batch, response),
             "ref_logprobs": f(batch, response) - 3}
     return models, {"policy": params, "value": value_params}, data

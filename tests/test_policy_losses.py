@@ -169,3 +169,27 @@ def test_gradient_accumulation_gives_the_one_batch_gradient(mode):
     one_batch = _ppo_gradient(settings, models, params, data, 1)
     for num_micro in (2, 4):
         _assert_trees_close(_ppo_gradient(settings, models, params, data, num_micro), one_batch)
+
+
+# ---- DAPO's length terms -----------------------------------------------------------------
+def test_overlong_penalty_is_dapos_soft_punishment():
+    from jaxrlhf.rl.rewards import overlong_penalty
+    lengths = jnp.array([0, 12, 13, 14, 16, 20])       # L_max = 20, L_cache = 8: ramp from 12
+    got = overlong_penalty(lengths, max_length=20, buffer=8, factor=0.5)
+    want = [0.0, 0.0, -0.5 / 8, -0.5 * 2 / 8, -0.5 * 4 / 8, -0.5]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_responses_left_out_of_the_loss_give_no_gradient():
+    """``loss_mask`` (``ppo.mask_truncated``: responses without an EOS) is what the loss
+    reads: zeroing rows equals dropping them from the batch."""
+    from test_memory import _assert_trees_close, _ppo_inputs
+    cfg = ModelConfig.preset("gpt2", vocab_size=64, d_model=32, n_layers=1, n_heads=2,
+                             n_kv_heads=2, d_ff=64, max_seq_len=32)
+    models, params, data = _ppo_inputs(cfg, np.random.default_rng(1), batch=8, response=6)
+    settings = RunSettings.from_config(base_config()).ppo
+    kept = np.array([1, 0, 1, 1, 0, 1, 1, 1], bool)
+    masked = {**data, "loss_mask": data["mask"] * jnp.asarray(kept, jnp.int32)[:, None]}
+    subset = {k: v[np.flatnonzero(kept)] for k, v in data.items()}
+    _assert_trees_close(_ppo_gradient(settings, models, params, masked, 1),
+                        _ppo_gradient(settings, models, params, subset, 1))

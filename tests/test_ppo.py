@@ -148,8 +148,11 @@ def test_missing_reward_model_is_a_clear_error(sft_workdir, tmp_path):
         ppo.load_inputs(RunSettings.from_config(config))
 
 
-@pytest.mark.parametrize("dtype, bound", [("float32", 1e-4), ("bfloat16", 0.1)])
-def test_sampler_and_trainer_log_probs_agree(sft_workdir, dtype, bound):
+@pytest.mark.parametrize("dtype, bound, options", [
+    ("float32", 1e-4, {}),
+    ("bfloat16", 0.1, {"mask_truncated": True, "overlong_buffer": 4}),   # DAPO's terms compile
+])
+def test_sampler_and_trainer_log_probs_agree(sft_workdir, dtype, bound, options):
     """``policy/logprob_gap_*``: the sampler's log-probs of its tokens against the training
     forward's before the first update — ~0 in fp32; in bf16 compute bounded, and reported
     (nonzero: the two programs round differently)."""
@@ -160,7 +163,7 @@ def test_sampler_and_trainer_log_probs_agree(sft_workdir, dtype, bound):
     config.policy_init = sft_workdir
     config.train.batch_size = 16
     config.ppo.update(reward_source="gold", value_init="policy", num_minibatches=2,
-                      ppo_epochs=1)
+                      ppo_epochs=1, **options)
     settings = RunSettings.from_config(config)
     policy, reward, task = ppo.load_inputs(settings)
     model_config = policy.model_config.replace(dtype=dtype)
@@ -176,3 +179,4 @@ def test_sampler_and_trainer_log_probs_agree(sft_workdir, dtype, bound):
     assert 0.0 <= gap_mean <= gap_max < bound, (gap_mean, gap_max)
     if dtype == "bfloat16":
         assert gap_max > 0.0
+    assert all(np.isfinite(float(v)) for v in jax.tree.leaves(metrics))

@@ -61,6 +61,8 @@ class Rollout(NamedTuple):
     query_mask: jax.Array      # [batch, prompt_len]
     response: jax.Array        # [batch, resp_len], pad after the first EOS
     mask: jax.Array            # [batch, resp_len], 1 up to and including the first EOS
+    loss_mask: jax.Array       # [batch, resp_len] the tokens the loss reads: ``mask``, less
+                               # responses without an EOS under ``ppo.mask_truncated``
     logprobs: jax.Array        # [batch, resp_len] old log-probs (the sampling distribution)
     sampler_logprobs: jax.Array  # [batch, resp_len] the same, as the sampler computed them
     ref_logprobs: jax.Array    # [batch, resp_len]
@@ -155,6 +157,10 @@ def rollout(state: PPOState, frozen: Frozen, prompts: Batch, *, models: Models,
     has_eos = jnp.any((response == models.eos_id) & (mask == 1), axis=-1)
     if g.penalize_missing_eos:                                          # PPO detail 5
         scores = rewards_lib.apply_missing_eos_penalty(scores, has_eos, g.missing_eos_penalty)
+    if s.overlong_buffer > 0:                                           # DAPO, eq. 13
+        scores = scores + rewards_lib.overlong_penalty(mask.sum(-1), response.shape[1],
+                                                       s.overlong_buffer, s.overlong_penalty)
+    loss_mask = (mask * has_eos[:, None]).astype(mask.dtype) if s.mask_truncated else mask
     beta = state.kl["beta"] if s.kl_in_reward else 0.0
     rewards, non_score = rewards_lib.shaped_rewards(scores, logprobs, ref_logprobs, mask, beta,
                                                     estimator=s.kl_estimator)
@@ -163,7 +169,8 @@ def rollout(state: PPOState, frozen: Frozen, prompts: Batch, *, models: Models,
     options = adv_lib.AdvantageOptions(s.gamma, s.lam, s.num_generations, s.scale_rewards)
     advantages, returns = adv_lib.ESTIMATORS[s.advantage].advantages(rewards, values, mask,
                                                                       options)
-    out = Rollout(query, query_mask, response, mask, logprobs, completion.logprobs * mask,
+    out = Rollout(query, query_mask, response, mask, loss_mask, logprobs,
+                  completion.logprobs * mask,
                   ref_logprobs, values, scores, gold, rewards, non_score, advantages, returns)
     return state.replace(rng=jax.random.key_data(rng)), out
 
@@ -210,7 +217,7 @@ def ppo_loss(params: dict[str, Any], batch: Batch, *, models: Models, settings: 
         values = scoring.response_outputs(
             models.value, value_params(policy, params["value"], s.shared_trunk,
                                        frozen.value_base), seq, seq_mask, prompt_len)
-    weights = losses.aggregation_weights(mask, s.loss_agg)                 # [batch, resp]
+    weights = losses.aggregation_weights(batch["loss_mask"], s.loss_agg)   # [batch, resp]
     inputs = TermInputs(logprobs, entropies, values, batch, weights)
     total, metrics = combine(objective_terms(s, kl_coef), inputs, s)
     return total, metrics, weights.sum()
@@ -261,9 +268,9 @@ def update(state: PPOState, frozen: Frozen, r: Rollout, ptx: Batch | None, *, mo
         # rows gathered by a permutation, kept split over the batch axes (not replicated)
         mb = jax.tree.map(lambda x: parallel.constrain_batch(x[indices]), data)
         if whiten:                                                     # PPO detail 11
-            mb["advantages"] = adv_lib.masked_whiten(mb["advantages"], mb["mask"])
+            mb["advantages"] = adv_lib.masked_whiten(mb["advantages"], mb["loss_mask"])
         grads, metrics, _ = optim.accumulated_gradients(loss_fn, params, mb, s.grad_accum)
-        grads, metrics = aggregate(grads, metrics, mb["mask"], s.loss_agg)
+        grads, metrics = aggregate(grads, metrics, mb["loss_mask"], s.loss_agg)
         if ptx is not None:
             grads = add_ptx_gradient(grads, params["policy"], ptx, models, frozen, s.ptx_coef)
         policy, pol_opt = step(optimizers.policy, grads["policy"], pol_opt, params["policy"])

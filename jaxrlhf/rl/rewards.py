@@ -51,3 +51,13 @@ def truncate_after_token(tokens: jax.Array, mask: jax.Array, trunc_token_id: int
            & (mask > 0)).astype(jnp.int32)
     before = jnp.cumsum(hit, axis=-1) - hit
     return (mask * (before == 0)).astype(mask.dtype)
+
+
+def overlong_penalty(lengths: jax.Array, max_length: int, buffer: int,
+                     factor: float = 1.0) -> jax.Array:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), times ``factor``:
+    ``0`` for ``|y| <= L_max - L_cache``, ``((L_max - L_cache) - |y|) / L_cache`` up to
+    ``L_max``, so ``-1`` for a response that used the whole budget, with ``L_max`` the
+    response length and ``L_cache`` the ``buffer``, in tokens. lengths: [B] -> [B]."""
+    excess = jnp.maximum(lengths.astype(jnp.float32) - (max_length - buffer), 0.0)
+    return -factor * jnp.minimum(excess / buffer, 1.0)
