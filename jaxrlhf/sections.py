@@ -16,7 +16,8 @@ import re
 from jaxrlhf.checks import fail, in_range, positive
 from jaxrlhf.choices import ADVANTAGE_KINDS, KL_ESTIMATORS
 from jaxrlhf.data.preference import LABEL_MODES
-from jaxrlhf.losses import LOSS_AGGREGATIONS, POLICY_LOSSES, PREFERENCE_LOSSES
+from jaxrlhf.losses import PREFERENCE_LOSSES
+from jaxrlhf.policy_losses import LOSS_AGGREGATIONS, POLICY_LOSSES
 from jaxrlhf.models.config import DTYPES
 from jaxrlhf.models.lora import LoRAConfig
 from jaxrlhf.tasks import TASKS
@@ -218,7 +219,7 @@ class PPOSettings:
     whiten_rewards: bool = False                                                    # [9]
     gamma: float = 1.0                                                             # [10]
     lam: float = 0.95
-    # The policy loss (jaxrlhf.losses.POLICY_LOSSES): "ppo" (the clipped surrogate [12]),
+    # The policy loss (jaxrlhf.policy_losses.POLICY_LOSSES): "ppo" (the clipped surrogate [12]),
     # "gspo" / "gspo_token" (sequence-level ratio), "cispo" (clipped IS weight x log-prob);
     # its ratio is clipped to [1 - clip_low, 1 + clip_high] (clip_high > clip_low: DAPO's
     # clip-higher). loss_agg (LOSS_AGGREGATIONS): how per-token losses are averaged over

@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrlhf import losses
+from jaxrlhf import losses, policy_losses
 from jaxrlhf.scoring import token_entropies, token_log_probs
 
 
@@ -50,7 +50,7 @@ def test_ppo_policy_loss():
     old = rng.normal(-2, 1, size=(B, T)).astype(np.float32)
     logp = (old + rng.normal(0, 0.3, size=(B, T))).astype(np.float32)
     adv = rng.normal(size=(B, T)).astype(np.float32)
-    loss, met = jax.jit(losses.ppo_policy_loss)(logp, old, adv, mask)
+    loss, met = jax.jit(policy_losses.ppo_policy_loss)(logp, old, adv, mask)
     ratio = np.exp(logp - old)
     pg1, pg2 = -adv * ratio, -adv * np.clip(ratio, 0.8, 1.2)
     mm = lambda x: (x * mask).sum() / mask.sum()
@@ -60,7 +60,7 @@ def test_ppo_policy_loss():
     np.testing.assert_allclose(met["policy/approxkl"], 0.5 * mm((logp - old) ** 2), rtol=1e-5)
     assert 0 < float(met["policy/clipfrac"]) < 1
     # gradient vanishes where clipped, and on padding
-    g = np.asarray(jax.grad(lambda l: losses.ppo_policy_loss(l, old, adv, mask)[0])(logp))
+    g = np.asarray(jax.grad(lambda l: policy_losses.ppo_policy_loss(l, old, adv, mask)[0])(logp))
     assert np.all(g[mask == 0] == 0)
     assert np.all(g[(pg2 > pg1) & (mask == 1)] == 0)
 
@@ -72,7 +72,7 @@ def test_value_loss():
     old = rng.normal(size=(B, T)).astype(np.float32)
     v = (old + rng.normal(0, 0.4, size=(B, T))).astype(np.float32)
     ret = rng.normal(size=(B, T)).astype(np.float32)
-    loss, met = jax.jit(losses.value_loss)(v, old, ret, mask)
+    loss, met = jax.jit(policy_losses.value_loss)(v, old, ret, mask)
     vc = old + np.clip(v - old, -0.2, 0.2)
     vf1, vf2 = (v - ret) ** 2, (vc - ret) ** 2
     mm = lambda x: (x * mask).sum() / mask.sum()
@@ -90,7 +90,7 @@ def test_entropy():
     B, T, V = 3, 5, 11
     mask = _mask(rng, B, T)
     logits = rng.normal(0, 2, size=(B, T, V)).astype(np.float32)
-    ent, met = jax.jit(lambda x, m: losses.entropy_bonus(token_entropies(x), m))(logits, mask)
+    ent, met = jax.jit(lambda x, m: policy_losses.entropy_bonus(token_entropies(x), m))(logits, mask)
     lp = _np_log_softmax(logits.astype(np.float64))
     h = -(np.exp(lp) * lp).sum(-1)
     np.testing.assert_allclose(ent, (h * mask).sum() / mask.sum(), rtol=1e-5)

@@ -8,12 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrlhf import losses, optim
+from jaxrlhf import optim, policy_losses
 from jaxrlhf.config import base_config
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.settings import RunSettings
 
-AGGREGATIONS = losses.LOSS_AGGREGATIONS
+AGGREGATIONS = policy_losses.LOSS_AGGREGATIONS
 
 
 def _inputs(seed, B=5, T=7):
@@ -42,9 +42,9 @@ def _np_aggregate(per_token, mask, mode):
 
 
 def _aggregated(loss_fn, mask, mode, *args):
-    weights = losses.aggregation_weights(jnp.asarray(mask), mode)
+    weights = policy_losses.aggregation_weights(jnp.asarray(mask), mode)
     loss, metrics = loss_fn(*args, weights)
-    return loss * losses.aggregation_scale(jnp.asarray(mask), mode), metrics
+    return loss * policy_losses.aggregation_scale(jnp.asarray(mask), mode), metrics
 
 
 def _np_clipped(ratio, adv, lo, hi):
@@ -55,7 +55,7 @@ def _np_clipped(ratio, adv, lo, hi):
 def test_aggregations_match_their_formulas(mode):
     logp, old, adv, mask, _ = _inputs(0)
     per_token = _np_clipped(np.exp(logp - old), adv, 0.2, 0.28)
-    got, _ = _aggregated(lambda w: losses.ppo_policy_loss(logp, old, adv, w, 0.2, 0.28), mask,
+    got, _ = _aggregated(lambda w: policy_losses.ppo_policy_loss(logp, old, adv, w, 0.2, 0.28), mask,
                          mode)
     np.testing.assert_allclose(got, _np_aggregate(per_token, mask, mode), rtol=1e-5)
 
@@ -63,14 +63,14 @@ def test_aggregations_match_their_formulas(mode):
 def test_clip_higher_clips_each_side_at_its_own_range_and_equal_ranges_are_ppo():
     logp, old, adv, mask, _ = _inputs(1)
     ratio = np.exp(logp - old)
-    loss, metrics = losses.ppo_policy_loss(logp, old, adv, mask, 0.1, 0.3)
+    loss, metrics = policy_losses.ppo_policy_loss(logp, old, adv, mask, 0.1, 0.3)
     per_token = _np_clipped(ratio, adv, 0.1, 0.3)
     np.testing.assert_allclose(loss, (per_token * mask).sum() / mask.sum(), rtol=1e-5)
     clipped = _np_clipped(ratio, adv, 0.1, 0.3) > -adv * ratio
     np.testing.assert_allclose(metrics["policy/clipfrac"], (clipped * mask).sum() / mask.sum(),
                                rtol=1e-5)
-    same = losses.ppo_policy_loss(logp, old, adv, mask, 0.2, 0.2)[0]
-    np.testing.assert_array_equal(same, losses.ppo_policy_loss(logp, old, adv, mask, clip=0.2)[0])
+    same = policy_losses.ppo_policy_loss(logp, old, adv, mask, 0.2, 0.2)[0]
+    np.testing.assert_array_equal(same, policy_losses.ppo_policy_loss(logp, old, adv, mask, clip=0.2)[0])
 
 
 def _np_gspo(logp, old, adv, mask, lo, hi):
@@ -93,7 +93,7 @@ def test_gspo_is_the_clipped_length_normalised_sequence_ratio(token_level):
                               / np.maximum(mask.sum(-1, keepdims=True), 1), adv.shape)
     # GSPO-token with the sequence's advantage on every token has GSPO's value
     used_adv = seq_adv if token_level else adv
-    fn = lambda w: losses.gspo_policy_loss(logp, old, used_adv, w, 0.05, 0.08,  # noqa: E731
+    fn = lambda w: policy_losses.gspo_policy_loss(logp, old, used_adv, w, 0.05, 0.08,  # noqa: E731
                                            token_level=token_level)
     got, _ = _aggregated(fn, mask, "seq_mean_token_mean")
     np.testing.assert_allclose(got, _np_gspo(logp, old, adv, mask, 0.05, 0.08), rtol=1e-5)
@@ -103,16 +103,16 @@ def test_gspo_with_one_token_per_sequence_is_ppo():
     logp, old, adv, _, _ = _inputs(3, T=1)
     mask = np.ones_like(logp)
     for name in ("gspo", "gspo_token"):
-        got = losses.POLICY_LOSSES[name](logp, old, adv, mask, 0.2, 0.25)[0]
-        np.testing.assert_allclose(got, losses.ppo_policy_loss(logp, old, adv, mask, 0.2, 0.25)[0],
+        got = policy_losses.POLICY_LOSSES[name](logp, old, adv, mask, 0.2, 0.25)[0]
+        np.testing.assert_allclose(got, policy_losses.ppo_policy_loss(logp, old, adv, mask, 0.2, 0.25)[0],
                                    rtol=1e-6)
 
 
 def test_gspo_token_gives_each_token_its_own_advantage():
     """d/d logp_t of GSPO-token = -A_t * sg[s_i] / |y_i| (unclipped), per token."""
     logp, old, adv, mask, _ = _inputs(4)
-    weights = losses.aggregation_weights(jnp.asarray(mask), "seq_mean_token_mean")
-    grad = jax.grad(lambda lp: losses.gspo_policy_loss(lp, old, adv, weights, 10.0, 10.0,
+    weights = policy_losses.aggregation_weights(jnp.asarray(mask), "seq_mean_token_mean")
+    grad = jax.grad(lambda lp: policy_losses.gspo_policy_loss(lp, old, adv, weights, 10.0, 10.0,
                                                        token_level=True)[0])(jnp.asarray(logp))
     n = np.maximum(mask.sum(-1, keepdims=True), 1)
     s = np.exp(((logp - old) * mask).sum(-1, keepdims=True) / n)
@@ -123,12 +123,12 @@ def test_gspo_token_gives_each_token_its_own_advantage():
 def test_cispo_gradient_is_the_clipped_weight_times_grad_log_prob():
     logp, old, adv, mask, _ = _inputs(5)
     lo, hi = 0.1, 0.2
-    loss_fn = lambda lp: losses.cispo_policy_loss(lp, old, adv, mask, lo, hi)[0]  # noqa: E731
+    loss_fn = lambda lp: policy_losses.cispo_policy_loss(lp, old, adv, mask, lo, hi)[0]  # noqa: E731
     grad = jax.grad(loss_fn)(jnp.asarray(logp))
     weight = np.clip(np.exp(logp - old), 1 - lo, 1 + hi)
     np.testing.assert_allclose(grad, -weight * adv * mask / mask.sum(), rtol=1e-5, atol=1e-8)
     # every token keeps its gradient, clipped or not (PPO's clip zeroes the clipped ones)
-    ppo_grad = jax.grad(lambda lp: losses.ppo_policy_loss(lp, old, adv, mask, lo, hi)[0])(
+    ppo_grad = jax.grad(lambda lp: policy_losses.ppo_policy_loss(lp, old, adv, mask, lo, hi)[0])(
         jnp.asarray(logp))
     assert (np.abs(np.asarray(grad))[mask > 0] > 0).all()
     assert (np.asarray(ppo_grad)[mask > 0] == 0).any()
@@ -139,7 +139,7 @@ def test_the_settings_name_every_policy_loss_and_aggregation():
     ppo = RunSettings.from_config(base_config()).ppo
     assert (ppo.policy_loss, ppo.loss_agg, ppo.clip_low, ppo.clip_high) == (
         "ppo", "token_mean", 0.2, 0.2)
-    for name in losses.POLICY_LOSSES:
+    for name in policy_losses.POLICY_LOSSES:
         dataclasses.replace(ppo, policy_loss=name)
     with pytest.raises(ConfigError, match="ppo.loss_agg"):
         dataclasses.replace(ppo, loss_agg="sum")

@@ -161,16 +161,16 @@ def test_kl_loss_term_refuses_the_k1_estimator():
      ["policy", "value", "entropy", "kl"]),
 ])
 def test_objective_is_the_weighted_sum_of_its_terms(changes, names):
-    from jaxrlhf import losses
+    from jaxrlhf import policy_losses
     from jaxrlhf.rl.objectives import combine, objective_terms
     s = _ppo_settings(**changes)
     terms = objective_terms(s, kl_coef=0.3)
     assert [name for _, name in terms] == names
     x = _term_inputs(np.random.default_rng(7))
     total, metrics = combine(terms, x, s)
-    pg = losses.ppo_policy_loss(x.logprobs, x.rollout["logprobs"], x.rollout["advantages"],
+    pg = policy_losses.ppo_policy_loss(x.logprobs, x.rollout["logprobs"], x.rollout["advantages"],
                                 x.mask, clip=s.clip_low)[0]
-    vf = losses.value_loss(x.values, x.rollout["values"], x.rollout["returns"], x.mask,
+    vf = policy_losses.value_loss(x.values, x.rollout["values"], x.rollout["returns"], x.mask,
                            clip=s.value_clip)[0]
     expected = pg + s.vf_coef * vf
     if "entropy" in names:

@@ -2,7 +2,7 @@
 
 Each term maps the model outputs on a micro-batch (:class:`TermInputs`) to ``(loss,
 metrics)``, a mean over the micro-batch's real response tokens weighted as the loss
-aggregation ``ppo.loss_agg`` says (``losses.aggregation_weights``). ``objective_terms``
+aggregation ``ppo.loss_agg`` says (``policy_losses.aggregation_weights``). ``objective_terms``
 turns the settings into a list of ``(coefficient, term name)`` and :func:`combine` adds them
 up, so a new term is one function in :data:`TERMS` plus the config field that weights it,
 and a notebook can switch any term off by its coefficient.
@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import jax
 
-from jaxrlhf import losses
+from jaxrlhf import losses, policy_losses
 from jaxrlhf.rl.kl import kl_estimate
 from jaxrlhf.sections import PPOSettings
 
@@ -29,25 +29,25 @@ class TermInputs(NamedTuple):
                                # a critic-free advantage estimator)
     rollout: Mapping[str, jax.Array]   # the minibatch's rollout fields (old log-probs, ...)
     mask: jax.Array            # the loss aggregation's weights of the real response tokens
-                               # (losses.aggregation_weights; 1 each for "token_mean")
+                               # (policy_losses.aggregation_weights; 1 each for "token_mean")
 
 
 Term = Callable[[TermInputs, PPOSettings], tuple[jax.Array, Metrics]]
 
 
 def policy_term(x: TermInputs, s: PPOSettings) -> tuple[jax.Array, Metrics]:
-    """The policy loss ``ppo.policy_loss`` (``losses.POLICY_LOSSES``: PPO's clipped
+    """The policy loss ``ppo.policy_loss`` (``policy_losses.POLICY_LOSSES``: PPO's clipped
     surrogate, GSPO, GSPO-token, CISPO) with the clip range ``[1 - clip_low, 1 +
     clip_high]``, on the rollout's advantages (whitened per minibatch where the estimator
     calls for it)."""
-    return losses.POLICY_LOSSES[s.policy_loss](
+    return policy_losses.POLICY_LOSSES[s.policy_loss](
         x.logprobs, x.rollout["logprobs"], x.rollout["advantages"], x.mask, s.clip_low,
         s.clip_high)
 
 
 def value_term(x: TermInputs, s: PPOSettings) -> tuple[jax.Array, Metrics]:
     """Clipped value loss against the GAE returns (PPO detail 12)."""
-    return losses.value_loss(x.values, x.rollout["values"], x.rollout["returns"], x.mask,
+    return policy_losses.value_loss(x.values, x.rollout["values"], x.rollout["returns"], x.mask,
                              clip=s.value_clip)
 
 
@@ -55,7 +55,7 @@ def entropy_term(x: TermInputs, s: PPOSettings) -> tuple[jax.Array, Metrics]:
     """Mean per-token entropy of the sampling distribution (Schulman et al. 2017, eq. 9);
     weighted by ``-ent_coef``, a bonus."""
     del s
-    return losses.entropy_bonus(x.entropies, x.mask)
+    return policy_losses.entropy_bonus(x.entropies, x.mask)
 
 
 def kl_term(x: TermInputs, s: PPOSettings) -> tuple[jax.Array, Metrics]:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxrlhf import losses, optim, parallel, scoring
+from jaxrlhf import losses, optim, parallel, policy_losses, scoring
 from jaxrlhf.models import lora as lora_lib
 from jaxrlhf.rl import advantages as adv_lib, kl as kl_lib, rewards as rewards_lib
 from jaxrlhf.rl.evaluation import Evaluator, evaluate_policy as evaluate_samples
@@ -217,7 +217,7 @@ def ppo_loss(params: dict[str, Any], batch: Batch, *, models: Models, settings: 
         values = scoring.response_outputs(
             models.value, value_params(policy, params["value"], s.shared_trunk,
                                        frozen.value_base), seq, seq_mask, prompt_len)
-    weights = losses.aggregation_weights(batch["loss_mask"], s.loss_agg)   # [batch, resp]
+    weights = policy_losses.aggregation_weights(batch["loss_mask"], s.loss_agg)   # [batch, resp]
     inputs = TermInputs(logprobs, entropies, values, batch, weights)
     total, metrics = combine(objective_terms(s, kl_coef), inputs, s)
     return total, metrics, weights.sum()
@@ -235,9 +235,9 @@ def add_ptx_gradient(grads: dict[str, Any], policy: nnx.State, ptx: Batch, model
 def aggregate(grads: dict[str, Any], metrics: Metrics, mask: jax.Array,
               loss_agg: str) -> tuple[dict[str, Any], Metrics]:
     """The gradient and ``loss/*`` metrics of the whole minibatch's ``loss_agg`` aggregate
-    (``losses.aggregation_scale`` over its ``mask`` [batch, resp]) from the accumulated
+    (``policy_losses.aggregation_scale`` over its ``mask`` [batch, resp]) from the accumulated
     weighted means."""
-    scale = losses.aggregation_scale(mask, loss_agg)
+    scale = policy_losses.aggregation_scale(mask, loss_agg)
     return (jax.tree.map(lambda g: g * scale, grads),
             {k: v * scale if k.startswith("loss/") else v for k, v in metrics.items()})
 
