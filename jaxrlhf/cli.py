@@ -13,6 +13,7 @@ import difflib
 import functools
 import json
 import os
+import re
 import sys
 import types
 from collections.abc import Mapping
@@ -24,7 +25,8 @@ from ml_collections import config_flags
 
 from jaxrlhf import config as config_lib, parallel, runfiles, stages as stages_lib
 from jaxrlhf.data import records as records_lib
-from jaxrlhf.errors import ConfigError, DataError, JaxRLHFError, MissingInputError
+from jaxrlhf.errors import (ConfigError, DataError, JaxRLHFError, MissingInputError,
+                            UsageError)
 
 COMMANDS = (*stages_lib.STAGES, stages_lib.PIPELINE, "sample", "export")
 DEBUG_ENV = "JAXRLHF_DEBUG"
@@ -36,23 +38,85 @@ USAGE = (f"usage: jaxrlhf {{{','.join(COMMANDS[:-2])}}} --config=FILE --workdir=
          "   or: jaxrlhf export --checkpoint=RUN_DIR --output=HF_DIR")
 
 
-# One line per command that is not a stage (the stages' lines are their Stage.help).
+# The commands that are not stages: their one line and an example (a stage's are its
+# ``Stage.help`` and the ``python -m jaxrlhf ...`` line of its module's docstring).
 OTHER_COMMANDS = {
-    stages_lib.PIPELINE: "stages in sequence, each wired to the earlier ones (default SFT -> "
-                         "reward -> PPO), then a report",
-    "sample": "complete prompts with a trained policy",
-    "export": "write a trained policy as a Hugging Face checkpoint directory",
+    stages_lib.PIPELINE: ("stages in sequence, each wired to the earlier ones (default SFT -> "
+                          "reward -> PPO), then a report",
+                          "python -m jaxrlhf pipeline --config=configs/pipeline/quickstart.py "
+                          "--workdir=runs/quickstart"),
+    "sample": ("complete prompts with a trained policy",
+               "python -m jaxrlhf sample --checkpoint=runs/sft --prompts=prompts.txt"),
+    "export": ("write a trained policy as a Hugging Face checkpoint directory",
+               "python -m jaxrlhf export --checkpoint=runs/ppo --output=hf/ppo"),
 }
+# The flags each command reads (``--debug`` too); a stage or the pipeline: STAGE_FLAGS.
+STAGE_FLAGS = ("config", "workdir", "dry_run")
+COMMAND_FLAGS = {
+    "bon": ("config", "checkpoint", "reward", "n", "workdir", "dry_run"),
+    "sample": ("checkpoint", "prompts", "output", "max_new_tokens", "temperature", "top_k",
+               "top_p", "greedy", "seed"),
+    "export": ("checkpoint", "output"),
+}
+# The sections every stage's config holds, beside the stage's own (``Stage.sections``).
+SHARED_SECTIONS = ("model", "mesh", "optim", "train", "data", "lora")
+
+
+def command_line(command: str) -> str:
+    """The command's one-line purpose."""
+    if command in OTHER_COMMANDS:
+        return OTHER_COMMANDS[command][0]
+    return stages_lib.get(command).help
+
+
+def command_example(command: str) -> str:
+    """One complete invocation of ``command``: the first ``python -m jaxrlhf ...`` of its
+    module's docstring for a stage."""
+    if command in OTHER_COMMANDS:
+        return OTHER_COMMANDS[command][1]
+    doc = sys.modules[stages_lib.get(command).train.__module__].__doc__ or ""
+    found = re.search(rf"python -m jaxrlhf {command} [^`]*", doc)
+    if found is None:
+        raise AssertionError(f"the docstring of the {command!r} stage's module has no "
+                             f"``python -m jaxrlhf {command} ...`` example")
+    return " ".join(found.group(0).split())
 
 
 def help_text() -> str:
     """``jaxrlhf --help``: the usage and every command with its one line (the stages' from
     the stage table)."""
-    lines = {**{name: stage.help for name, stage in stages_lib.STAGES.items()},
-             **OTHER_COMMANDS}
-    width = max(map(len, lines))
-    return "\n".join([USAGE, "", "commands:", *(f"  {name:<{width}}  {line}"
-                                              for name, line in lines.items())])
+    names = (*stages_lib.STAGES, *OTHER_COMMANDS)   # the table as it is now
+    width = max(map(len, names))
+    return "\n".join([USAGE, "", "commands:",
+                      *(f"  {name:<{width}}  {command_line(name)}" for name in names),
+                      "", "jaxrlhf COMMAND --help: the command's flags and an example"])
+
+
+def command_help(command: str) -> str:
+    """``jaxrlhf COMMAND --help``: its purpose, the flags it reads with their help, the
+    config sections it reads, and an example."""
+    _flags()   # registered, so that their help can be read
+    names = (*COMMAND_FLAGS.get(command, STAGE_FLAGS), "debug")
+    rows = [(f"--{name}", flags.FLAGS[name].help) for name in names]
+    if command == stages_lib.PIPELINE:
+        rows.insert(1, ("--config.STAGE.FIELD=VALUE", "set one field of one stage's config "
+                        "(e.g. --config.ppo.train.steps=8)"))
+    elif "config" in names:
+        sections = (*SHARED_SECTIONS, *stages_lib.get(command).sections)
+        rows.insert(1, ("--config.FIELD=VALUE",
+                        "set one field of the config; its sections: " + ", ".join(sections)))
+    width = max(len(flag) for flag, _ in rows)
+    return "\n".join([f"jaxrlhf {command}: {command_line(command)}", "", "flags:",
+                      *(f"  {flag:<{width}}  {text}" for flag, text in rows), "", "example:",
+                      f"  {command_example(command)}"])
+
+
+def unknown_command_message(given: str) -> str:
+    """One line for a command that is not one of COMMANDS (or none at all)."""
+    close = difflib.get_close_matches(given, COMMANDS, n=1)
+    what = f"unknown command {given!r}" if given else "no command given"
+    hint = f"; did you mean {close[0]!r}?" if close else "."
+    return f"{what}{hint} Commands: {', '.join(COMMANDS)} (jaxrlhf --help describes each)"
 
 
 @functools.cache
@@ -91,12 +155,7 @@ def _flags() -> types.SimpleNamespace:
 def _stage(argv: list[str]) -> str:
     if len(argv) == 2 and argv[1] in COMMANDS:
         return argv[1]
-    if len(argv) < 2:
-        raise app.UsageError(f"no command given\n{USAGE}")
-    unknown = " ".join(argv[1:])
-    close = difflib.get_close_matches(argv[1], COMMANDS, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise app.UsageError(f"unknown command {unknown!r}{hint}\n{USAGE}")
+    raise app.UsageError(f"one command and its flags, got {' '.join(argv[1:])!r}\n{USAGE}")
 
 
 def read_prompts(path: str) -> list[str]:
@@ -248,6 +307,12 @@ def run() -> None:
     argv = list(sys.argv)
     if argv[1:] in (["--help"], ["-h"], ["help"], ["--helpfull"]):
         print(help_text())
+        return
+    given = argv[1] if len(argv) > 1 and not argv[1].startswith("-") else ""
+    if given not in COMMANDS:
+        _fail(UsageError(unknown_command_message(given)))
+    if any(arg in ("--help", "-h", "--helpfull") for arg in argv[2:]):
+        print(command_help(given))
         return
     _flags()
     try:

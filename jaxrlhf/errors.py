@@ -23,6 +23,10 @@ class ConfigError(JaxRLHFError, ValueError):
     """A config field holds a value no stage can use (the message names ``config.FIELD``)."""
 
 
+class UsageError(JaxRLHFError, ValueError):
+    """The command line names no command or an unknown one (the message lists them)."""
+
+
 class DataError(JaxRLHFError, ValueError):
     """A data file or row is malformed (the message names the file, line and field)."""
 

@@ -157,8 +157,14 @@ class StepLog:
             write_text(self.path, "")
 
     def keep_through(self, step: int) -> None:
-        """Keep exactly the rows logged at or before ``step``, byte for byte."""
+        """Keep exactly the rows logged at or before ``step``, byte for byte; a half-written
+        last line is dropped, saying so in one line."""
         if is_writer() and os.path.exists(self.path):
+            with open(self.path, "rb") as f:
+                torn = f.read().rsplit(b"\n", 1)[-1]
+            if torn.strip():
+                print(f"{self.path}: dropped its half-written last line ({len(torn)} bytes: "
+                      f"{torn[:40].decode('utf-8', 'replace')!r})")
             kept = [line + b"\n" for line, row in self._entries() if row["step"] <= step]
             write_file(self.path, lambda tmp: _write_bytes(tmp, b"".join(kept)))
 

@@ -152,6 +152,9 @@ def cases(tmp: str) -> list[Case]:
     path = write("empty_text.jsonl", _jsonl(_good_sft() + [{"prompt": "", "completion": ""}] * 5))
     out.append(Case("sft/empty_prompt_and_completion", [*SFT, f"--config.data.source={path}"],
                     [], accept=True, summary_key="data_counts.train.empty_completion"))
+    path = write("all_empty.jsonl", _jsonl([{"prompt": "", "completion": ""}] * 40))
+    out.append(Case("sft/every_completion_empty", [*SFT, f"--config.data.source={path}"],
+                    ["all_empty.jsonl", "completion"]))
     path = write("huge.jsonl", _jsonl([{"prompt": "the movie was",
                                         "completion": " good ." * 170_000}] + _good_sft()))
     out.append(Case("sft/one_mb_completion", [*SFT, f"--config.data.source={path}"],

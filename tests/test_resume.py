@@ -8,6 +8,7 @@ are all finite.
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -18,7 +19,7 @@ import pytest
 
 from conftest import REPO
 from jaxrlhf import api, checkpoint, runfiles
-from jaxrlhf.errors import CheckpointError, DivergedError
+from jaxrlhf.errors import CheckpointError, ConfigError, DivergedError
 
 SFT = "configs/sft/quickstart.py"
 TINY = {"model.d_model": 32, "model.d_ff": 64, "data.num_train": 64, "data.num_eval": 16,
@@ -92,6 +93,22 @@ def test_logs_after_kills_and_resumes_are_byte_identical(uninterrupted, tmp_path
         assert _bytes(tmp_path, name) == _bytes(uninterrupted, name), name
 
 
+def test_resuming_with_another_model_shape_names_each_field_before_restoring(uninterrupted,
+                                                                               tmp_path):
+    """The run's saved config is compared with the new one first: one error naming each
+    field that changes the state's shapes, instead of a restore failing array by array."""
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted, workdir)
+    changed = {**TINY, "model.d_model": 64, "model.n_layers": 3}
+    with pytest.raises(ConfigError) as error:
+        api.run("sft", api.load_config(SFT, **changed), str(workdir))
+    message = str(error.value)
+    assert "model.d_model: 32 in the run, 64 now" in message
+    assert re.search(r"model\.n_layers: \d+ in the run, 3 now", message), message
+    assert "new --workdir" in message and "train." not in message
+    assert _bytes(workdir, "metrics.jsonl") == _bytes(uninterrupted, "metrics.jsonl")
+
+
 # --- damaged checkpoints --------------------------------------------------------------
 
 def _state(value):
@@ -162,7 +179,7 @@ def test_reading_a_damaged_finished_run_names_the_checkpoint(tmp_path):
         checkpoint.restore_subtree(str(tmp_path), "w", sharding)
 
 
-def test_step_log_drops_a_torn_last_line_and_names_a_damaged_one(tmp_path):
+def test_step_log_drops_a_torn_last_line_and_names_a_damaged_one(tmp_path, capsys):
     log = runfiles.StepLog(str(tmp_path / "m.jsonl"))
     log.append([{"step": 0, "x": 1.5}, {"step": 1, "x": 2.0}, {"step": 2, "x": 0.1}])
     with open(log.path, "a") as f:
@@ -170,6 +187,10 @@ def test_step_log_drops_a_torn_last_line_and_names_a_damaged_one(tmp_path):
     assert [r["step"] for r in log.rows()] == [0, 1, 2]
     log.keep_through(1)
     assert _bytes(tmp_path, "m.jsonl") == b'{"step": 0, "x": 1.5}\n{"step": 1, "x": 2.0}\n'
+    assert capsys.readouterr().out == (f"{log.path}: dropped its half-written last line "
+                                       "(15 bytes: '{\"step\": 3, \"x\"')\n")
+    log.keep_through(1)                                    # nothing torn: nothing said
+    assert capsys.readouterr().out == ""
     with open(log.path, "a") as f:
         f.write('{"step": 2, \n{"step": 3}\n')
     with pytest.raises(CheckpointError, match=r"m\.jsonl:3: damaged log line"):

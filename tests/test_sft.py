@@ -1,5 +1,7 @@
 """SFT step: sharding invariance, gradient accumulation, exact resume, the CLI end to end."""
+import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -9,10 +11,11 @@ from configs.sft import quickstart
 from conftest import metric_rows, run_cli
 from jaxrlhf import parallel
 from jaxrlhf.data import sft as sft_data
+from jaxrlhf.errors import DataError
 from jaxrlhf.models.build import resolve_config
 from jaxrlhf.settings import RunSettings
 from jaxrlhf.tasks import get_task
-from jaxrlhf.trainers import supervised
+from jaxrlhf.trainers import sft, supervised
 
 TOKENIZER = get_task("sentiment").tokenizer
 
@@ -128,3 +131,16 @@ def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
         # training goes on from the restored state on the new mesh
         target_program.step(restored, parallel.shard_batch(batch, mesh))
     ckpt.close()
+
+
+def test_a_file_with_no_response_token_is_an_error_naming_it_and_the_count(tmp_path):
+    """Rows whose completions are all empty would train on their EOS alone, to a held-out
+    loss of ~0; one empty completion among many is kept and counted (data_counts)."""
+    path = tmp_path / "empty.jsonl"
+    path.write_text("".join(json.dumps({"prompt": "", "completion": ""}) + "\n"
+                            for _ in range(48)))
+    config = quickstart.get_config()
+    config.data.source, config.data.num_eval, config.train.batch_size = str(path), 16, 16
+    with pytest.raises(DataError, match=re.escape(
+            f"{path}: all 32 training rows have an empty completion")):
+        sft.prepare_data(RunSettings.from_config(config), str(tmp_path / "run"))

@@ -1,6 +1,7 @@
 """The stage table is the one home of a stage: the command line, the pipeline's wiring,
 the Python API and the dry run are lookups in it (docs/design.md, "Extending it")."""
 import dataclasses
+import pathlib
 import subprocess
 import sys
 
@@ -54,6 +55,31 @@ def test_help_lists_every_command_from_the_table():
                    for line in lines), name
     for command in ("pipeline", "sample", "export"):
         assert any(line.split()[:1] == [command] for line in lines), command
+
+
+def test_every_command_has_a_help_page_with_its_flags_and_a_runnable_example():
+    for command in cli.COMMANDS:
+        page = cli.command_help(command)
+        assert page.startswith(f"jaxrlhf {command}: {cli.command_line(command)}"), command
+        for flag in (*cli.COMMAND_FLAGS.get(command, cli.STAGE_FLAGS), "debug"):
+            assert f"--{flag} " in page, (command, flag)
+        example = cli.command_example(command)
+        assert example.startswith(f"python -m jaxrlhf {command} ") and example in page
+        for arg in example.split():
+            if arg.startswith("--config="):   # the example's config file is in the repository
+                assert (pathlib.Path(REPO) / arg.split("=", 1)[1]).is_file(), example
+
+
+def test_a_command_help_exits_0_and_an_unknown_command_is_one_line_naming_the_closest():
+    run = lambda *args: subprocess.run([sys.executable, "-m", "jaxrlhf", *args],  # noqa: E731
+                                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    page = run("bon", "--help")
+    assert page.returncode == 0 and page.stdout.startswith("jaxrlhf bon: "), page
+    wrong = run("sfft", "--config=configs/sft/quickstart.py")
+    assert wrong.returncode == 1 and wrong.stdout == "", wrong
+    assert wrong.stderr.strip().splitlines() == [
+        "jaxrlhf: error: " + cli.unknown_command_message("sfft")]
+    assert "did you mean 'sft'?" in wrong.stderr and ", ".join(cli.COMMANDS) in wrong.stderr
 
 
 def _fake_stage(calls: list) -> Stage:

@@ -18,6 +18,7 @@ by construction holds only finite values.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -39,6 +40,11 @@ Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
 # What ``evaluate`` returns: its metrics, or its metrics and sample rows for samples.jsonl.
 Evaluation = Mapping[str, float] | tuple[Mapping[str, float], Sequence[Mapping[str, Any]]]
+# Config fields that fix the shapes of a run's state or the weights it starts from (a
+# prefix ends with a dot): a checkpoint is never resumed under other values of them.
+STATE_FIELDS = ("model.", "lora.rank", "lora.targets", "model_init", "policy_init",
+                "reward_init", "data.tokenizer", "data.bpe_vocab_size", "ppo.value_init",
+                "ppo.advantage")
 
 
 def _check_finite(step: int, row: Mapping[str, float], ckpt: checkpoint.Checkpointer):
@@ -51,6 +57,35 @@ def _check_finite(step: int, row: Mapping[str, float], ckpt: checkpoint.Checkpoi
 
 def _host_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(np.asarray(v)) for k, v in jax.device_get(dict(metrics)).items()}
+
+
+def _leaves(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{dotted name: value}`` of a nested mapping's leaves."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Raise ConfigError naming each :data:`STATE_FIELDS` field whose value in the run's
+    ``config.json`` differs from ``config``'s (``model.d_model: 64 in the run, 32 now``):
+    checked before a checkpoint is read, whose restore would otherwise fail array by array.
+    Other fields (``train.run_steps``, logging, ...) may change between invocations."""
+    if not os.path.exists(os.path.join(workdir, workdir_lib.CONFIG_FILE)):
+        return
+    saved = _leaves(workdir_lib.read_json(workdir, workdir_lib.CONFIG_FILE))
+    now = _leaves(json.loads(json.dumps(config.to_dict())))
+    changed = [f"{name}: {saved.get(name)!r} in the run, {now.get(name)!r} now"
+               for name in sorted(saved.keys() | now.keys())
+               if name.startswith(STATE_FIELDS) and saved.get(name) != now.get(name)]
+    if changed:
+        raise ConfigError(f"{workdir} holds a run whose state this config would shape or "
+                          f"start differently ({'; '.join(changed)}): resume it with the "
+                          "run's values, or start a new --workdir")
 
 
 class _Logs:
@@ -140,6 +175,8 @@ def run(*, workdir: str, train: TrainSettings, config: ml_collections.ConfigDict
     logs = _Logs(workdir, t.tensorboard)
     target = checkpoint.abstract_like(abstract_state, state_shardings)
     best = _Best(workdir, t) if t.best_metric else None
+    if ckpt.latest_step() is not None:
+        check_resumable(workdir, config)
     restored = ckpt.restore_newest(target, ("data",), say=lambda m: print(f"[{desc}] {m}"))
     if restored is None:
         logs.restart()

@@ -69,10 +69,15 @@ def prepare_data(settings: RunSettings, workdir: str, inherited=None) -> SFTData
     eval_arrays = sft_data.tokenize_sft(evals, tokenizer, d.max_len)
     counts = {"train": train_arrays.stats.report(), "eval": eval_arrays.stats.report()}
     print(f"[sft] train data: {counts['train']}; eval data: {counts['eval']}")
+    source = d.source or f"task {d.task!r}"
     if len(train) < settings.train.batch_size:
-        raise DataError(f"{d.source or 'task ' + repr(d.task)}: {len(train)} training examples, "
-                        f"fewer than one batch of config.train.batch_size="
-                        f"{settings.train.batch_size}; add rows or lower the batch size")
+        raise DataError(f"{source}: {len(train)} training examples, fewer than one batch of "
+                        f"config.train.batch_size={settings.train.batch_size}; add rows or "
+                        "lower the batch size")
+    if train_arrays.stats.empty_completion == len(train):
+        raise DataError(f"{source}: all {len(train)} training rows have an empty completion, "
+                        "so SFT has no response token to learn (each row would teach only its "
+                        "EOS); fill their 'completion' field")
     return SFTData(
         tokenizer=tokenizer, train=train_arrays, eval=eval_arrays,
         eval_prompts=[e["prompt"] for e in evals],
