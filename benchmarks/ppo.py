@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     update = jax.jit(functools.partial(ppo_lib.update, models=program.models, settings=p,
                                        temperature=g.temperature,
                                        optimizers=ppo.make_optimizers(settings)))
-    _, data = rollout(state, program.frozen, batch)
+    _, data, _ = rollout(state, program.frozen, batch)
     calls = {"sampling": lambda: generate(state.policy, batch["prompt_ids"],
                                           batch["prompt_mask"], key),
              "rollout": lambda: rollout(state, program.frozen, batch),

@@ -155,7 +155,7 @@ def _flags() -> types.SimpleNamespace:
 def _stage(argv: list[str]) -> str:
     if len(argv) == 2 and argv[1] in COMMANDS:
         return argv[1]
-    raise app.UsageError(f"one command and its flags, got {' '.join(argv[1:])!r}\n{USAGE}")
+    raise UsageError(f"one command and its flags, got {' '.join(argv[1:])!r}\n{USAGE}")
 
 
 def read_prompts(path: str) -> list[str]:
@@ -183,7 +183,7 @@ def sample_main() -> None:
     from jaxrlhf.models.transformer import CausalLM
     f = _flags()
     if not f.checkpoint.value or not f.prompts.value:
-        raise app.UsageError("sample needs --checkpoint=RUN_DIR and --prompts=FILE")
+        raise UsageError("sample needs --checkpoint=RUN_DIR and --prompts=FILE")
     for flag, ok, expected in [(f.max_new_tokens, f.max_new_tokens.value >= 1, "at least 1"),
                                (f.temperature, f.temperature.value > 0, "positive"),
                                (f.top_k, f.top_k.value >= 0, "0 (all) or more"),
@@ -221,7 +221,7 @@ def export(run_dir: str, output: str) -> None:
 def export_main() -> None:
     f = _flags()
     if not f.checkpoint.value or not f.output.value:
-        raise app.UsageError("export needs --checkpoint=RUN_DIR and --output=HF_DIR")
+        raise UsageError("export needs --checkpoint=RUN_DIR and --output=HF_DIR")
     export(f.checkpoint.value, f.output.value)
     print(f"wrote {f.output.value}")
 
@@ -279,7 +279,7 @@ def main(argv: list[str]) -> None:
         return export_main()
     config = bon_config() if stage == "bon" else f.config.value
     if config is None or (f.workdir.value is None and not f.dry_run.value):
-        raise app.UsageError("--config and --workdir are required")
+        raise UsageError("--config and --workdir are required")
     stages_lib.validate(stage, config, jax.device_count())
     if f.dry_run.value:
         from jaxrlhf import dry_run

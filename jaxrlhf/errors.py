@@ -24,7 +24,8 @@ class ConfigError(JaxRLHFError, ValueError):
 
 
 class UsageError(JaxRLHFError, ValueError):
-    """The command line names no command or an unknown one (the message lists them)."""
+    """The command line is malformed: no command or an unknown one, stray arguments, or a
+    required flag missing (the message says which, and lists the commands or flags)."""
 
 
 class DataError(JaxRLHFError, ValueError):
@@ -41,6 +42,11 @@ class CheckpointError(JaxRLHFError, RuntimeError):
 
 class DivergedError(JaxRLHFError, FloatingPointError):
     """Training produced a NaN or infinity; the message names the last good checkpoint."""
+
+
+class RewardFunctionError(JaxRLHFError, RuntimeError):
+    """A Python reward function (``ppo.reward_fns``) raised, returned the wrong number of
+    scores or a non-finite one (the message names the function and the example)."""
 
 
 class UnsupportedModelError(JaxRLHFError, ValueError):

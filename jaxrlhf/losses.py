@@ -208,6 +208,78 @@ PREFERENCE_LOSSES: dict[str, Callable[[PreferenceLogProbs, Any], tuple[jax.Array
 REFERENCE_FREE_LOSSES = ("simpo", "orpo")
 
 
+class UnpairedLogProbs(NamedTuple):
+    """Sequence log-probabilities of a batch of unpaired examples, each [batch]: log pi(y|x)
+    summed over the completion's tokens (EOS included) under the policy and the frozen
+    reference; the same for the *mismatched* completion y' of each row (another row's
+    completion after this row's prompt), which estimates KTO's reference point; and
+    ``desirable`` (1.0 for a desirable completion, 0.0 for an undesirable one)."""
+    policy: jax.Array
+    reference: jax.Array
+    policy_kl: jax.Array
+    reference_kl: jax.Array
+    desirable: jax.Array
+
+
+def kl_estimate(x: UnpairedLogProbs) -> jax.Array:
+    """The batch mean of ``log pi(y'|x) - log pi_ref(y'|x)`` over the mismatched pairs
+    (x, y'): the estimate of KL(pi(y'|x) || pi_ref(y'|x)) behind KTO's reference point,
+    before clamping (it is negative when the policy has moved mass off the data's
+    completions, and z_0 then 0)."""
+    return jnp.mean(x.policy_kl - x.reference_kl)
+
+
+def kto_reference_point(x: UnpairedLogProbs) -> jax.Array:
+    """KTO's reference point z_0 = KL(pi(y'|x) || pi_ref(y'|x)) (Ethayarajh et al. 2024,
+    eq. 8), estimated as TRL's ``KTOTrainer`` does: :func:`kl_estimate` over the batch's
+    mismatched pairs, clamped at 0 and held constant (no gradient flows through it)."""
+    return jax.lax.stop_gradient(jnp.maximum(kl_estimate(x), 0.0))
+
+
+def kto_loss(x: UnpairedLogProbs, beta: float, lambda_d: float = 1.0,
+             lambda_u: float = 1.0) -> tuple[jax.Array, Metrics]:
+    """Kahneman–Tversky optimisation (Ethayarajh et al. 2024, "KTO: Model Alignment as
+    Prospect Theoretic Optimization", eqs. 7-8): from unpaired desirable / undesirable
+    examples, ``L = mean(lambda_y - v(x, y))`` with ``r = log pi(y|x) - log pi_ref(y|x)``,
+    the reference point ``z_0`` of :func:`kto_reference_point` and the value
+    ``v = lambda_D sigmoid(beta (r - z_0))`` for a desirable y,
+    ``v = lambda_U sigmoid(beta (z_0 - r))`` for an undesirable one.
+
+    As TRL: log-probs summed over the completion's tokens; the mean over every example of
+    the batch (desirable and undesirable together, so ``lambda_D`` / ``lambda_U`` also
+    weigh the two kinds by their counts); z_0 from each batch (under gradient accumulation
+    each micro-batch's own, as TRL's per-step estimate, so the accumulated gradient equals
+    the whole batch's only up to z_0). The implicit reward logged is ``beta r``;
+    ``rewards/accuracies`` is the fraction of examples on their label's side of the
+    reference point (r > z_0 for a desirable one, r < z_0 for an undesirable one).
+    """
+    ratio = x.policy - jax.lax.stop_gradient(x.reference)                  # [batch]
+    z0 = kto_reference_point(x)
+    desirable = x.desirable.astype(jnp.float32)                            # [batch]
+    weight = desirable * lambda_d + (1.0 - desirable) * lambda_u           # lambda_y
+    value = (desirable * lambda_d * jax.nn.sigmoid(beta * (ratio - z0))
+             + (1.0 - desirable) * lambda_u * jax.nn.sigmoid(beta * (z0 - ratio)))
+    loss = jnp.mean(weight - value)
+    reward = beta * jax.lax.stop_gradient(ratio)                           # [batch]
+    reward_chosen, reward_rejected = masked_mean(reward, desirable), masked_mean(reward,
+                                                                                1 - desirable)
+    right_side = jnp.where(desirable > 0, ratio > z0, ratio < z0).astype(jnp.float32)
+    return loss, {"rewards/chosen": reward_chosen, "rewards/rejected": reward_rejected,
+                  "rewards/margins": reward_chosen - reward_rejected,
+                  "rewards/accuracies": right_side.mean(),
+                  "logps/chosen": masked_mean(x.policy, desirable),
+                  "logps/rejected": masked_mean(x.policy, 1 - desirable),
+                  "kto/kl": z0, "kto/kl_estimate": jax.lax.stop_gradient(kl_estimate(x)),
+                  "kto/desirable": desirable.mean()}
+
+
+# ``dpo.loss`` name -> a loss of unpaired examples (``dpo.beta``, ``dpo.kto_lambda_d``,
+# ``dpo.kto_lambda_u``); the DPO stage trains these on unpaired data, not pairs.
+UNPAIRED_LOSSES: dict[str, Callable[[UnpairedLogProbs, Any], tuple[jax.Array, Metrics]]] = {
+    "kto": lambda x, s: kto_loss(x, s.beta, s.kto_lambda_d, s.kto_lambda_u),
+}
+
+
 # --------------------------------------------------------------------------------------
 # Bits per byte (pretraining's held-out measure)
 # --------------------------------------------------------------------------------------

@@ -26,8 +26,8 @@ from jaxrlhf.checks import check_types, fail
 from jaxrlhf.errors import ConfigError
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.sections import (BestOfNSettings, DataSettings, DPOSettings, LoRASettings,
-                              OptimSettings, PPOSettings, PretrainSettings, RewardSettings,
-                              SamplingSettings, TrainSettings)
+                              OnlineDPOSettings, OptimSettings, PPOSettings, PretrainSettings,
+                              RewardSettings, SamplingSettings, TrainSettings)
 
 
 # Deprecated name -> the field (or fields) it now sets. Kept for one release (removed in 0.2).
@@ -138,6 +138,7 @@ class RunSettings:
     reward: RewardSettings = RewardSettings()
     ppo: PPOSettings = PPOSettings()
     dpo: DPOSettings = DPOSettings()
+    online_dpo: OnlineDPOSettings = OnlineDPOSettings()
     bon: BestOfNSettings = BestOfNSettings()
     pretrain: PretrainSettings = PretrainSettings()
     lora: LoRASettings = LoRASettings()
@@ -201,6 +202,13 @@ class RunSettings:
         """PPO's ``train.batch_size`` responses are ``ppo.num_generations`` samples of this
         many prompts."""
         return self.train.batch_size // self.ppo.num_generations
+
+    @property
+    def prompts_drawn_per_iteration(self) -> int:
+        """The prompts an iteration samples: :attr:`prompts_per_iteration`, times
+        ``ppo.dynamic_sampling_pool`` under dynamic sampling (the pool it keeps them from)."""
+        p = self.ppo
+        return self.prompts_per_iteration * (p.dynamic_sampling_pool if p.dynamic_sampling else 1)
 
     @property
     def minibatch_size(self) -> int:

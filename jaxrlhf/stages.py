@@ -15,7 +15,7 @@ import ml_collections
 
 from jaxrlhf import config as config_lib
 from jaxrlhf.errors import ConfigError
-from jaxrlhf.trainers import bon, dpo, ppo, pretrain, reward, sft
+from jaxrlhf.trainers import bon, dpo, online_dpo, ppo, pretrain, reward, sft
 from jaxrlhf.trainers.stage import Stage
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
@@ -24,6 +24,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     reward.STAGE,
     ppo.STAGE,
     dpo.STAGE,
+    online_dpo.STAGE,
     bon.STAGE,
 )}
 PIPELINE = "pipeline"                        # the command that runs a sequence of stages

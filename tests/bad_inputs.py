@@ -279,9 +279,14 @@ def cases(tmp: str) -> list[Case]:
     # --- methods beyond PPO, adapters, imported models -----------------------------------
     dpo = ["dpo", "--config=configs/dpo/quickstart.py", *TINY]
     grpo = ["ppo", "--config=configs/grpo/quickstart.py"]
-    cfg("dpo.loss", "kto", base=dpo)
+    cfg("dpo.loss", "rpo", base=dpo)
+    cfg("dpo.kto_threshold", "high", base=dpo)
     cfg("dpo.beta", -1.0, base=dpo)
     cfg("dpo.label_smoothing", 0.7, base=dpo)
+    online = ["online_dpo", "--config=configs/online_dpo/quickstart.py", *TINY]
+    cfg("online_dpo.samples_per_prompt", 1, base=online)
+    cfg("online_dpo.reward_source", "human", base=online)
+    cfg("online_dpo.prompts_per_round", 16, base=online)   # < one batch of 32 pairs
     cfg("lora.rank", -1)
     cfg("lora.targets", "(q", expect=["lora.targets"])
     cfg("lora.base_dtype", "int8")

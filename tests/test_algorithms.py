@@ -36,6 +36,24 @@ def test_dpo_quickstart_raises_gold(sft_workdir, tmp_path):
     assert s["eval_accuracy"] > 0.7     # the implicit reward ranks held-out pairs
 
 
+def test_kto_quickstart_raises_gold(sft_workdir, tmp_path):
+    """KTO on the SFT samples labelled by their median gold: at step 0 the policy is its
+    reference (every value sigma(0), the loss lambda - lambda/2 = 0.5), and 40 steps raise
+    the held-out gold."""
+    run_cli("dpo", "configs/dpo/quickstart.py", tmp_path, f"--config.policy_init={sft_workdir}",
+            "--config.dpo.loss=kto", "--config.reward.num_train_pairs=512",
+            "--config.reward.num_eval_pairs=128", "--config.train.steps=40",
+            "--config.train.eval_every=40", "--config.train.checkpoint_every=40")
+    s = read_summary(tmp_path)
+    assert_raises_gold(s)
+    rows = metric_rows(tmp_path)
+    assert rows[0]["eval/loss"] == pytest.approx(0.5, abs=1e-5)
+    assert rows[0]["eval/kto/kl"] == pytest.approx(0.0, abs=1e-5)
+    assert all(f"eval/{name}" in rows[-1] for name in (*TRL_DPO_METRICS, "kto/kl"))
+    assert s["loss"] == "kto" and s["data_counts"]["train"]["threshold"] == pytest.approx(
+        s["data_counts"]["eval"]["threshold"])
+
+
 @pytest.mark.parametrize("method", ["grpo", "rloo"])
 def test_critic_free_quickstart_raises_gold_and_stores_no_value_model(
         method, sft_workdir, reward_workdir, tmp_path):

@@ -20,7 +20,7 @@ LAYERS = (
      "jaxrlhf.checks"),
     ("jaxrlhf.baselines", "jaxrlhf.checkpoint", "jaxrlhf.scoring"),
     ("jaxrlhf.losses", "jaxrlhf.policy_losses", "jaxrlhf.sampling", "jaxrlhf.tasks",
-     "jaxrlhf.settings", "jaxrlhf.sections"),
+     "jaxrlhf.settings", "jaxrlhf.sections", "jaxrlhf.reward_fns"),
     ("jaxrlhf.optim", "jaxrlhf.rl", "jaxrlhf.config", "jaxrlhf.workdir", "jaxrlhf.pairs"),
     ("jaxrlhf.trainers",),
     ("jaxrlhf.stages", "jaxrlhf.pipeline", "jaxrlhf.report", "jaxrlhf.dry_run"),

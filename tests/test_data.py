@@ -93,7 +93,7 @@ def test_gold_reward_from_tokens_matches_text():
     texts = [tok.decode(row[: n].tolist(), skip_special_tokens=True)
              for row, n in zip(ids, lengths)]
     want = task.gold_reward([""] * B, texts)
-    got = jax.jit(task.gold_reward_from_tokens)(jnp.asarray(ids), jnp.asarray(mask))
+    got = jax.jit(task.gold_reward_from_tokens)(None, None, jnp.asarray(ids), jnp.asarray(mask))
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-6)
     assert np.any(want != 0)
     demos = task.demonstrations(4, seed=1)

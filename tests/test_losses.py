@@ -215,7 +215,7 @@ def test_identical_chosen_and_rejected_give_zero_gradient(name):
     from jaxrlhf.models.build import abstract_model, random_params
     from jaxrlhf.models.config import ModelConfig
     from jaxrlhf.models.transformer import CausalLM
-    from jaxrlhf.trainers import dpo
+    from jaxrlhf.trainers import dpo_program as dpo
     cfg = ModelConfig.preset("gpt2", vocab_size=32, d_model=32, n_layers=1, d_ff=64)
     graphdef, _ = abstract_model(CausalLM, cfg)
     params = random_params(CausalLM, cfg, 0)

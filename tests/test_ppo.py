@@ -110,7 +110,7 @@ def test_whiten_advantages_switches_per_minibatch_whitening(sft_workdir, whiten)
     program = ppo.build(settings, mesh, policy, reward, task)
     state = program.init_state()
     batch, _ = ppo.prompt_arrays(policy.tokenizer, task.demonstrations(16, seed=0), settings)
-    state, rollout = jax.jit(functools.partial(ppo_lib.rollout, models=program.models,
+    state, rollout, _ = jax.jit(functools.partial(ppo_lib.rollout, models=program.models,
                                                settings=settings.ppo,
                                                sampling=settings.sampling))(
         state, program.frozen, batch)

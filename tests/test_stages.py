@@ -80,6 +80,13 @@ def test_a_command_help_exits_0_and_an_unknown_command_is_one_line_naming_the_cl
     assert wrong.stderr.strip().splitlines() == [
         "jaxrlhf: error: " + cli.unknown_command_message("sfft")]
     assert "did you mean 'sft'?" in wrong.stderr and ", ".join(cli.COMMANDS) in wrong.stderr
+    stray = run("sft", "extra", "--config=configs/sft/quickstart.py")
+    assert stray.returncode == 1 and stray.stderr.startswith(
+        "jaxrlhf: error: one command and its flags, got 'sft extra'"), stray
+    assert "Traceback" not in stray.stderr
+    no_workdir = run("sft", "--config=configs/sft/quickstart.py")
+    assert no_workdir.returncode == 1 and no_workdir.stderr.strip() == (
+        "jaxrlhf: error: --config and --workdir are required"), no_workdir
 
 
 def _fake_stage(calls: list) -> Stage:

@@ -99,9 +99,27 @@ def pair_from_row(row: dict, origin: str) -> PreferencePair:
     return PreferencePair(*split_hh_dialogue(chosen, rejected, origin), margin, origin)
 
 
-def _response_tokens(tokenizer, text: str, limit: int) -> tuple[list[int], bool]:
+def prompt_tokens(tokenizer, text: str, limit: int) -> tuple[list[int], bool]:
+    """The last ``limit`` tokens of a prompt, and whether it was cut."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids[len(ids) - min(len(ids), limit):], len(ids) > limit
+
+
+def response_tokens(tokenizer, text: str, limit: int) -> tuple[list[int], bool]:
+    """The first ``limit`` tokens of a response, and whether it was cut."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return ids[:limit], len(ids) > limit
+
+
+def padded_rows(seqs: Sequence[list[int]], length: int, pad: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Token lists right-padded to ``length``: ids and mask, each [rows, length] int32."""
+    ids = np.full((len(seqs), length), pad, np.int32)
+    mask = np.zeros_like(ids)
+    for i, seq in enumerate(seqs):
+        ids[i, : len(seq)] = seq
+        mask[i, : len(seq)] = 1
+    return ids, mask
 
 
 def tokenize_pairs(pairs: Sequence[PreferencePair], tokenizer, *, max_prompt_tokens: int,
@@ -122,11 +140,9 @@ def tokenize_pairs(pairs: Sequence[PreferencePair], tokenizer, *, max_prompt_tok
     for pair in pairs:
         stats.empty_prompt += not pair.prompt.strip()
         stats.empty_response += not (pair.chosen.strip() and pair.rejected.strip())
-        prompt = tokenizer(pair.prompt, add_special_tokens=False)["input_ids"]
-        cut_prompt = len(prompt) > max_prompt_tokens
-        prompt = prompt[len(prompt) - min(len(prompt), max_prompt_tokens):]
-        chosen, cut_c = _response_tokens(tokenizer, pair.chosen, max_response_tokens)
-        rejected, cut_r = _response_tokens(tokenizer, pair.rejected, max_response_tokens)
+        prompt, cut_prompt = prompt_tokens(tokenizer, pair.prompt, max_prompt_tokens)
+        chosen, cut_c = response_tokens(tokenizer, pair.chosen, max_response_tokens)
+        rejected, cut_r = response_tokens(tokenizer, pair.rejected, max_response_tokens)
         stats.truncated += cut_prompt or cut_c or cut_r
         if chosen == rejected:
             stats.identical_dropped += 1
@@ -138,12 +154,7 @@ def tokenize_pairs(pairs: Sequence[PreferencePair], tokenizer, *, max_prompt_tok
     out = {"margin": np.asarray(rows["margin"], np.float32),
            "prompt_length": np.asarray(rows["prompt_length"], np.int32)}
     for side in ("chosen", "rejected"):
-        ids = np.full((len(rows[side]), length), pad, np.int32)
-        mask = np.zeros_like(ids)
-        for i, seq in enumerate(rows[side]):
-            ids[i, : len(seq)] = seq
-            mask[i, : len(seq)] = 1
-        out[f"{side}_ids"], out[f"{side}_mask"] = ids, mask
+        out[f"{side}_ids"], out[f"{side}_mask"] = padded_rows(rows[side], length, pad)
     return out, stats
 
 
@@ -169,6 +180,24 @@ def prompt_pairs(samples: int, pairs_per_prompt: int, rng: np.random.Generator) 
     return [every[k] for k in sorted(rng.choice(len(every), pairs_per_prompt, replace=False))]
 
 
+def label_by_scores(g_a: np.ndarray, g_b: np.ndarray, rng: np.random.Generator, *,
+                    mode: str, temperature: float = 1.0
+                    ) -> tuple[np.ndarray, np.ndarray, LabelStats]:
+    """Which response of each candidate pair ``(a, b)`` is preferred, from their scores
+    ``g_a``, ``g_b`` [pairs]: ``keep`` [pairs] (False for a dropped tie), ``a_wins``
+    [pairs] and the counts. ``"max"`` prefers the larger score and drops exact ties;
+    ``"bradley_terry"`` draws P(a preferred) = sigmoid((g_a - g_b) / temperature)
+    (Bradley & Terry 1952; Christiano et al. 2017, eq. 1), a tie by a fair coin."""
+    if mode not in LABEL_MODES:
+        raise ValueError(f"label mode {mode!r} is not one of {LABEL_MODES}")
+    stats = LabelStats(candidates=len(g_a), ties=int((g_a == g_b).sum()))
+    if mode == "max":
+        stats.ties_dropped = stats.ties
+        return g_a != g_b, g_a > g_b, stats
+    a_wins = rng.random(len(g_a)) < 1.0 / (1.0 + np.exp(-(g_a - g_b) / temperature))
+    return np.ones(len(g_a), bool), a_wins, stats
+
+
 def gold_labelled_pairs(prompts: Sequence[str], responses: Sequence[Sequence[str]],
                         gold_reward: Callable[[list[str], list[str]], np.ndarray],
                         rng: np.random.Generator, *, mode: str = "bradley_terry",
@@ -179,15 +208,12 @@ def gold_labelled_pairs(prompts: Sequence[str], responses: Sequence[Sequence[str
 
     Each prompt's K responses give the pairs of :func:`prompt_pairs` — every one of the
     K(K-1)/2, as in the preference data of Rafailov et al. (2023, §6.1: 4 samples, 6 pairs)
-    — each labelled by ``mode``: ``"max"`` prefers the larger gold score (exact ties are
-    dropped and counted); ``"bradley_terry"`` draws the label with P(a preferred) =
-    sigmoid((g_a - g_b) / temperature) on the gold reward's own scale, the preference model
-    of Bradley & Terry (1952) as used by Christiano et al. (2017, eq. 1). The gold
-    difference ``g_chosen - g_rejected`` is kept as the pair's ``margin`` (negative where a
-    Bradley–Terry draw preferred the lower-scoring response).
+    — each labelled by ``mode`` (:func:`label_by_scores`): ``"max"`` prefers the larger
+    gold score (exact ties are dropped and counted); ``"bradley_terry"`` draws the label
+    with P(a preferred) = sigmoid((g_a - g_b) / temperature) on the gold reward's own
+    scale. The gold difference ``g_chosen - g_rejected`` is kept as the pair's ``margin``
+    (negative where a Bradley–Terry draw preferred the lower-scoring response).
     """
-    if mode not in LABEL_MODES:
-        raise ValueError(f"label mode {mode!r} is not one of {LABEL_MODES}")
     prompts = list(prompts)
     gold = np.stack([np.asarray(gold_reward(prompts, list(r)), np.float64)
                      for r in responses])                                   # [K, prompts]
@@ -195,13 +221,7 @@ def gold_labelled_pairs(prompts: Sequence[str], responses: Sequence[Sequence[str
              for a, b in prompt_pairs(len(responses), pairs_per_prompt, rng)]
     g_a = np.array([gold[a, i] for i, a, _ in which])
     g_b = np.array([gold[b, i] for i, _, b in which])
-    stats = LabelStats(candidates=len(which), ties=int((g_a == g_b).sum()))
-    if mode == "max":
-        keep, a_wins = g_a != g_b, g_a > g_b
-        stats.ties_dropped = stats.ties
-    else:
-        keep = np.ones(len(which), bool)
-        a_wins = rng.random(len(which)) < 1.0 / (1.0 + np.exp(-(g_a - g_b) / temperature))
+    keep, a_wins, stats = label_by_scores(g_a, g_b, rng, mode=mode, temperature=temperature)
     pairs = []
     for n in np.flatnonzero(keep):
         i, a, b = which[n]

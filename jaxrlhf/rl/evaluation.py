@@ -1,6 +1,8 @@
-"""How every policy is evaluated, whatever trained it: sample once per held-out prompt and
-report the task's gold reward, the proxy (reward-model) score and the KL from the SFT
-policy, so PPO, GRPO, RLOO, DPO and best-of-n land on the same reward–KL plot.
+"""How every policy is evaluated, whatever trained it: sample once per held-out prompt (or
+``sampling.eval_samples_per_prompt`` times) and report the task's gold reward, the proxy
+(reward-model) score and the KL from the SFT policy, so PPO, GRPO, RLOO, DPO and best-of-n
+land on the same reward–KL plot. For a task whose gold is exact-match correctness
+(``gold_is_accuracy``: ``arithmetic``) also the accuracy (pass@1) and pass@k.
 
 The KL of a sample is the sum over its tokens of ``log pi(y_t) - log pi_sft(y_t)`` under
 ``logits / temperature`` (the distribution that sampled; PPO detail 3): a Monte-Carlo
@@ -20,6 +22,7 @@ from flax import nnx
 from jaxrlhf import sampling, scoring
 from jaxrlhf.data.tokenizer import encode_prompts
 from jaxrlhf.sections import SamplingSettings
+from jaxrlhf.tasks.base import Task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,22 +108,60 @@ def gold_probability(gold: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(gold, np.float64)))
 
 
-def gold_metrics(gold: np.ndarray, gold_is_logit: bool, prefix: str) -> dict[str, float]:
-    """Mean gold of per-sample values ± its s.e. (``{prefix}gold``, ``{prefix}gold_stderr``)
-    and, for a logit gold, the same of its probability (``{prefix}gold_prob...``)."""
-    mean, stderr = mean_and_stderr(gold)
-    out = {f"{prefix}gold": mean, f"{prefix}gold_stderr": stderr}
-    if gold_is_logit:
-        prob, prob_stderr = mean_and_stderr(gold_probability(gold))
-        out.update({f"{prefix}gold_prob": prob, f"{prefix}gold_prob_stderr": prob_stderr})
+def pass_at_k(n: int, c: np.ndarray, k: int) -> np.ndarray:
+    """The unbiased pass@k estimate from ``n`` samples of a prompt of which ``c`` are right
+    (Chen et al. 2021, "Evaluating Large Language Models Trained on Code", eq. 1):
+    ``1 - C(n - c, k) / C(n, k)``, the probability that k of the n samples drawn without
+    replacement hold a right one. ``c`` [prompts] -> [prompts], ``1 <= k <= n``."""
+    if not 1 <= k <= n:
+        raise ValueError(f"pass@{k} needs 1 <= k <= n = {n} samples per prompt")
+    return np.array([1.0 - math.comb(n - int(ci), k) / math.comb(n, k) for ci in c])
+
+
+def pass_ks(n: int) -> list[int]:
+    """The k > 1 of the reported pass@k from ``n`` samples per prompt: 2, 4, 8, ... below
+    n, and n (none for n = 1; pass@1 is the accuracy)."""
+    return [k for k in (2 ** i for i in range(1, n.bit_length())) if k < n] + [n] * (n > 1)
+
+
+def accuracy_metrics(correct: np.ndarray, prefix: str) -> dict[str, float]:
+    """Exact-match accuracy (pass@1: the mean over every sample) and pass@k (k in
+    :func:`pass_ks`) of right / wrong samples ``correct`` [prompts, n], each the mean over prompts ± its s.e. over prompts
+    (for n = 1 the binomial s.e. ``sqrt(p (1 - p) / (prompts - 1))``)."""
+    n = correct.shape[1]
+    right = np.rint(correct).sum(axis=1)                                 # [prompts]
+    mean, stderr = mean_and_stderr(correct.mean(axis=1))
+    out = {f"{prefix}accuracy": mean, f"{prefix}accuracy_stderr": stderr}
+    for k in pass_ks(n):
+        mean, stderr = mean_and_stderr(pass_at_k(n, right, k))
+        out.update({f"{prefix}pass@{k}": mean, f"{prefix}pass@{k}_stderr": stderr})
     return out
 
 
-def summarize(out: Mapping[str, np.ndarray], gold_is_logit: bool = False,
+def gold_metrics(gold: np.ndarray, task: Task, samples_per_prompt: int,
+                 prefix: str) -> dict[str, float]:
+    """Mean gold of per-sample values ``gold`` [prompts * samples_per_prompt] (each
+    prompt's samples consecutive) ± its s.e. over prompts (``{prefix}gold``,
+    ``{prefix}gold_stderr``); for a logit gold the same of its probability
+    (``{prefix}gold_prob...``); for an exact-match gold accuracy and pass@k
+    (:func:`accuracy_metrics`)."""
+    groups = np.asarray(gold, np.float64).reshape(-1, samples_per_prompt)
+    mean, stderr = mean_and_stderr(groups.mean(axis=1))
+    out = {f"{prefix}gold": mean, f"{prefix}gold_stderr": stderr}
+    if task.gold_is_logit:
+        prob, prob_stderr = mean_and_stderr(gold_probability(groups).mean(axis=1))
+        out.update({f"{prefix}gold_prob": prob, f"{prefix}gold_prob_stderr": prob_stderr})
+    if task.gold_is_accuracy:
+        out.update(accuracy_metrics(groups, prefix))
+    return out
+
+
+def summarize(out: Mapping[str, np.ndarray], task: Task, samples_per_prompt: int = 1,
               prefix: str = "eval/") -> dict[str, float]:
-    """Mean gold (± s.e.; and P(positive) for a logit gold), proxy score and KL of
-    per-sample evaluation results."""
-    return {**gold_metrics(out["gold"], gold_is_logit, prefix),
+    """Mean gold (± s.e.; P(positive) for a logit gold; accuracy and pass@k for an
+    exact-match gold), proxy score and KL of per-sample evaluation results,
+    ``samples_per_prompt`` consecutive samples per held-out prompt."""
+    return {**gold_metrics(out["gold"], task, samples_per_prompt, prefix),
             f"{prefix}score": float(np.mean(out["score"])),
             f"{prefix}kl": float(np.mean(out["kl"]))}
 
@@ -128,11 +169,15 @@ def summarize(out: Mapping[str, np.ndarray], gold_is_logit: bool = False,
 def before_after(evals: list[Mapping[str, float]]) -> dict[str, float]:
     """The summary keys every policy-training stage reports, from its first evaluation
     (the SFT policy) and its last: ``gold_before``, ``gold_after`` (± ``*_stderr``; for a
-    logit gold also ``gold_prob_before`` / ``gold_prob_after``), ``score_before``,
-    ``score_after`` and ``kl``."""
+    logit gold also ``gold_prob_before`` / ``gold_prob_after``; for an exact-match gold
+    ``accuracy_before`` / ``accuracy_after`` and ``pass@k_before`` / ``pass@k_after``),
+    ``score_before``, ``score_after`` and ``kl``."""
     first, last = evals[0], evals[-1]
+    names = ["gold", "gold_prob", "accuracy"] + [
+        key.removeprefix("eval/") for key in first
+        if key.startswith("eval/pass@") and not key.endswith("_stderr")]
     out = {}
-    for name in ("gold", "gold_prob"):
+    for name in names:
         if f"eval/{name}" in first:
             out.update({f"{name}_before": first[f"eval/{name}"],
                         f"{name}_before_stderr": first[f"eval/{name}_stderr"],
@@ -142,11 +187,12 @@ def before_after(evals: list[Mapping[str, float]]) -> dict[str, float]:
             "kl": last["eval/kl"]}
 
 
-def held_out_prompts(task, tokenizer, prompt_length: int, n: int,
-                     seed: int) -> tuple[list[str], dict[str, np.ndarray]]:
+def held_out_prompts(task: Task, tokenizer, prompt_length: int, n: int, seed: int,
+                     samples_per_prompt: int = 1) -> tuple[list[str], dict[str, np.ndarray]]:
     """The task's held-out prompts every stage evaluates on (``task.prompts(n, seed + 1,
-    "test")``)
-    and their left-padded ``prompt_ids`` / ``prompt_mask`` [n, prompt_length]."""
-    prompts = task.prompts(n, seed=seed + 1, split="test")
+    "test")``), each repeated ``samples_per_prompt`` times in a row, and their left-padded
+    ``prompt_ids`` / ``prompt_mask`` [n * samples_per_prompt, prompt_length]."""
+    prompts = [prompt for prompt in task.prompts(n, seed=seed + 1, split="test")
+               for _ in range(samples_per_prompt)]
     ids, mask = encode_prompts(tokenizer, prompts, prompt_length)
     return prompts, {"prompt_ids": ids, "prompt_mask": mask}

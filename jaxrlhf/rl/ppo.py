@@ -24,9 +24,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxrlhf import losses, optim, parallel, policy_losses, scoring
+from jaxrlhf import losses, optim, parallel, policy_losses, reward_fns, scoring
 from jaxrlhf.models import lora as lora_lib
-from jaxrlhf.rl import advantages as adv_lib, kl as kl_lib, rewards as rewards_lib
+from jaxrlhf.rl import (advantages as adv_lib, dynamic_sampling, kl as kl_lib,
+                        rewards as rewards_lib)
 from jaxrlhf.rl.evaluation import Evaluator, evaluate_policy as evaluate_samples
 from jaxrlhf.rl.objectives import TermInputs, combine, objective_terms
 from jaxrlhf.sections import PPOSettings, SamplingSettings
@@ -88,6 +89,7 @@ class Models:
     eos_id: int
     pad_id: int
     lora_scale: float | None = None   # alpha / rank under LoRA, None for full training
+    reward_fns: reward_fns.ScoresFn | None = None   # ppo.reward_fns' scores [batch, fns]
 
     def policy_params(self, trainable: nnx.State, frozen: Frozen) -> nnx.State:
         """The policy's whole parameter state (adapters joined to their frozen base)."""
@@ -117,15 +119,42 @@ def value_params(policy: nnx.State, value: nnx.State, shared_trunk: bool,
     return nnx.State({"model": policy["model"], "head": value["head"]})
 
 
+def sequence_scores(frozen: Frozen, prompts: Batch, query: jax.Array, query_mask: jax.Array,
+                    response: jax.Array, mask: jax.Array, *, models: Models,
+                    settings: PPOSettings) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Each response's score before the penalties: the reward model's (``reward_source``
+    "model"), the task's gold ("gold") or 0 ("none"), plus the weighted Python reward
+    functions (``jaxrlhf.reward_fns``); with the gold and each function's own scores.
+    Returns (scores [batch], gold [batch], function scores [batch, functions])."""
+    s = settings
+    gold = (models.gold(query, query_mask, response, mask) if models.gold is not None
+            else jnp.zeros(query.shape[0]))
+    if s.reward_source == "model":
+        seq, seq_mask = scoring.join(query, query_mask, response, mask)
+        scores = scoring.reward_scores(models.reward, frozen.reward, seq, seq_mask,
+                                       models.gain, models.bias)
+    else:
+        scores = gold if s.reward_source == "gold" else jnp.zeros(query.shape[0])
+    function_scores = jnp.zeros((query.shape[0], 0))
+    if s.reward_fns:
+        index = jnp.repeat(prompts["prompt_index"], s.num_generations, axis=0)   # [batch]
+        function_scores = models.reward_fns(index, response, mask)
+        scores = scores + reward_fns.weighted_sum(function_scores, s.function_weights)
+    return scores, gold, function_scores
+
+
 def rollout(state: PPOState, frozen: Frozen, prompts: Batch, *, models: Models,
-            settings: PPOSettings, sampling: SamplingSettings) -> tuple[PPOState, Rollout]:
-    """Sample responses, score them and compute per-token rewards, values and advantages.
+            settings: PPOSettings, sampling: SamplingSettings
+            ) -> tuple[PPOState, Rollout, Metrics]:
+    """Sample responses, score them and compute per-token rewards, values and advantages;
+    with the scoring's own metrics (each reward function's mean, ``dynamic/*``).
 
     The old log-probs are recomputed with one full forward pass rather than taken from the
     sampler (which agrees to ~1e-5 in fp32): then the first minibatch's ratio is exactly 1
     and the clip fraction starts at 0, as in TRL and lm-human-preferences. The sampler's own
     log-probs are kept, and their gap to the forward's logged (:func:`rollout_metrics`).
-    """
+    Under ``dynamic_sampling`` the prompts are a pool, of which only the groups that
+    ``dynamic_sampling.select_groups`` keeps reach the forwards."""
     s, g = settings, sampling
     rng, sample_key = jax.random.split(jax.random.wrap_key_data(state.rng))
     # [prompts * G, prompt_len]: each prompt answered num_generations times, consecutively
@@ -139,6 +168,26 @@ def rollout(state: PPOState, frozen: Frozen, prompts: Batch, *, models: Models,
         mask = rewards_lib.truncate_after_token(response, mask, g.truncate_token_id,
                                                 g.truncate_min_length)
         response = jnp.where(mask == 1, response, models.pad_id)
+    scores, gold, function_scores = sequence_scores(frozen, prompts, query, query_mask,
+                                                    response, mask, models=models, settings=s)
+    has_eos = jnp.any((response == models.eos_id) & (mask == 1), axis=-1)
+    if g.penalize_missing_eos:                                          # PPO detail 5
+        scores = rewards_lib.apply_missing_eos_penalty(scores, has_eos, g.missing_eos_penalty)
+    if s.overlong_buffer > 0:                                           # DAPO, eq. 13
+        scores = scores + rewards_lib.overlong_penalty(mask.sum(-1), response.shape[1],
+                                                       s.overlong_buffer, s.overlong_penalty)
+    sampled = (query, query_mask, response, mask, completion.logprobs * mask, scores, gold,
+               function_scores, has_eos)
+    metrics: Metrics = {}
+    if s.dynamic_sampling:                                              # DAPO, eq. 11
+        selection = dynamic_sampling.select_groups(
+            scores, s.num_generations, prompts["prompt_ids"].shape[0] // s.dynamic_sampling_pool)
+        sampled, metrics = tuple(x[selection.rows] for x in sampled), selection.metrics
+    (query, query_mask, response, mask, sampler_logprobs, scores, gold, function_scores,
+     has_eos) = sampled
+    for j, spec in enumerate(s.reward_fns):
+        metrics[f"objective/reward_fn/{reward_fns.function_name(spec)}"] = (
+            function_scores[:, j].mean())
     seq, seq_mask = scoring.join(query, query_mask, response, mask)
     prompt_len = query.shape[1]
     logprobs, _ = scoring.response_log_probs(models.policy, policy, seq, seq_mask,
@@ -150,17 +199,10 @@ def rollout(state: PPOState, frozen: Frozen, prompts: Batch, *, models: Models,
         values = scoring.response_outputs(
             models.value, value_params(policy, state.value, s.shared_trunk, frozen.value_base),
             seq, seq_mask, prompt_len)
-    gold = (models.gold(query, query_mask, response, mask) if models.gold is not None
-            else jnp.zeros(query.shape[0]))
-    scores = gold if s.reward_source == "gold" else scoring.reward_scores(
-        models.reward, frozen.reward, seq, seq_mask, models.gain, models.bias)
-    has_eos = jnp.any((response == models.eos_id) & (mask == 1), axis=-1)
-    if g.penalize_missing_eos:                                          # PPO detail 5
-        scores = rewards_lib.apply_missing_eos_penalty(scores, has_eos, g.missing_eos_penalty)
-    if s.overlong_buffer > 0:                                           # DAPO, eq. 13
-        scores = scores + rewards_lib.overlong_penalty(mask.sum(-1), response.shape[1],
-                                                       s.overlong_buffer, s.overlong_penalty)
-    loss_mask = (mask * has_eos[:, None]).astype(mask.dtype) if s.mask_truncated else mask
+    loss_mask = mask * has_eos[:, None] if s.mask_truncated else mask
+    if s.dynamic_sampling:      # the groups kept only to fill the batch carry no loss
+        loss_mask = loss_mask * selection.weight[:, None]
+    loss_mask = loss_mask.astype(mask.dtype)
     beta = state.kl["beta"] if s.kl_in_reward else 0.0
     rewards, non_score = rewards_lib.shaped_rewards(scores, logprobs, ref_logprobs, mask, beta,
                                                     estimator=s.kl_estimator)
@@ -169,10 +211,9 @@ def rollout(state: PPOState, frozen: Frozen, prompts: Batch, *, models: Models,
     options = adv_lib.AdvantageOptions(s.gamma, s.lam, s.num_generations, s.scale_rewards)
     advantages, returns = adv_lib.ESTIMATORS[s.advantage].advantages(rewards, values, mask,
                                                                       options)
-    out = Rollout(query, query_mask, response, mask, loss_mask, logprobs,
-                  completion.logprobs * mask,
+    out = Rollout(query, query_mask, response, mask, loss_mask, logprobs, sampler_logprobs,
                   ref_logprobs, values, scores, gold, rewards, non_score, advantages, returns)
-    return state.replace(rng=jax.random.key_data(rng)), out
+    return state.replace(rng=jax.random.key_data(rng)), out, metrics
 
 
 def rollout_metrics(r: Rollout, state: PPOState, eos_id: int) -> Metrics:
@@ -312,9 +353,10 @@ def iteration_phases(*, models: Models, settings: PPOSettings, sampling: Samplin
     optimise (the PPO epochs), then adapt the KL coefficient and count the iteration."""
     def sample_and_score(state, frozen, batch, carry):
         del carry
-        state, r = rollout(state, frozen, batch, models=models, settings=settings,
-                           sampling=sampling)
-        return state, {"rollout": r, "metrics": rollout_metrics(r, state, models.eos_id)}
+        state, r, metrics = rollout(state, frozen, batch, models=models, settings=settings,
+                                    sampling=sampling)
+        return state, {"rollout": r, "metrics": {**rollout_metrics(r, state, models.eos_id),
+                                                 **metrics}}
 
     def optimise(state, frozen, batch, carry):
         ptx = {k: batch[k] for k in PTX_FIELDS} if settings.ptx_coef > 0 else None

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 from jaxrlhf.checks import fail, in_range, positive
 from jaxrlhf.data.preference import LABEL_MODES
-from jaxrlhf.losses import PREFERENCE_LOSSES
+from jaxrlhf.losses import PREFERENCE_LOSSES, UNPAIRED_LOSSES
 from jaxrlhf.models.config import DTYPES
 from jaxrlhf.models.lora import LoRAConfig
 from jaxrlhf.tasks import TASKS
@@ -43,8 +44,9 @@ class OptimSettings:
 
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
-    """The shell's cadence. ``steps`` counts optimizer steps for the supervised stages and
-    PPO *iterations* for PPO (each is ``ppo_epochs x num_minibatches`` optimizer steps);
+    """The shell's cadence. ``steps`` counts optimizer steps for the supervised stages,
+    PPO *iterations* for PPO (each is ``ppo_epochs x num_minibatches`` optimizer steps) and
+    *rounds* for online DPO (each ``online_dpo.steps_per_round`` optimizer steps);
     ``batch_size`` is the rows of one optimizer step (sequences, pairs) and, for PPO, the
     responses of one iteration (``batch_size / ppo.num_generations`` prompts);
     ``run_steps`` > 0 stops an invocation after that many and checkpoints (re-run resumes),
@@ -117,13 +119,17 @@ class SamplingSettings:
     responses of up to ``response_length`` at ``temperature`` with top-k / top-p (PPO
     details 3-4); after the first ``truncate_token_id`` (-1: none) at or past
     ``truncate_min_length`` a response is cut (detail 4); a response without EOS scores
-    ``missing_eos_penalty`` when ``penalize_missing_eos`` (detail 5)."""
+    ``missing_eos_penalty`` when ``penalize_missing_eos`` (detail 5). The policy evaluation
+    of PPO, DPO and SFT from a policy samples each held-out prompt ``eval_samples_per_prompt``
+    times (the gold's s.e. is then over prompts; on an exact-match task pass@k for k up to
+    it, ``jaxrlhf.rl.evaluation``)."""
     temperature: float = 0.7
     top_k: int = 0
     top_p: float = 1.0
     prompt_length: int = 8
     response_length: int = 24
     num_eval_prompts: int = 128
+    eval_samples_per_prompt: int = 1
     truncate_token_id: int = -1
     truncate_min_length: int = 0
     penalize_missing_eos: bool = True
@@ -131,7 +137,7 @@ class SamplingSettings:
 
     def __post_init__(self):
         positive(self, "sampling", ("temperature", "prompt_length", "response_length",
-                                     "num_eval_prompts"))
+                                     "num_eval_prompts", "eval_samples_per_prompt"))
         positive(self, "sampling", ("top_k", "truncate_min_length"), allow_zero=True)
         if not 0.0 < self.top_p <= 1.0:
             fail("sampling.top_p", self.top_p, "must lie in (0, 1]")
@@ -190,21 +196,53 @@ class DPOSettings:
     """A loss of the DPO family (``jaxrlhf.losses.PREFERENCE_LOSSES``) and its options:
     "dpo" (Rafailov et al. 2023), "cdpo" (label-smoothed), "ipo" (Azar et al. 2023; beta is
     its tau), "simpo" (Meng et al. 2024, reference-free, target margin ``simpo_gamma``),
-    "orpo" (Hong et al. 2024, reference-free; ``beta`` is its lambda, as in TRL)."""
+    "orpo" (Hong et al. 2024, reference-free; ``beta`` is its lambda, as in TRL); or a loss
+    of unpaired examples (``jaxrlhf.losses.UNPAIRED_LOSSES``): "kto" (Ethayarajh et al.
+    2024; ``beta`` is its beta, ``kto_lambda_d`` / ``kto_lambda_u`` weigh desirable and
+    undesirable examples). KTO's data (``jaxrlhf.pairs.prepare_unpaired``): the
+    ``{prompt, completion, label}`` rows of ``data.source`` (or its preference pairs, chosen
+    desirable and rejected undesirable), or on the task the SFT samples of the pair recipe
+    (``reward.*``) each desirable when its gold reward exceeds ``kto_threshold``: "median"
+    (the median gold of the training samples, so about half are desirable) or a number."""
     loss: str = "dpo"
     beta: float = 0.1
     label_smoothing: float = 0.0   # cDPO only: the assumed label-flip rate
     simpo_gamma: float = 0.5       # SimPO only: the target margin
+    kto_lambda_d: float = 1.0      # KTO only: the weight of desirable examples
+    kto_lambda_u: float = 1.0      # KTO only: the weight of undesirable examples
+    kto_threshold: str = "median"  # KTO on the task: the gold a desirable sample exceeds
 
     def __post_init__(self):
-        if self.loss not in PREFERENCE_LOSSES:
-            fail("dpo.loss", self.loss, f"must be one of {tuple(PREFERENCE_LOSSES)}")
+        if self.loss not in (*PREFERENCE_LOSSES, *UNPAIRED_LOSSES):
+            fail("dpo.loss", self.loss,
+                 f"must be one of {(*PREFERENCE_LOSSES, *UNPAIRED_LOSSES)}")
         positive(self, "dpo", ("beta",))
-        positive(self, "dpo", ("simpo_gamma",), allow_zero=True)
+        positive(self, "dpo", ("simpo_gamma", "kto_lambda_d", "kto_lambda_u"), allow_zero=True)
+        if self.kto_lambda_d == self.kto_lambda_u == 0.0:
+            fail("dpo.kto_lambda_d", self.kto_lambda_d, "and dpo.kto_lambda_u are both 0: "
+                 "KTO would weigh every example by 0")
+        if self.kto_threshold != "median":
+            try:
+                finite = math.isfinite(float(self.kto_threshold))
+            except ValueError:
+                finite = False
+            if not finite:
+                fail("dpo.kto_threshold", self.kto_threshold, "must be 'median' or a number "
+                     "(the gold reward a desirable sample exceeds)")
         if not (0.0 < self.label_smoothing < 0.5 if self.loss == "cdpo"
                 else self.label_smoothing == 0.0):
             fail("dpo.label_smoothing", self.label_smoothing,
                  "must lie in (0, 0.5) for dpo.loss='cdpo' and be 0 for the other losses")
+
+    @property
+    def unpaired(self) -> bool:
+        """Whether the loss learns from unpaired examples (KTO) rather than pairs."""
+        return self.loss in UNPAIRED_LOSSES
+
+    @property
+    def threshold(self) -> float | None:
+        """``kto_threshold`` as a number, or None for the median of the training golds."""
+        return None if self.kto_threshold == "median" else float(self.kto_threshold)
 
 
 @dataclasses.dataclass(frozen=True)

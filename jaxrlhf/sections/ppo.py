@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 
+from jaxrlhf import reward_fns
 from jaxrlhf.checks import fail, in_range, positive
 from jaxrlhf.choices import ADVANTAGE_KINDS, KL_ESTIMATORS
 from jaxrlhf.policy_losses import LOSS_AGGREGATIONS, POLICY_LOSSES
 
-REWARD_SOURCES = ("model", "gold")
+REWARD_SOURCES = ("model", "gold", "none")
 VALUE_INITS = ("reward", "policy", "shared")
 FROZEN_DTYPES = ("", "bfloat16", "float32")
 
@@ -17,7 +18,12 @@ class PPOSettings:
     """PPO and its critic-free relatives (GRPO, RLOO, REINFORCE) with the options of
     docs/design.md's PPO details (item numbers in brackets). How the policy samples is
     ``sampling``; its optimizer ``optim``; responses per iteration ``train.batch_size``."""
-    reward_source: str = "model"   # "model": the reward model; "gold": the task's gold reward
+    reward_source: str = "model"   # "model": the reward model; "gold": the task's gold
+                                   # reward; "none": only the reward_fns
+    # Python reward functions ("module:function", jaxrlhf.reward_fns) of the decoded
+    # completions, their weighted sum (reward_weights; empty: 1.0 each) added to the score.
+    reward_fns: tuple[str, ...] = ()
+    reward_weights: tuple[float, ...] = ()
     value_init: str = "reward"     # value trunk from the "reward" model, the "policy", or
                                    # "shared" with the policy (one trunk, two heads) [15]
     num_prompts: int = 4096                                                         # [4]
@@ -46,6 +52,11 @@ class PPOSettings:
     overlong_buffer: int = 0
     overlong_penalty: float = 1.0
     mask_truncated: bool = False
+    # DAPO's dynamic sampling (Yu et al. 2025, §3.2, eq. 11; jaxrlhf.rl.dynamic_sampling):
+    # draw dynamic_sampling_pool x the batch's prompts, keep the first groups whose scores
+    # are not all equal; a group estimator (grpo, rloo) only.
+    dynamic_sampling: bool = False
+    dynamic_sampling_pool: int = 2
     clip_low: float = 0.2
     clip_high: float = 0.2
     loss_agg: str = "token_mean"
@@ -77,7 +88,8 @@ class PPOSettings:
             if getattr(self, field) not in allowed:
                 fail(f"ppo.{field}", getattr(self, field), f"must be one of {allowed}")
         positive(self, "ppo", ("num_prompts", "num_minibatches", "ppo_epochs", "grad_accum",
-                                "kl_target", "kl_horizon", "num_generations"))
+                                "kl_target", "kl_horizon", "num_generations",
+                                "dynamic_sampling_pool"))
         positive(self, "ppo", ("kl_coef", "clip_high", "value_clip", "vf_coef", "ent_coef",
                                 "ptx_coef", "overlong_buffer", "overlong_penalty"),
                  allow_zero=True)
@@ -86,14 +98,38 @@ class PPOSettings:
             fail("ppo.num_generations", self.num_generations,
                  f"must be >= 2 for ppo.advantage={self.advantage!r}, whose baseline is the "
                  "other responses to the same prompt")
-        if self.uses_value_model and self.reward_source == "gold" and self.value_init == "reward":
+        if (self.uses_value_model and self.reward_source != "model"
+                and self.value_init == "reward"):
             fail("ppo.value_init", self.value_init,
-                 "needs a reward model, but ppo.reward_source='gold' trains without one; "
-                 "set --config.ppo.value_init=policy")
+                 f"needs a reward model, but ppo.reward_source={self.reward_source!r} trains "
+                 "without one; set --config.ppo.value_init=policy")
+        self._check_reward_fns()
+        if self.dynamic_sampling and not ADVANTAGE_KINDS[self.advantage].needs_group:
+            fail("ppo.dynamic_sampling", self.dynamic_sampling,
+                 f"filters groups of responses to one prompt, but ppo.advantage="
+                 f"{self.advantage!r} has none; use a group estimator (grpo, rloo) with "
+                 "ppo.num_generations >= 2")
         if not self.kl_in_reward and self.kl_estimator == "k1":
             fail("ppo.kl_estimator", self.kl_estimator,
                  "has no KL gradient as a loss term (its expectation under the sampling "
                  "policy is 0); with ppo.kl_in_reward=False use 'k3' (DeepSeekMath) or 'k2'")
+
+    def _check_reward_fns(self) -> None:
+        for field in ("reward_fns", "reward_weights"):
+            value = getattr(self, field)
+            if isinstance(value, str) or not isinstance(value, (tuple, list)):
+                fail(f"ppo.{field}", value, "must be a tuple, e.g. ('my_rewards:fn',) and (1.0,)")
+            object.__setattr__(self, field, tuple(value))   # hashable, as jit needs
+        reward_fns.check_specs(self.reward_fns, self.reward_weights)
+        if self.reward_source == "none" and not self.reward_fns:
+            fail("ppo.reward_source", self.reward_source,
+                 "scores with ppo.reward_fns only, and none is set; name one "
+                 "(--config.ppo.reward_fns=\"('my_rewards:fn',)\") or use 'model' / 'gold'")
+
+    @property
+    def function_weights(self) -> tuple[float, ...]:
+        """The weight of each of ``reward_fns`` (1.0 each unless ``reward_weights``)."""
+        return tuple(float(w) for w in self.reward_weights) or (1.0,) * len(self.reward_fns)
 
     def check_batch(self, batch_size: int) -> None:
         """``train.batch_size`` responses split into prompts of ``num_generations`` answers

@@ -1,4 +1,5 @@
-"""Built-in tasks, by name: ``get_task("sentiment")``, ``get_task("imdb_sentiment")``.
+"""Built-in tasks, by name: ``get_task("sentiment")``, ``get_task("imdb_sentiment")``,
+``get_task("arithmetic")``.
 
 Each entry of :data:`TASKS` builds a :class:`jaxrlhf.tasks.base.Task`. Adding a task is one
 module and one line here.
@@ -7,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from jaxrlhf.tasks import imdb, sentiment
+from jaxrlhf.tasks import arithmetic, imdb, sentiment
 from jaxrlhf.tasks.base import Task
 
 TASKS: dict[str, Callable[[], Task]] = {
     "sentiment": sentiment.SentimentTask,
     "imdb_sentiment": imdb.load_task,
+    "arithmetic": arithmetic.ArithmeticTask,
 }
 
 

@@ -37,6 +37,7 @@ class Task(Protocol):
     name: str
     tokenizer: transformers.PreTrainedTokenizerFast
     gold_is_logit: bool    # the gold is a classifier's logit: sigmoid(gold) is reported too
+    gold_is_accuracy: bool  # the gold is exact-match correctness (0 or 1): accuracy, pass@k
 
     def prompts(self, n: int, seed: int, split: str = "train") -> list[str]:
         """``n`` prompts of ``split`` (``SPLITS``: held-out evaluation reads "test"),
@@ -55,11 +56,13 @@ class Task(Protocol):
 
 @runtime_checkable
 class TokenGoldTask(Task, Protocol):
-    """A task whose gold reward is also a pure function of token ids (jittable)."""
+    """A task whose gold reward is also a pure function of token ids (jittable): a
+    :data:`GoldFn` of the left-padded prompts and the responses."""
 
-    def gold_reward_from_tokens(self, response_ids: jax.Array,
-                                response_mask: jax.Array) -> jax.Array:
-        """The gold reward from response ids and mask [batch, T] -> [batch]."""
+    def gold_reward_from_tokens(self, query: jax.Array, query_mask: jax.Array,
+                                response: jax.Array, response_mask: jax.Array) -> jax.Array:
+        """The gold reward from prompt ids and mask [batch, P] and response ids and mask
+        [batch, T] -> [batch]."""
 
 
 def completion_unigram_entropy(task: Task, n: int = 2000, seed: int = 0) -> float:
@@ -76,15 +79,14 @@ def completion_unigram_entropy(task: Task, n: int = 2000, seed: int = 0) -> floa
 def traceable_gold(task: Task, tokenizer) -> GoldFn:
     """The task's gold reward as a traceable function of token ids.
 
-    Jitted directly when the task computes it from tokens (the built-in ``sentiment``) of
+    Jitted directly when the task computes it from tokens (``sentiment``, ``arithmetic``) of
     its own vocabulary; otherwise — a text task (IMDb's classifier), or a policy with
     another tokenizer (one pretrained on other text) — a ``jax.pure_callback`` that decodes
     the texts on the host and calls the task's text scorer, so a PPO iteration stays one
     compiled program.
     """
     if isinstance(task, TokenGoldTask) and tokenizer.get_vocab() == task.tokenizer.get_vocab():
-        return lambda query, query_mask, response, mask: task.gold_reward_from_tokens(
-            response, mask)
+        return task.gold_reward_from_tokens
 
     def on_host(query, query_mask, response, mask):
         prompts = decode_rows(tokenizer, query, query_mask)

@@ -52,6 +52,7 @@ class ImdbSentimentTask:
 
     name = "imdb_sentiment"
     gold_is_logit = True
+    gold_is_accuracy = False
 
     def __init__(self, reviews: dict[str, list[str]], tokenizer, gold: TextClassifier,
                  gold_test_accuracy: float, logit_cap: float, *, prompt_tokens: tuple[int, int] = (2, 8),

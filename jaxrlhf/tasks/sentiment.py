@@ -55,6 +55,7 @@ class SentimentTask:
 
     name = "sentiment"
     gold_is_logit = False
+    gold_is_accuracy = False
 
     def __init__(self, max_clauses: int = 3):
         self.max_clauses = max_clauses
@@ -118,9 +119,11 @@ class SentimentTask:
             out[i] = np.float32(np.mean(scores)) if scores else 0.0
         return out
 
-    def gold_reward_from_tokens(self, response_ids: jax.Array,
-                                response_mask: jax.Array) -> jax.Array:
-        """The same reward from token ids [B, T] and mask [B, T]; pure jnp, jittable."""
+    def gold_reward_from_tokens(self, query: jax.Array, query_mask: jax.Array,
+                                response_ids: jax.Array, response_mask: jax.Array) -> jax.Array:
+        """The same reward from response token ids [B, T] and mask [B, T] (the prompt does
+        not matter); pure jnp, jittable."""
+        del query, query_mask
         score, is_adj = jnp.asarray(self._score), jnp.asarray(self._is_adjective)
         mask = response_mask.astype(jnp.float32)
         ids = jnp.clip(response_ids, 0, score.shape[0] - 1)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -32,6 +32,7 @@ from jaxrlhf.metrics import read_metrics
 from jaxrlhf.models import lora as lora_lib
 from jaxrlhf.models.build import abstract_model, lora_init, random_params
 from jaxrlhf.models.transformer import CausalLM, ScalarModel
+from jaxrlhf.reward_fns import HostRewardFunctions
 from jaxrlhf.rl import evaluation, kl as kl_lib
 from jaxrlhf.rl.ppo import (PTX_FIELDS, Frozen, Models, Optimizers, PPOState, evaluate_policy,
                             iteration_phases, run_phases)
@@ -141,9 +142,13 @@ def value_model(settings: RunSettings, policy: TrainedModel,
 
 
 def build(settings: RunSettings, mesh: Mesh, policy: TrainedModel, reward: RewardModel | None,
-          task: Task | None) -> Program:
-    """Jit one PPO iteration (single program, or phase by phase) for ``mesh``."""
+          task: Task | None, examples: Sequence[Mapping[str, Any]] = ()) -> Program:
+    """Jit one PPO iteration (single program, or phase by phase) for ``mesh``; ``examples``
+    are the training prompts' rows (``prompt_index`` of the batches), whose columns the
+    Python reward functions receive (``ppo.reward_fns``)."""
     p, lora = settings.ppo, settings.lora.config
+    functions = (HostRewardFunctions(p.reward_fns, examples, policy.tokenizer)
+                 if p.reward_fns else None)
     trained_policy, trained_value = policy_model(settings, policy), value_model(settings, policy,
                                                                                 reward)
     models = Models(
@@ -153,7 +158,8 @@ def build(settings: RunSettings, mesh: Mesh, policy: TrainedModel, reward: Rewar
         bias=reward.bias if reward is not None else 0.0,
         gold=traceable_gold(task, policy.tokenizer) if task is not None else None,
         eos_id=policy.tokenizer.eos_token_id, pad_id=policy.tokenizer.pad_token_id,
-        lora_scale=lora.scale if lora is not None else None)
+        lora_scale=lora.scale if lora is not None else None,
+        reward_fns=functions.traceable() if functions is not None else None)
     optimizers = make_optimizers(settings)
 
     def make_state(policy_weights: nnx.State | None,
@@ -191,8 +197,14 @@ def build(settings: RunSettings, mesh: Mesh, policy: TrainedModel, reward: Rewar
         frozen_shardings=frozen_shardings, mesh=mesh)
     evaluate = parallel.MeshJit(mesh, functools.partial(evaluate_policy, models=models,
                                                         sampling=settings.sampling))
-    return Program(models, init_state, abstract_state, state_shardings, frozen, iterate,
-                   lambda state, batch: iterate(state, frozen, batch),
+
+    def step(state: PPOState, batch: loop.Batch) -> tuple[PPOState, dict[str, jax.Array]]:
+        out = iterate(state, frozen, batch)
+        if functions is not None:   # a reward function's failure, raised in one line
+            functions.raise_failure_after(out)
+        return out
+
+    return Program(models, init_state, abstract_state, state_shardings, frozen, iterate, step,
                    lambda params, batch, key: evaluate(params, frozen, batch, key))
 
 
@@ -206,6 +218,8 @@ def prompt_arrays(tokenizer, examples: list[dict],
     prompts = [tokenizer(e["prompt"])["input_ids"] for e in examples]
     ids, mask = left_pad(prompts, tokenizer.pad_token_id, length)
     arrays = {"prompt_ids": ids, "prompt_mask": mask}  # [n, prompt_length]
+    if settings.ppo.reward_fns:     # each row's example, for the reward functions' columns
+        arrays["prompt_index"] = np.arange(len(examples), dtype=np.int32)  # [n]
     counts: dict[str, Any] = {"prompts": len(prompts),
                               "prompt_truncated": sum(len(x) > length for x in prompts),
                               "empty_prompt": sum(not e["prompt"].strip() for e in examples)}
@@ -247,13 +261,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     workdir_lib.write_model_card(workdir, policy.model_config, "policy",
                                  lora=settings.lora.config, base=settings.policy_init,
                                  base_dtype=settings.lora.base_dtype)
-    program = build(settings, mesh, policy, reward, task)
-    train_prompts, data_counts = prompt_arrays(
-        tok, task.demonstrations(p.num_prompts, seed=settings.seed), settings)
+    examples = task.demonstrations(p.num_prompts, seed=settings.seed)
+    program = build(settings, mesh, policy, reward, task, examples)
+    train_prompts, data_counts = prompt_arrays(tok, examples, settings)
     print(f"[ppo] train prompts: {data_counts}")
     g = settings.sampling
     eval_prompts, eval_arrays = evaluation.held_out_prompts(task, tok, g.prompt_length,
-                                                            g.num_eval_prompts, settings.seed)
+                                                            g.num_eval_prompts, settings.seed,
+                                                            g.eval_samples_per_prompt)
     eval_batch = parallel.shard_batch(eval_arrays, mesh)
 
     def evaluate_state(state: PPOState) -> loop.Evaluation:
@@ -262,9 +277,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         rows = [{"prompt": eval_prompts[i], "response": responses[i],
                  "gold": float(out["gold"][i]), "score": float(out["score"][i])}
                 for i in range(min(settings.train.num_samples, len(responses)))]
-        return evaluation.summarize(out, task.gold_is_logit), rows
+        return evaluation.summarize(out, task, g.eval_samples_per_prompt), rows
 
-    batches = BatchIterator(train_prompts, settings.prompts_per_iteration, seed=settings.seed)
+    batches = BatchIterator(train_prompts, settings.prompts_drawn_per_iteration,
+                            seed=settings.seed)
     loop.run(workdir=workdir, train=settings.train, config=config, mesh=mesh,
              init_state=program.init_state, state_shardings=program.state_shardings,
              step_fn=program.step, batches=batches, evaluate=evaluate_state,
@@ -295,8 +311,10 @@ def dry_run(settings: RunSettings, mesh: Mesh) -> DryRunPrograms:
     if task is not None:
         policy = dataclasses.replace(policy, tokenizer=task.tokenizer)
     program = build(settings, mesh, policy, reward, task)
-    n, length = settings.prompts_per_iteration, settings.sampling.prompt_length
+    n, length = settings.prompts_drawn_per_iteration, settings.sampling.prompt_length
     fields = {"prompt_ids": ((n, length), jnp.int32), "prompt_mask": ((n, length), jnp.int32)}
+    if p.reward_fns:
+        fields["prompt_index"] = ((n,), jnp.int32)
     if p.ptx_coef > 0:
         fields.update({k: ((n, settings.data.max_len), jnp.int32) for k in PTX_FIELDS})
     args = (abstract_state(program), program.frozen, abstract_batch(mesh, **fields))

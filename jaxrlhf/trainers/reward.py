@@ -172,7 +172,7 @@ def prepare_data(settings: RunSettings, workdir: str, policy: TrainedModel | Non
         reference = pairs.task.demonstrations(r.num_reference, seed=settings.seed + 2)
     else:
         reference = [{"prompt": p.prompt, "completion": p.chosen}
-                     for p in pairs.train_pairs[: r.num_reference]]
+                     for p in pairs.train_rows[: r.num_reference]]
     reference_arrays = sft_data.tokenize_sft(reference, pairs.tokenizer, r.pair_length)
     return RewardData(pairs.tokenizer, pairs.train, pairs.eval,
                       {k: reference_arrays[k] for k in ("input_ids", "attention_mask")},

@@ -167,16 +167,16 @@ def evaluate_means(params: nnx.State, program: Program, batches: list[dict[str, 
 def policy_evaluation(settings: RunSettings, program: Program, reference: TrainedModel,
                       task: Task, mesh: Mesh) -> Callable[[nnx.State], dict[str, float]]:
     """``trained params -> {eval/gold, eval/gold_stderr, eval/score, eval/kl}`` (and
-    ``eval/gold_prob`` for a logit gold) of a
-    policy-training supervised stage (DPO; SFT from a policy): one sample per held-out
-    prompt, drawn as PPO draws them (``sampling.*``), scored by the task's gold reward, with
+    ``eval/gold_prob`` for a logit gold, ``eval/accuracy`` and ``eval/pass@k`` for an
+    exact-match gold) of a policy-training supervised stage (DPO; SFT from a policy):
+    ``sampling.eval_samples_per_prompt`` samples per held-out prompt, drawn as PPO draws them (``sampling.*``), scored by the task's gold reward, with
     its KL from the ``reference`` policy it started from (``jaxrlhf.rl.evaluation``)."""
     g, adapters = settings.sampling, settings.lora.config
     tok = reference.tokenizer
     ev = evaluation.Evaluator.of(reference.graphdef, traceable_gold(task, tok), None, 1.0, 0.0,
                                  tok.eos_token_id, tok.pad_token_id, g)
     _, prompts = evaluation.held_out_prompts(task, tok, g.prompt_length, g.num_eval_prompts,
-                                             settings.seed)
+                                             settings.seed, g.eval_samples_per_prompt)
     batch = parallel.shard_batch(prompts, mesh)
 
     @jax.jit
@@ -187,7 +187,7 @@ def policy_evaluation(settings: RunSettings, program: Program, reference: Traine
 
     ref = parallel.place(reference.params, mesh, settings.rules)
     return lambda params: evaluation.summarize(parallel.fetch(
-        sample(params, program.frozen, ref, batch)), task.gold_is_logit)
+        sample(params, program.frozen, ref, batch)), task, g.eval_samples_per_prompt)
 
 
 def lm_loss(graphdef: nnx.GraphDef, params: nnx.State,
