@@ -20,6 +20,7 @@ import re
 import statistics
 import sys
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -29,11 +30,12 @@ import numpy as np
 
 from jaxrlhf import memory, stages
 from jaxrlhf.config import base_config
-from jaxrlhf.models.build import abstract_model
+from jaxrlhf.models.build import abstract_model, random_params
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.presets import PRESETS, preset
 from jaxrlhf.models.transformer import CausalLM
 from jaxrlhf.settings import RunSettings
+from jaxrlhf.workdir import TrainedModel
 
 # Dense peak TFLOP/s by compute dtype and HBM GB/s, from the vendors' spec sheets. Keys are
 # matched (lower case) against ``jax.devices()[0].device_kind``; the first match wins.
@@ -53,44 +55,51 @@ DEVICES: dict[str, dict[str, float]] = {
 }
 
 def model_config(name: str, seq: int, args: argparse.Namespace) -> ModelConfig:
-    """A model by name — a preset (``jaxrlhf.models.presets``) or ``FAMILY_LxD``, a
-    CPU-scale GPT-2 or Llama with L layers of width D (heads of 64, or 2 at least; 512-token
-    vocabulary) — long enough for ``seq`` tokens, with the run's dtype and memory options."""
+    """A model by name — a preset (``jaxrlhf.models.presets``) or ``FAMILY_LxD[_kvK][_tied]``,
+    a CPU-scale GPT-2 or Llama with L layers of width D (heads of 64, or 2 at least; 512-token
+    vocabulary; Llama: K key-value heads, a quarter of the heads by default, SwiGLU of about
+    8D/3, untied embeddings unless ``_tied``; ``llama_4x256_kv4_tied`` is the shape of the
+    peer comparison in ``benchmarks/README.md``) — long enough for ``seq`` tokens, with the
+    run's dtype and memory options."""
     options = dict(dtype=args.dtype, param_dtype=args.param_dtype, remat=args.remat,
                    scan_layers=args.scan_layers, logits_chunk=args.logits_chunk)
     if name in PRESETS:
         cfg = preset(name, **options)
         return cfg if cfg.max_seq_len >= seq else cfg.replace(max_seq_len=seq)
-    match = re.fullmatch(r"(gpt2|llama)_(\d+)x(\d+)", name)
-    if not match:
+    match = re.fullmatch(r"(gpt2|llama)_(\d+)x(\d+)(?:_kv(\d+))?(_tied)?", name)
+    if not match or (match[1] == "gpt2" and (match[4] or match[5])):
         raise SystemExit(f"--model {name!r}: a preset ({', '.join(sorted(PRESETS))}) or "
-                         "FAMILY_LxD with FAMILY gpt2 or llama, e.g. gpt2_4x256")
+                         "FAMILY_LxD with FAMILY gpt2 or llama, e.g. gpt2_4x256, and for "
+                         "llama optionally _kvK (key-value heads) and _tied, e.g. "
+                         "llama_4x256_kv4_tied")
     family, layers, width = match[1], int(match[2]), int(match[3])
     heads = max(2, width // 64)
     shape = dict(family=family, vocab_size=512, d_model=width, n_layers=layers, n_heads=heads)
     if family == "gpt2":
         shape.update(n_kv_heads=heads, d_ff=4 * width, tie_embeddings=True, qkv_bias=True)
     else:
-        shape.update(n_kv_heads=max(1, heads // 4), d_ff=64 * round(8 * width / 3 / 64),
-                     tie_embeddings=False, qkv_bias=False, norm_eps=1e-6)
+        shape.update(n_kv_heads=int(match[4] or max(1, heads // 4)),
+                     d_ff=64 * round(8 * width / 3 / 64), tie_embeddings=bool(match[5]),
+                     qkv_bias=False, norm_eps=1e-6)
     return ModelConfig(**shape, max_seq_len=seq, **options).validate()
 
 
-def run_settings(cfg: ModelConfig, args: argparse.Namespace, stage: str, *,
-                 train: dict | None = None, ppo: dict | None = None,
-                 sampling: dict | None = None) -> RunSettings:
+def run_settings(cfg: ModelConfig, args: argparse.Namespace, stage: str,
+                 **fields: dict[str, Any]) -> RunSettings:
     """Typed settings for a benchmark of ``stage`` on ``cfg``: the base config with this
-    model, the ``--mesh``, and the given train / PPO / sampling fields (other stages' lengths
-    fitted to the model), checked as the stage checks them."""
+    model, the ``--mesh``, other stages' lengths fitted to the model, and the given fields
+    of each section (``train=dict(batch_size=16)``, ``ppo=...``), checked as the stage
+    checks them."""
     c = base_config()
     c.model.update(dataclasses.asdict(cfg))
     c.mesh.update(mesh_axes(args.mesh))
     n = cfg.max_seq_len
     c.data.max_len = n
     c.reward.update(max_prompt_tokens=n // 2, max_response_tokens=n - n // 2 - 1)
-    c.sampling.update({"prompt_length": n // 2, "response_length": n - n // 2, **(sampling or {})})
-    c.train.update(steps=1000, **(train or {}))
-    c.ppo.update(**(ppo or {}))
+    c.sampling.update(prompt_length=n // 2, response_length=n - n // 2)
+    c.train.steps = 1000
+    for section, values in fields.items():
+        c[section].update(values)
     settings = RunSettings.from_config(c)
     stages.get(stage).check(settings, jax.device_count())
     return settings
@@ -200,11 +209,30 @@ def peaks(args: argparse.Namespace) -> dict[str, Any]:
             "peak_source": source}
 
 
+def cpu_info() -> dict[str, str]:
+    """The host CPU's model name and the widest vector instruction set it reports (x86:
+    AVX-512 / AVX2 / SSE4.2 from ``/proc/cpuinfo``'s flags; Arm: SVE / NEON), since XLA's
+    and PyTorch's CPU kernels, and so every CPU figure, depend on it."""
+    fields: dict[str, str] = {}
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    widest = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"),
+                                           ("sse4_2", "SSE4.2"), ("sve", "SVE"),
+                                           ("asimd", "NEON")) if flag in flags), "unknown")
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    return {"cpu_model": model, "vector_isa": widest}
+
+
 def environment() -> dict[str, Any]:
     """Where and how the numbers were measured."""
     return {"device_kind": jax.devices()[0].device_kind, "devices": jax.device_count(),
             "backend": jax.default_backend(), "jax": jax.__version__,
             "python": platform.python_version(), "machine": platform.machine(),
+            **cpu_info(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "cpu_count": os.cpu_count(), "load_average_1m": os.getloadavg()[0],
             "command": " ".join([os.path.basename(sys.executable), *sys.argv])}
 
@@ -235,6 +263,15 @@ def finish(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         with open(args.json, "w") as f:
             f.write(text + "\n")
     return result
+
+
+def random_trained(cls: type, cfg: ModelConfig, seed: int, **kwargs: Any) -> TrainedModel:
+    """A randomly initialised model of ``cls`` as a stage loads a trained one (pad id 0,
+    EOS id 1, as :func:`random_tokens` leaves them)."""
+    graphdef, _ = abstract_model(cls, cfg, **kwargs)
+    params = jax.jit(lambda: random_params(cls, cfg, seed, **kwargs))()
+    tokenizer = types.SimpleNamespace(eos_token_id=1, pad_token_id=0)
+    return TrainedModel(tokenizer, cfg, graphdef, params, workdir="")
 
 
 def random_tokens(rng: np.random.Generator, shape: tuple[int, ...], vocab: int) -> np.ndarray:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import types
 from typing import Any
 
 import jax
@@ -23,56 +22,58 @@ import numpy as np
 from benchmarks import common
 from jaxrlhf import parallel, sampling
 from jaxrlhf.data.tokenizer import left_pad
-from jaxrlhf.models.build import abstract_model, random_params
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.transformer import CausalLM, ScalarModel
 from jaxrlhf.rl import ppo as ppo_lib
 from jaxrlhf.trainers import ppo
-from jaxrlhf.workdir import RewardModel, TrainedModel
+from jaxrlhf.workdir import RewardModel
 
 
-def _trained(cls, cfg: ModelConfig, seed: int, **kwargs) -> TrainedModel:
-    graphdef, _ = abstract_model(cls, cfg, **kwargs)
-    params = jax.jit(lambda: random_params(cls, cfg, seed, **kwargs))()
-    tokenizer = types.SimpleNamespace(eos_token_id=1, pad_token_id=0)
-    return TrainedModel(tokenizer, cfg, graphdef, params, workdir="")
-
-
-def _prompts(args: argparse.Namespace, vocab: int) -> dict[str, np.ndarray]:
-    """Left-padded random prompts of ``--prompt / 2`` to ``--prompt`` tokens."""
+def _prompts(args: argparse.Namespace, vocab: int, count: int) -> dict[str, np.ndarray]:
+    """``count`` left-padded random prompts of ``--prompt / 2`` to ``--prompt`` tokens."""
     rng = np.random.default_rng(0)
-    lengths = rng.integers(args.prompt // 2, args.prompt + 1, size=args.batch)
+    lengths = rng.integers(args.prompt // 2, args.prompt + 1, size=count)
     ids, mask = left_pad([rng.integers(2, vocab, size=n).tolist() for n in lengths], 0,
                          args.prompt)
     return {"prompt_ids": ids, "prompt_mask": mask}
 
 
-def iteration_flops(cfg: ModelConfig, args: argparse.Namespace) -> dict[str, float]:
+def iteration_flops(cfg: ModelConfig, args: argparse.Namespace,
+                    value_model: bool) -> dict[str, float]:
     """Model FLOPs of an iteration's phases: decoding attends over all prompt + response
-    cache slots; scoring is two LM and two scalar forwards; the update trains the policy and
-    the value model ``epochs`` times over the batch."""
+    cache slots; scoring is two LM forwards (the policy's old log-probs and the reference)
+    and a scalar one for the reward, plus one for the value model; the update trains the
+    policy (and the value model) ``epochs`` times over the batch."""
     seq = args.prompt + args.response
     fpt = functools.partial(common.flops_per_token, cfg, seq)
+    scalar_models = 2 if value_model else 1
     sampling_flops = args.batch * seq * fpt(train=False)
-    scoring = args.batch * seq * 2 * (fpt(train=False) + fpt(train=False, head="scalar"))
-    update = args.epochs * args.batch * seq * (fpt(train=True) + fpt(train=True, head="scalar"))
+    scoring = args.batch * seq * (2 * fpt(train=False)
+                                  + scalar_models * fpt(train=False, head="scalar"))
+    update = args.epochs * args.batch * seq * (
+        fpt(train=True) + (scalar_models - 1) * fpt(train=True, head="scalar"))
     return {"sampling": sampling_flops, "scoring": scoring, "update": update,
             "iteration": sampling_flops + scoring + update}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, *, benchmark: str = "ppo",
+        ppo_fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Time one iteration of the PPO program with ``ppo_fields`` over PPO's defaults
+    (``benchmarks.grpo`` passes GRPO's), and its phases apart."""
     seq = args.prompt + args.response
     cfg = common.model_config(args.model, seq, args)
     settings = common.run_settings(
         cfg, args, "ppo", train=dict(batch_size=args.batch),
         ppo=dict(num_minibatches=args.minibatches, ppo_epochs=args.epochs,
-                 grad_accum=args.grad_accum, frozen_dtype=args.frozen_dtype),
+                 grad_accum=args.grad_accum, frozen_dtype=args.frozen_dtype,
+                 **(ppo_fields or {})),
         sampling=dict(prompt_length=args.prompt, response_length=args.response))
     mesh = parallel.make_mesh(settings.mesh)
-    policy = _trained(CausalLM, cfg, 0)
-    reward = RewardModel(_trained(ScalarModel, cfg, 1, head_init="normal"), gain=1.0, bias=0.0)
+    policy = common.random_trained(CausalLM, cfg, 0)
+    reward = RewardModel(common.random_trained(ScalarModel, cfg, 1, head_init="normal"), gain=1.0, bias=0.0)
     program = ppo.build(settings, mesh, policy, reward, task=None)
-    batch = parallel.shard_batch(_prompts(args, cfg.vocab_size), mesh)
+    batch = parallel.shard_batch(_prompts(args, cfg.vocab_size, settings.prompts_drawn_per_iteration),
+                                 mesh)
     holder = {"state": program.init_state()}
     iterate, memory = common.compile_with_memory(program.iterate, holder["state"],
                                                  program.frozen, batch)
@@ -100,10 +101,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name, call in calls.items():
         times[name] = common.time_calls(call, warmup=args.warmup, repeats=args.repeats)
     times["scoring"] = {s: times["rollout"][s] - times["sampling"][s] for s in ("min", "median")}
-    flops = iteration_flops(cfg, args)
+    flops = iteration_flops(cfg, args, settings.ppo.uses_value_model)
     peak = common.peaks(args)
     tokens = args.batch * seq
-    return {"benchmark": "ppo", "model": args.model,
+    return {"benchmark": benchmark, "model": args.model,
             "parameters": sum(x.size for x in jax.tree.leaves(state.policy)),
             "seconds": times, "model_flops": flops,
             "sampling_tokens_per_sec_min": args.batch * args.response / times["sampling"]["min"],

@@ -26,36 +26,51 @@ def _load(results: str, name: str) -> Any:
 
 def _machine(r: dict[str, Any]) -> str:
     e = r["environment"]
-    return (f"{e['devices']} x {e['device_kind']} ({e['cpu_count']} cores), jax {e['jax']}, "
-            f"load average {e['load_average_1m']:.1f} at the start")
+    cpu = f", {e['cpu_model']} ({e['vector_isa']})" if "cpu_model" in e else ""
+    return (f"{e['devices']} x {e['device_kind']} ({e['cpu_count']} cores{cpu}), "
+            f"jax {e['jax']}, load average {e['load_average_1m']:.1f} at the start")
+
+
+STAGES = ("sft", "reward", "ppo", "dpo", "dpo_llama", "grpo", "grpo_llama")
+
+
+def _shape_and_seconds(r: dict[str, Any]) -> tuple[str, dict[str, float]]:
+    """A stage result's shape in words and its seconds per step (an RL iteration; DPO's
+    step with the reference forward a peer recomputes)."""
+    o, kind = r["options"], r["benchmark"]
+    if kind == "ppo":
+        return (f"{o['model']}, {o['batch']} prompts x ({o['prompt']} + {o['response']}), "
+                f"{o['minibatches']} x {o['epochs']} updates", r["seconds"]["iteration"])
+    if kind == "grpo":
+        return (f"{o['model']}, {o['prompts']} prompts x {o['generations']} x "
+                f"({o['prompt']} + {o['response']}), 1 update", r["seconds"]["iteration"])
+    if kind == "dpo":
+        return (f"{o['model']}, {o['batch']} pairs x ({o['prompt']} + {o['response']}), "
+                "reference included", r["seconds"]["step_and_reference"])
+    return f"{o['model']}, batch {o['batch']} x {o['seq']}", r["seconds_per_step"]
 
 
 def stage_table(results: str) -> list[str]:
     lines = ["| benchmark | shape | s / step (min, median) | tokens/s | model TFLOP/s | "
              "MFU | peak TFLOP/s (source) | compiled peak memory |",
              "|---|---|---:|---:|---:|---:|---|---:|"]
-    for name in ("sft", "reward", "ppo"):
-        r = _load(results, name)
-        if r is None:
-            continue
-        o = r["options"]
-        seconds = r["seconds"]["iteration"] if name == "ppo" else r["seconds_per_step"]
-        shape = (f"{o['model']}, {o['batch']} prompts x ({o['prompt']} + {o['response']}), "
-                 f"{o['minibatches']} x {o['epochs']} updates" if name == "ppo"
-                 else f"{o['model']}, batch {o['batch']} x {o['seq']}")
+    found = [(name, r) for name in STAGES if (r := _load(results, name)) is not None]
+    for name, r in found:
+        shape, seconds = _shape_and_seconds(r)
         lines.append(
-            f"| {name} | {shape}, {o['dtype']} | {seconds['min']:.3f}, {seconds['median']:.3f} "
-            f"| {r['tokens_per_sec_min']:,.0f} | {r['model_tflops_min']:.3f} | "
-            f"{100 * r['mfu_min']:.1f} % | {r['peak_tflops']:.3f} ({r['peak_source']}) | "
+            f"| {name} | {shape}, {r['options']['dtype']} | {seconds['min']:.3f}, "
+            f"{seconds['median']:.3f} | {r['tokens_per_sec_min']:,.0f} | "
+            f"{r['model_tflops_min']:.3f} | {100 * r['mfu_min']:.1f} % | "
+            f"{r['peak_tflops']:.3f} ({r['peak_source']}) | "
             f"{r['compiled_memory']['peak_bytes'] / 2 ** 20:.0f} MiB |")
-    first = next((r for n in ("sft", "reward", "ppo") if (r := _load(results, n))), None)
-    if first:
-        lines.append(f"\nMachine: {_machine(first)}.")
+    if found:
+        lines.append(f"\nMachine: {_machine(found[0][1])}.")
     return lines
 
 
-def ppo_split(results: str) -> list[str]:
-    r = _load(results, "ppo")
+def rl_split(results: str, name: str) -> list[str]:
+    """The sampling / scoring / update split of a PPO or GRPO iteration."""
+    r = _load(results, name)
     if r is None:
         return []
     s = r["seconds"]
@@ -66,6 +81,21 @@ def ppo_split(results: str) -> list[str]:
                      f"{100 * r[f'mfu_{phase}_min']:.1f} % |")
     lines.append(f"| iteration (one program) | {s['iteration']['min']:.3f} | | "
                  f"{100 * r['mfu_min']:.1f} % |")
+    return lines
+
+
+def dpo_split(results: str) -> list[str]:
+    """DPO's step and the reference forward, for each model shape measured."""
+    rows = [(name, r) for name in ("dpo", "dpo_llama") if (r := _load(results, name))]
+    if not rows:
+        return []
+    lines = ["| benchmark | step s (min) | reference forward s (min) | pairs/s with it | "
+             "pairs/s without |", "|---|---:|---:|---:|---:|"]
+    for name, r in rows:
+        s = r["seconds"]
+        lines.append(f"| {name} ({r['options']['model']}) | {s['step']['min']:.3f} | "
+                     f"{s['reference']['min']:.3f} | {r['pairs_per_sec_min']:.1f} | "
+                     f"{r['step_pairs_per_sec_min']:.1f} |")
     return lines
 
 
@@ -154,7 +184,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--figures", default=os.path.join(here, "figures"))
     args = parser.parse_args(argv)
     sections = [("Stage steps", stage_table(args.results)),
-                ("PPO iteration split", ppo_split(args.results)),
+                ("PPO iteration split", rl_split(args.results, "ppo")),
+                ("GRPO step split", rl_split(args.results, "grpo")),
+                ("DPO step and reference forward", dpo_split(args.results)),
                 ("Decoding", decode_table(args.results)),
                 ("Scaling", scaling_table(args.results)),
                 ("Preset memory (dry run)", presets_table(args.results))]

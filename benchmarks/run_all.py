@@ -24,6 +24,14 @@ SUITE = {
     "reward": ("reward", ["--model", "gpt2_4x256", "--batch", "16", "--seq", "128"]),
     "ppo": ("ppo", ["--model", "gpt2_4x256", "--batch", "64", "--prompt", "16",
                     "--response", "48", "--minibatches", "4", "--epochs", "4"]),
+    "dpo": ("dpo", ["--model", "gpt2_4x256", "--batch", "16", "--prompt", "16",
+                    "--response", "112"]),
+    "dpo_llama": ("dpo", ["--model", "llama_4x256_kv4_tied", "--batch", "16", "--prompt", "16",
+                          "--response", "112"]),
+    "grpo": ("grpo", ["--model", "gpt2_4x256", "--prompts", "16", "--generations", "4",
+                      "--prompt", "16", "--response", "48"]),
+    "grpo_llama": ("grpo", ["--model", "llama_4x256_kv4_tied", "--prompts", "16",
+                            "--generations", "4", "--prompt", "16", "--response", "48"]),
     # large enough (>= 150 MB read per step) that the weights and cache leave the CPU caches
     "decode": ("decode", ["--model", "gpt2_8x512", "--batch", "16", "--prompt", "128",
                           "--new", "128"]),
@@ -37,10 +45,17 @@ QUICK = {
     "reward": ["--model", "gpt2_1x32", "--batch", "8", "--seq", "16"],
     "ppo": ["--model", "gpt2_1x32", "--batch", "8", "--prompt", "4", "--response", "4",
             "--minibatches", "1", "--epochs", "1"],
+    "dpo": ["--model", "gpt2_1x32", "--batch", "8", "--prompt", "4", "--response", "8"],
+    "dpo_llama": ["--model", "llama_1x64_kv2_tied", "--batch", "8", "--prompt", "4",
+                  "--response", "8"],
+    "grpo": ["--model", "gpt2_1x32", "--prompts", "8", "--generations", "2", "--prompt", "4",
+             "--response", "4"],
+    "grpo_llama": ["--model", "llama_1x64_kv2_tied", "--prompts", "8", "--generations", "2",
+                   "--prompt", "4", "--response", "4"],
     "decode": ["--model", "gpt2_1x32", "--batch", "4", "--prompt", "4", "--new", "4"],
     "decode_gqa": ["--model", "llama_1x64", "--batch", "4", "--prompt", "4", "--new", "4"],
 }
-TIMED = ("sft", "reward", "ppo", "decode")
+TIMED = ("sft", "reward", "ppo", "dpo", "grpo", "decode")
 
 
 def reference_peaks(args: argparse.Namespace) -> list[str]:

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from benchmarks import common, decode, ppo, reward, sft
+from benchmarks import common, decode, dpo, grpo, ppo, reward, sft
 from jaxrlhf import scoring
 from jaxrlhf.models.build import abstract_model, random_params
 from jaxrlhf.models.transformer import CausalLM
@@ -75,6 +75,50 @@ def test_ppo_benchmark(results):
     assert r["sampling_tokens_per_sec_min"] > 0
 
 
+def test_dpo_benchmark_times_the_reference_forward_apart(results):
+    r = _run(dpo, results, "--model", "llama_1x64_kv2_tied", "--batch", "8", "--prompt", "4",
+             "--response", "8", *PEAKS)
+    assert r["benchmark"] == "dpo" and r["tokens_per_step"] == 2 * 8 * 12
+    t, flops = r["seconds"], r["model_flops"]
+    for stat in ("min", "median"):
+        assert t["step_and_reference"][stat] == pytest.approx(t["step"][stat]
+                                                              + t["reference"][stat])
+    assert r["pairs_per_sec_min"] == pytest.approx(8 / t["step_and_reference"]["min"])
+    assert r["step_pairs_per_sec_min"] == pytest.approx(8 / t["step"]["min"])
+    assert flops["step"] == pytest.approx(3 * flops["reference"])   # forward + backward
+    assert r["mfu_min"] == pytest.approx(
+        flops["step_and_reference"] / t["step_and_reference"]["min"] / 1e12 / 2.0)
+    assert set(r["environment"]) >= {"cpu_model", "vector_isa", "xla_flags"}
+
+
+def test_grpo_benchmark_is_one_update_of_prompts_x_generations_without_a_value_model(results):
+    r = _run(grpo, results, "--model", "gpt2_1x32", "--prompts", "8", "--generations", "2",
+             "--prompt", "4", "--response", "4", *PEAKS)
+    assert r["benchmark"] == "grpo" and r["options"]["batch"] == 16
+    assert (r["options"]["minibatches"], r["options"]["epochs"]) == (1, 1)
+    cfg = common.model_config("gpt2_1x32", 8, argparse_options())
+    lm, scalar = (common.flops_per_token(cfg, 8, train=False, head=h) for h in ("lm", "scalar"))
+    # scoring: the policy's old log-probs, the reference and the reward model; no value model
+    assert r["model_flops"]["scoring"] == pytest.approx(16 * 8 * (2 * lm + scalar))
+    assert r["model_flops"]["update"] == pytest.approx(16 * 8 * 3 * lm)
+    with pytest.raises(SystemExit):
+        grpo.main(["--batch", "6", "--prompts", "8", "--generations", "2"])
+
+
+def argparse_options():
+    return common.parser("").parse_args([])
+
+
+@pytest.mark.parametrize("name,kv,tied", [("llama_4x256", 1, False),
+                                          ("llama_4x256_kv4_tied", 4, True),
+                                          ("llama_4x256_kv2", 2, False)])
+def test_llama_shapes_name_their_key_value_heads_and_tying(name, kv, tied):
+    cfg = common.model_config(name, 64, argparse_options())
+    assert (cfg.n_heads, cfg.n_kv_heads, cfg.d_ff, cfg.tie_embeddings) == (4, kv, 704, tied)
+    with pytest.raises(SystemExit, match="llama_4x256_kv4_tied"):
+        common.model_config("gpt2_4x256_tied", 64, argparse_options())
+
+
 def test_decode_benchmark_measures_cpu_peaks(results):
     """Without --peak_* on a CPU the peaks are measured; the roofline fraction is the
     achieved bandwidth over that peak."""
@@ -128,9 +172,11 @@ def test_report_writes_the_tables_and_the_scaling_figures(results, tmp_path):
                                  ("size", 256, 128)]]
     (results / "scaling.json").write_text(json.dumps({"rows": rows}))
     text = report.main(["--results", str(results), "--figures", str(tmp_path)])
-    for heading in ("Stage steps", "PPO iteration split", "Decoding", "Scaling"):
+    for heading in ("Stage steps", "PPO iteration split", "GRPO step split",
+                    "DPO step and reference forward", "Decoding", "Scaling"):
         assert f"### {heading}" in text
     assert text.count("| sft |") == 1 and "| ppo |" in text and "llama_1x64" in text
+    assert "| dpo |" in text and "| grpo |" in text and "8 prompts x 2 x (4 + 4)" in text
     assert (results / "tables.md").read_text().strip() == text.strip()
     for axis in ("seq", "size"):
         assert (tmp_path / f"scaling_{axis}.png").stat().st_size > 1000
