@@ -181,3 +181,44 @@ def test_gold_per_nat_interpolates_from_the_sft_policy():
     short = module("algorithms_frontier").gold_per_nat(
         _algorithms_series(lambda kl: kl), budget=0.1)         # below every first point
     assert short["ppo"]["per_seed"][0] == pytest.approx(0.5 * np.sqrt(0.2) / 0.2)
+
+
+def _recipe_series(dpo_gain, dpo_kls=(0.3, 1.0, 3.0)):
+    """PPO and DPO at two strengths and two seeds, three checkpoints each (step 0 the SFT
+    policy at KL 0): PPO's gold is sqrt(KL) / 2 at KL 0.2, 0.8, 2.5 (the second strength at
+    half those KLs); DPO's is ``dpo_gain`` at ``dpo_kls`` (likewise)."""
+    shapes = {"ppo": ((0.2, 0.8, 2.5), lambda kl: 0.5 * np.sqrt(kl)),
+              "dpo": (dpo_kls, dpo_gain)}
+    points = []
+    for method, (kls, gain) in shapes.items():
+        for strength, scale in ((0.1, 1.0), (1.0, 0.5)):
+            for seed in (0, 1):
+                for step, kl in zip((0, 10, 20, 30), (0.0, *kls)):
+                    kl = scale * kl * (1 + 0.01 * seed)
+                    points.append({"method": method, "strength": strength, "seed": seed,
+                                   "step": step, "kl": kl, "gold": gain(kl) + 0.001 * seed})
+    return {"reward_models": [], "points": points}
+
+
+def test_algorithms_frontier_recipe_criterion_compares_envelopes_of_every_checkpoint():
+    experiment = module("algorithms_frontier_recipe")
+    criterion = experiment.criterion
+    above = criterion(_recipe_series(lambda kl: 0.6 * np.sqrt(kl)))
+    assert above["passed"] and above["measured"]["matched_points"]
+    assert all(m["step"] > 0 for m in above["measured"]["matched_points"])  # step 0 left out
+    below = criterion(_recipe_series(lambda kl: 0.4 * np.sqrt(kl)))
+    assert not below["passed"] and below["measured"]["matched_points"]
+    apart = criterion(_recipe_series(lambda kl: kl, dpo_kls=(6.0, 8.0, 10.0)))
+    assert not apart["passed"] and not apart["measured"]["matched_points"]
+    # the plateau moved when DPO's best point clears the original's by > 2 combined s.e.
+    high = criterion(_recipe_series(lambda kl: 0.9 + 0.0 * kl))["measured"]
+    assert high["plateau_moved"] and high["dpo_best"]["gold"] == pytest.approx(0.9005)
+    flat = criterion(_recipe_series(lambda kl: experiment.PLATEAU_GOLD + 0.0 * kl))["measured"]
+    assert not flat["plateau_moved"]
+
+
+def test_an_envelope_keeps_the_points_nothing_to_their_left_beats():
+    import pandas as pd
+    points = pd.DataFrame({"kl": [0.5, 1.0, 1.5, 2.0, 2.5], "gold": [0.3, 0.6, 0.5, 0.7, 0.7]})
+    kept = module("algorithms_frontier_recipe").envelope(points)
+    assert kept["kl"].tolist() == [0.5, 1.0, 2.0, 2.5]
