@@ -1,6 +1,9 @@
 """jaxrlhf: SFT, Bradley-Terry reward modelling and PPO in JAX/Flax NNX."""
 from setuptools import find_packages, setup
 
+# The optional experiment trackers (jaxrlhf.trackers); the tests exercise both, offline.
+TRACKERS = {"wandb": ["wandb>=0.19"], "mlflow": ["mlflow-skinny>=2.16"]}
+
 setup(
     name="jaxrlhf",
     version="0.1.0",
@@ -29,7 +32,9 @@ setup(
     ],
     entry_points={"console_scripts": ["jaxrlhf=jaxrlhf.cli:run"]},
     extras_require={
+        **TRACKERS,
         "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "torch==2.13.0",
-                 "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+                 "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29",
+                 *TRACKERS["wandb"], *TRACKERS["mlflow"]],
     },
 )

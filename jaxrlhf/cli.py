@@ -59,7 +59,7 @@ COMMAND_FLAGS = {
     "export": ("checkpoint", "output"),
 }
 # The sections every stage's config holds, beside the stage's own (``Stage.sections``).
-SHARED_SECTIONS = ("model", "mesh", "optim", "train", "data", "lora")
+SHARED_SECTIONS = ("model", "mesh", "optim", "train", "data", "lora", "logging")
 
 
 def command_line(command: str) -> str:

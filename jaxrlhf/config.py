@@ -16,6 +16,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from jaxrlhf import hub
 from jaxrlhf.errors import ConfigError, JaxRLHFError, MissingInputError
 from jaxrlhf.models.presets import PRESETS
 from jaxrlhf.settings import ALIASES, RunSettings, alias_targets, field_default
@@ -108,18 +109,28 @@ def override(config: ml_collections.ConfigDict, name: str, value: Any) -> None:
 
 
 # Fields naming a local directory that must exist when set.
-PATH_FIELDS = {"model_init": "a local Hugging Face model directory (config.json + safetensors)",
+PATH_FIELDS = {"model_init": "a local Hugging Face model directory (config.json + "
+                             "safetensors) or a hub id org/name[@revision]",
                "policy_init": "the workdir of a finished SFT run",
                "reward_init": "the workdir of a finished reward-model run",
-               "data.tokenizer": "a local tokenizer directory"}
+               "data.tokenizer": "a local tokenizer directory or a hub id org/name[@revision]"}
+# The path fields that also take a hub id (``jaxrlhf.hub``), and whether the model's weights
+# are fetched for it (a tokenizer needs only its own files).
+HUB_FIELDS = {"model_init": True, "data.tokenizer": False}
 
 
 def check_paths(settings: RunSettings) -> None:
-    """Every directory the config names exists (raises ConfigError naming the field)."""
+    """Every directory the config names exists (ConfigError naming the field otherwise);
+    a hub id in a ``HUB_FIELDS`` field resolves to its cached snapshot, downloaded unless
+    cached (MissingInputError naming the field otherwise)."""
     values = {"model_init": settings.model_init, "policy_init": settings.policy_init,
               "reward_init": settings.reward_init, "data.tokenizer": settings.data.tokenizer}
     for field, value in values.items():
-        if value and not os.path.isdir(os.path.expanduser(value)):
+        if not value:
+            continue
+        if field in HUB_FIELDS and hub.is_hub_id(value):
+            hub.resolve_hf_dir(value, field=f"config.{field}", weights=HUB_FIELDS[field])
+        elif not os.path.isdir(os.path.expanduser(value)):
             raise ConfigError(f"config.{field}={value!r} is not a directory; it must be "
                               f"{PATH_FIELDS[field]}")
 

@@ -1,4 +1,5 @@
-"""Metric writers: JSONL always, TensorBoard (tensorboardX, no TensorFlow) optionally.
+"""Metric writers: JSONL always, TensorBoard (tensorboardX, no TensorFlow) and experiment
+trackers (``jaxrlhf.trackers``, handed each row through ``send``) optionally.
 
 ``metrics.jsonl`` holds what a run computes — the same bytes after any interruption and
 resume as in an uninterrupted run (docs/design.md, rule 5). Timing-dependent values
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from jaxrlhf import runfiles
@@ -30,10 +31,13 @@ def _plain(value: Any) -> Any:
 class MetricWriter:
     """One JSON object per logged step in ``metrics.jsonl`` (and ``perf.jsonl`` for
     timings), exactly once per step across resumes: ``restart()`` for a fresh run,
-    ``keep_through(step)`` after restoring the checkpoint of ``step``."""
+    ``keep_through(step)`` after restoring the checkpoint of ``step``. ``send(step, row)``,
+    when given, gets each row of ``metrics.jsonl`` as it is written (without ``step``)."""
 
-    def __init__(self, workdir: str, *, tensorboard: bool = True):
+    def __init__(self, workdir: str, *, tensorboard: bool = True,
+                 send: Callable[[int, Mapping[str, Any]], None] | None = None):
         self.path = os.path.join(workdir, METRICS_FILE)
+        self._send = send
         self._logs = (runfiles.StepLog(self.path),
                       runfiles.StepLog(os.path.join(workdir, PERF_FILE)))
         self._tb = None
@@ -56,6 +60,8 @@ class MetricWriter:
         for log, row in zip(self._logs, (computed, timings)):
             if row:
                 log.append([{"step": int(step), **row}])
+        if computed and self._send is not None:
+            self._send(int(step), computed)
         if self._tb is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and math.isfinite(value):

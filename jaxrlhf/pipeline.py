@@ -23,7 +23,7 @@ from typing import Any
 import ml_collections
 
 from jaxrlhf import checkpoint, config as config_lib, report, runfiles, stages as stages_lib
-from jaxrlhf import workdir as workdir_lib
+from jaxrlhf import trackers, workdir as workdir_lib
 from jaxrlhf.trainers import bon
 
 TIMING_FILE = "timing.json"
@@ -95,6 +95,14 @@ def stage_finished(command: str, config: ml_collections.ConfigDict, stage_dir: s
     return step == config.train.steps
 
 
+def run_stage(command: str, config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Run (or resume) the stage ``command`` in ``workdir``; once it has finished, send its
+    summary and figures to the experiment trackers its config names (``jaxrlhf.trackers``)."""
+    summary = stages_lib.get(command).train(config, workdir)
+    trackers.report(config, workdir, command, summary)
+    return summary
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Run (or resume) the stages, then write summary.json (and, for SFT -> reward -> PPO,
     ``report.md`` and its figures)."""
@@ -107,7 +115,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             continue
         print(f"=== pipeline stage: {name} ({stage_dir})")
         stage_start = time.perf_counter()
-        stages_lib.get(command).train(stage_config, stage_dir)
+        run_stage(command, stage_config, stage_dir)
         _add_wall_time(workdir, time.perf_counter() - stage_start, stage=name)
     timing = _add_wall_time(workdir, time.perf_counter() - start)
     wall = timing["wall_seconds"]
@@ -125,4 +133,4 @@ def run(command: str, config: ml_collections.ConfigDict, workdir: str) -> dict[s
     """Run (or resume) a stage, or a pipeline, with ``config`` in ``workdir``."""
     if command == stages_lib.PIPELINE:
         return train(config, workdir)
-    return stages_lib.get(command).train(config, workdir)
+    return run_stage(command, config, workdir)

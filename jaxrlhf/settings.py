@@ -25,9 +25,9 @@ from jaxrlhf import parallel
 from jaxrlhf.checks import check_types, fail
 from jaxrlhf.errors import ConfigError
 from jaxrlhf.models.config import ModelConfig
-from jaxrlhf.sections import (BestOfNSettings, DataSettings, DPOSettings, LoRASettings,
-                              OnlineDPOSettings, OptimSettings, PPOSettings, PretrainSettings,
-                              RewardSettings, SamplingSettings, TrainSettings)
+from jaxrlhf.sections import (BestOfNSettings, DataSettings, DPOSettings, LoggingSettings,
+                              LoRASettings, OnlineDPOSettings, OptimSettings, PPOSettings,
+                              PretrainSettings, RewardSettings, SamplingSettings, TrainSettings)
 
 
 # Deprecated name -> the field (or fields) it now sets. Kept for one release (removed in 0.2).
@@ -142,6 +142,7 @@ class RunSettings:
     bon: BestOfNSettings = BestOfNSettings()
     pretrain: PretrainSettings = PretrainSettings()
     lora: LoRASettings = LoRASettings()
+    logging: LoggingSettings = LoggingSettings()
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> RunSettings:
@@ -263,3 +264,10 @@ def field_default(dotted: str) -> Any:
     for part in dotted.split("."):
         node = node[part] if isinstance(node, Mapping) else getattr(node, part)
     return node
+
+
+def logging_settings(config: ml_collections.ConfigDict) -> LoggingSettings:
+    """The ``logging`` section of a stage's config, checked as :meth:`RunSettings.from_config`
+    checks it; its defaults (no tracker) for a config without one."""
+    tree = config.to_dict()
+    return _section(LoggingSettings, tree, "logging") if "logging" in tree else LoggingSettings()

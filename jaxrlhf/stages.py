@@ -14,7 +14,7 @@ import difflib
 import ml_collections
 
 from jaxrlhf import config as config_lib
-from jaxrlhf.errors import ConfigError
+from jaxrlhf.errors import ConfigError, MissingInputError
 from jaxrlhf.trainers import bon, dpo, online_dpo, ppo, pretrain, reward, sft
 from jaxrlhf.trainers.stage import Stage
 
@@ -114,15 +114,16 @@ def check_command(command: str, config: ml_collections.ConfigDict) -> None:
 
 def validate(command: str, config: ml_collections.ConfigDict, num_devices: int) -> None:
     """Raise ConfigError naming the first invalid field for running ``config`` with
-    ``command`` on ``num_devices``; runs before any compilation. A pipeline config is
-    validated stage by stage, and the field names carry the stage (``config.ppo.ppo.clip``)."""
+    ``command`` on ``num_devices`` (MissingInputError for a hub id that cannot be resolved);
+    runs before any compilation. A pipeline config is validated stage by stage, and the
+    field names carry the stage (``config.ppo.ppo.clip``)."""
     check_command(command, config)
     if command == PIPELINE:
         check_references(config)
         for name, stage in pipeline_stages(config):
             try:
                 validate(stage, without_references(config[name]), num_devices)
-            except ConfigError as e:
-                raise ConfigError(str(e).replace("config.", f"config.{name}.", 1)) from None
+            except (ConfigError, MissingInputError) as e:
+                raise type(e)(str(e).replace("config.", f"config.{name}.", 1)) from None
         return
     get(command).check(config_lib.validate(config), num_devices)

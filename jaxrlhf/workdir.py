@@ -11,7 +11,8 @@
 The model card records the model's config and where the checkpoint keeps its parameters, so
 :func:`load_model` reads any stage's workdir (SFT, reward, PPO, DPO) the same way. A LoRA
 run's checkpoint holds only what trained (adapters, a scalar head); its card points to the
-base (a workdir or a local HF directory), and :func:`load_model` returns the merged model.
+base (a workdir, a local HF directory or a hub id pinned to its commit), and
+:func:`load_model` returns the merged model.
 Every file is written through ``jaxrlhf.runfiles``: by process 0 only, and atomically.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ import jax
 import ml_collections
 from flax import nnx
 
-from jaxrlhf import checkpoint, runfiles, scoring
+from jaxrlhf import checkpoint, hub, runfiles, scoring
 from jaxrlhf.data import tokenizer as tokenizer_lib
 from jaxrlhf.errors import CheckpointError, MissingInputError
 from jaxrlhf.models import hf, lora as lora_lib
@@ -64,15 +65,15 @@ def run_tokenizer(workdir: str, *, inherited=None, directory: str = "", task=Non
                   texts: Sequence[str] = (), bpe_vocab_size: int = 1024):
     """The run's tokenizer, saved in ``workdir/tokenizer`` so later stages and resumes use
     exactly the same one. The first of: the one already saved there, the one a previous
-    stage used (``inherited``), a local tokenizer ``directory``, the ``task``'s own, or a
-    byte-level BPE of ``bpe_vocab_size`` trained on ``texts``."""
+    stage used (``inherited``), a tokenizer ``directory`` (local, or a hub id), the
+    ``task``'s own, or a byte-level BPE of ``bpe_vocab_size`` trained on ``texts``."""
     saved = os.path.join(workdir, TOKENIZER_DIR)
     if os.path.isdir(saved):
         return tokenizer_lib.load_tokenizer(saved)
     if inherited is not None:
         tokenizer = inherited
     elif directory:
-        tokenizer = tokenizer_lib.load_tokenizer(directory)
+        tokenizer = tokenizer_lib.load_tokenizer(directory, field="config.data.tokenizer")
     elif task is not None:
         tokenizer = task.tokenizer
     else:
@@ -87,20 +88,22 @@ def write_model_card(workdir: str, model_config: ModelConfig, params_key: str, *
     """Record which model a run trains and under which key of its train state the
     checkpoint keeps the parameters (``params`` for SFT, reward and DPO, ``policy`` for
     PPO); under LoRA also the adapters' config and the ``base`` they adapt (a workdir or a
-    local HF directory) and the dtype it was frozen in."""
+    local HF directory, as an absolute path; a hub id as ``org/name@<commit>``) and the dtype
+    it was frozen in."""
     card = {"model": dataclasses.asdict(model_config), "params_key": params_key}
     if lora is not None:
-        card.update(lora=dataclasses.asdict(lora), base=os.path.abspath(base),
+        card.update(lora=dataclasses.asdict(lora),
+                    base=hub.pinned(base, field="config.model_init"),
                     base_dtype=base_dtype)
     write_json(workdir, MODEL_CARD, card)
 
 
-def load_base_params(path: str, model_config: ModelConfig) -> nnx.State:
-    """A causal LM's parameters from a run's workdir or a local HF directory (the base of
-    LoRA adapters, or the starting point of a stage)."""
+def load_base_params(path: str, model_config: ModelConfig, *, field: str = "base") -> nnx.State:
+    """A causal LM's parameters from a run's workdir or a HF directory or hub id (the base of
+    LoRA adapters, or the starting point of a stage); ``field`` names ``path`` in errors."""
     if os.path.exists(os.path.join(path, MODEL_CARD)):
         return load_model(path, CausalLM).params
-    return hf.load_params(path, model_config)
+    return hf.load_params(path, model_config, field=field)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +147,9 @@ def load_model(workdir: str, model_cls: Callable[..., nnx.Module], **kwargs) -> 
     except ValueError as e:
         raise CheckpointError(f"{workdir}: {e} (expected a {model_cls.__name__})") from None
     if lora is not None:
-        base = lora_lib.cast(load_base_params(card["base"], model_config), card["base_dtype"])
+        base = lora_lib.cast(load_base_params(
+            card["base"], model_config, field=f"{os.path.join(workdir, MODEL_CARD)}: base"),
+            card["base_dtype"])
         merged = lora_lib.merge(lora_lib.join(lora_lib.frozen_part(abstract_frozen, base), params),
                                 lora.scale)
         params = lora_lib.cast(merged, model_config.param_dtype)

@@ -97,7 +97,7 @@ def test_torch_parity(family, tmp_path):
 
 def test_hub_id_fails_fast():
     from jaxrlhf.models.hf import load_causal_lm
-    with pytest.raises(FileNotFoundError, match="never downloads"):
+    with pytest.raises(FileNotFoundError, match="neither a local directory nor a hub id"):
         load_causal_lm("gpt2-not-a-dir")
 
 

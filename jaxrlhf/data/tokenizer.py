@@ -1,5 +1,6 @@
-"""Tokenizers: local HF tokenizer directories, byte-level BPE trained from text, and the
-conversions between token lists and padded ``[batch, length]`` arrays."""
+"""Tokenizers: HF tokenizer directories (local, or a hub id resolved to the local Hugging
+Face cache by ``jaxrlhf.hub``), byte-level BPE trained from text, and the conversions
+between token lists and padded ``[batch, length]`` arrays."""
 from __future__ import annotations
 
 import os
@@ -11,6 +12,7 @@ import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from jaxrlhf.errors import DataError, MissingInputError
+from jaxrlhf.hub import resolve_hf_dir
 
 PAD = "<|pad|>"
 EOS = "<|endoftext|>"
@@ -21,13 +23,16 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}assistant:{% endif %}")
 
 
-def load_tokenizer(path_or_name: str | os.PathLike) -> transformers.PreTrainedTokenizerFast:
-    """A fast tokenizer from a local directory; hub ids fail fast (no network is assumed)."""
-    path = os.fspath(path_or_name)
+def load_tokenizer(path_or_name: str | os.PathLike, *,
+                   field: str = "tokenizer") -> transformers.PreTrainedTokenizerFast:
+    """A fast tokenizer from a local directory or a hub id ``org/name[@revision]`` (its
+    tokenizer files, from the local Hugging Face cache or downloaded into it); ``field``
+    names it in errors (``config.data.tokenizer``)."""
+    path = resolve_hf_dir(os.fspath(path_or_name), field=field, weights=False)
     if not os.path.isdir(path):
         raise MissingInputError(
-            f"tokenizer {path!r} is not a local directory; jaxrlhf runs offline, so download "
-            f"it first (e.g. `huggingface-cli download {path} --local-dir DIR`) and pass DIR")
+            f"{field}={path!r} is neither a local directory nor a hub id (org/name or "
+            "org/name@revision): pass a directory written by save_pretrained")
     if not any(os.path.exists(os.path.join(path, name)) for name in TOKENIZER_FILES):
         raise MissingInputError(f"tokenizer directory {path!r} holds none of {TOKENIZER_FILES}; "
                                 "pass a directory written by save_pretrained")

@@ -22,12 +22,13 @@ from jaxrlhf.models.transformer import CausalLM
 def resolve_config(model: ModelConfig, *, model_init: str, vocab_size: int) -> ModelConfig:
     """The config of the model a run trains.
 
-    With ``model_init`` (a local HF directory) the architecture is that checkpoint's and only
-    the dtypes, layer layout, remat policy and log-prob chunking come from ``model``. Otherwise ``model`` as
-    given, with ``vocab_size`` 0 meaning ``vocab_size`` (the tokenizer's size).
+    With ``model_init`` (a local HF directory or hub id) the architecture is that
+    checkpoint's and only the dtypes, layer layout, remat policy and log-prob chunking come
+    from ``model``. Otherwise ``model`` as given, with ``vocab_size`` 0 meaning
+    ``vocab_size`` (the tokenizer's size).
     """
     if model_init:
-        return hf.load_hf_config(model_init).replace(
+        return hf.load_hf_config(model_init, field="config.model_init").replace(
             dtype=model.dtype, param_dtype=model.param_dtype, scan_layers=model.scan_layers,
             remat=model.remat, logits_chunk=model.logits_chunk)
     if model.vocab_size == 0:
@@ -73,10 +74,12 @@ def random_params_init(model_cls: Callable[..., nnx.Module], cfg: ModelConfig, s
 
 
 def initial_lm_params(cfg: ModelConfig, *, model_init: str, seed: int) -> ParamsInit:
-    """A causal LM's starting parameters: imported from the HF directory ``model_init`` slice
-    by slice onto each device (``hf.load_params``), or random from ``seed`` when it is empty."""
+    """A causal LM's starting parameters: imported from the HF directory (or hub id)
+    ``model_init`` slice by slice onto each device (``hf.load_params``), or random from
+    ``seed`` when it is empty."""
     if model_init:
-        return lambda shardings: hf.load_params(model_init, cfg, shardings)
+        return lambda shardings: hf.load_params(model_init, cfg, shardings,
+                                                field="config.model_init")
     return random_params_init(CausalLM, cfg, seed)
 
 

@@ -1,4 +1,5 @@
-"""HF checkpoint import and export (local directories only; nothing is ever downloaded).
+"""HF checkpoint import and export: a local directory, or a hub id ``org/name[@revision]``
+resolved to the local Hugging Face cache (``jaxrlhf.hub``; downloaded unless cached).
 
 ``load_params(path, cfg, shardings)`` reads a ``config.json`` + ``*.safetensors`` directory
 written by ``transformers`` (GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM) straight
@@ -32,6 +33,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from jaxrlhf.errors import DataError, MissingInputError, UnsupportedModelError
+from jaxrlhf.hub import resolve_hf_dir
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.hf_config import hf_dict_from_model_config, model_config_from_hf
 from jaxrlhf.models.transformer import CausalLM
@@ -47,17 +49,21 @@ _GPT2_NORMS = (("ln1", "ln_1"), ("ln2", "ln_2"))
 Index = tuple[slice, ...]
 
 
-def _check_local(path: str) -> None:
+def _local(path: str, field: str) -> str:
+    """The directory ``path`` names (a hub id: its cached snapshot, ``jaxrlhf.hub``)."""
+    path = resolve_hf_dir(path, field=field)
     if not os.path.isdir(path):
         raise MissingInputError(
-            f"{path!r} is not a local directory. jaxrlhf never downloads from the hub: "
-            "pass a local directory holding config.json and *.safetensors.")
+            f"{field}={path!r} is neither a local directory nor a hub id (org/name or "
+            "org/name@revision): pass a local directory holding config.json and *.safetensors.")
+    return path
 
 
-def load_hf_config(path: str, **overrides) -> ModelConfig:
-    """The ``ModelConfig`` of the HF directory ``path``; a config field whose effect jaxrlhf
-    does not implement is an error naming the field and the file."""
-    _check_local(path)
+def load_hf_config(path: str, *, field: str = "model", **overrides) -> ModelConfig:
+    """The ``ModelConfig`` of the HF directory (or hub id) ``path``; a config field whose
+    effect jaxrlhf does not implement is an error naming the field and the file. ``field``
+    names ``path`` in errors (``config.model_init``)."""
+    path = _local(path, field)
     file = os.path.join(path, "config.json")
     if not os.path.isfile(file):
         raise MissingInputError(f"{path!r} has no config.json: a Hugging Face model directory "
@@ -210,13 +216,15 @@ def _unused(cfg: ModelConfig, ckpt: SafetensorsDir, used: set[str], with_head: b
     return sorted(n for n in ckpt.names() - used if not ignorable(n))
 
 
-def load_params(path: str, cfg: ModelConfig, shardings: nnx.State | None = None) -> nnx.State:
-    """The parameters of the HF checkpoint ``path`` as a ``CausalLM(cfg)`` state, each array
+def load_params(path: str, cfg: ModelConfig, shardings: nnx.State | None = None, *,
+                field: str = "model") -> nnx.State:
+    """The parameters of the HF checkpoint ``path`` (a directory or hub id; ``field`` names
+    it in errors) as a ``CausalLM(cfg)`` state, each array
     assembled on its ``shardings`` (a state of the same paths holding ``NamedSharding``s —
     the whole model's, or only its ``model`` trunk for a reward or value model) or, with
     none, on the default device. A tensor the model has no place for, or a shape mismatch,
     is an error naming it."""
-    _check_local(path)
+    path = _local(path, field)
     ckpt = SafetensorsDir(path)
     abstract = nnx.split(nnx.eval_shape(lambda: CausalLM(cfg, rngs=nnx.Rngs(0))))[1]
     if shardings is None:
@@ -248,8 +256,10 @@ def load_params(path: str, cfg: ModelConfig, shardings: nnx.State | None = None)
 
 
 def load_causal_lm(path: str, *, dtype: str = "float32", param_dtype: str = "float32",
-                   scan_layers: bool = False, remat: str = "none") -> CausalLM:
-    """A ``CausalLM`` with the weights of the HF checkpoint directory ``path``."""
+                   scan_layers: bool = False, remat: str = "none",
+                   field: str = "model") -> CausalLM:
+    """A ``CausalLM`` with the weights of the HF checkpoint directory (or hub id) ``path``."""
+    path = _local(path, field)
     cfg = load_hf_config(path, dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers,
                          remat=remat)
     graphdef = nnx.split(nnx.eval_shape(lambda: CausalLM(cfg, rngs=nnx.Rngs(0))))[0]

@@ -1,5 +1,5 @@
 """The typed sections of a run's settings — ``optim``, ``train``, ``data``, ``sampling``,
-``reward``, ``ppo``, ``dpo``, ``online_dpo``, ``bon``, ``pretrain``, ``lora``.
+``reward``, ``ppo``, ``dpo``, ``online_dpo``, ``bon``, ``pretrain``, ``lora``, ``logging``.
 
 Each section is a frozen dataclass that carries its fields' defaults (the one place they
 are written: ``jaxrlhf.config.base_config`` is built from them) and whose ``__post_init__``
@@ -9,13 +9,13 @@ reads them from a ``ConfigDict``, after ``jaxrlhf.checks.check_types`` has check
 value's kind.
 """
 from jaxrlhf.sections.common import (BEST_MODES, BON_SPLITS, MIN_BPE_VOCAB, BestOfNSettings,
-                                     DataSettings, DPOSettings, LoRASettings, OptimSettings,
-                                     PretrainSettings, RewardSettings, SamplingSettings,
-                                     TrainSettings)
+                                     DataSettings, DPOSettings, LoggingSettings, LoRASettings,
+                                     OptimSettings, PretrainSettings, RewardSettings,
+                                     SamplingSettings, TrainSettings)
 from jaxrlhf.sections.online_dpo import OnlineDPOSettings
 from jaxrlhf.sections.ppo import FROZEN_DTYPES, REWARD_SOURCES, VALUE_INITS, PPOSettings
 
 __all__ = ["BEST_MODES", "BON_SPLITS", "FROZEN_DTYPES", "MIN_BPE_VOCAB", "REWARD_SOURCES",
-           "VALUE_INITS", "BestOfNSettings", "DataSettings", "DPOSettings", "LoRASettings",
-           "OnlineDPOSettings", "OptimSettings", "PPOSettings", "PretrainSettings",
-           "RewardSettings", "SamplingSettings", "TrainSettings"]
+           "VALUE_INITS", "BestOfNSettings", "DataSettings", "DPOSettings", "LoggingSettings",
+           "LoRASettings", "OnlineDPOSettings", "OptimSettings", "PPOSettings",
+           "PretrainSettings", "RewardSettings", "SamplingSettings", "TrainSettings"]

@@ -1,5 +1,5 @@
 """The sections of every stage but PPO's (``jaxrlhf.sections.ppo``): ``optim``, ``train``,
-``data``, ``sampling``, ``reward``, ``dpo``, ``bon``, ``pretrain``, ``lora``."""
+``data``, ``sampling``, ``reward``, ``dpo``, ``bon``, ``pretrain``, ``lora``, ``logging``."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,6 +16,8 @@ from jaxrlhf.tasks import TASKS
 BON_SPLITS = ("eval", "train")
 BEST_MODES = ("min", "max")
 MIN_BPE_VOCAB = 258  # the 256 byte-level symbols, <|pad|> and <|endoftext|>
+WANDB_PROJECT_FORBIDDEN = "/\\#?%:"   # characters W&B refuses in a project name
+WANDB_TAG_MAX = 64                    # characters of one W&B tag
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +89,7 @@ class DataSettings:
     chosen, rejected} or Anthropic HH {chosen, rejected} pairs; pretraining: text), with
     ``eval_source`` (or the last rows of ``source``) held out. ``tokenizer`` "": the task's
     own, or a byte-level BPE of ``bpe_vocab_size`` trained on the data; else a local
-    tokenizer directory."""
+    tokenizer directory or a hub id ``org/name[@revision]`` (``jaxrlhf.hub``)."""
     task: str = "sentiment"
     source: str = ""
     eval_source: str = ""
@@ -302,3 +304,38 @@ class LoRASettings:
     def config(self) -> LoRAConfig | None:
         """The model-side adapter spec, or None when LoRA is off."""
         return LoRAConfig(self.rank, self.alpha, self.targets) if self.rank else None
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggingSettings:
+    """The experiment trackers beside ``metrics.jsonl`` (``jaxrlhf.trackers``), each off
+    until named: Weights & Biases with ``wandb_project`` (in ``wandb_entity``, "": the
+    user's default; run name ``wandb_run_name``, "": W&B's; ``wandb_tags`` comma-separated),
+    MLflow with ``mlflow_uri`` (``file:DIR``, ``http://HOST:PORT``, ...; experiment
+    ``mlflow_experiment``, "": MLflow's ``Default``)."""
+    wandb_project: str = ""
+    wandb_entity: str = ""
+    wandb_run_name: str = ""
+    wandb_tags: str = ""
+    mlflow_uri: str = ""
+    mlflow_experiment: str = ""
+
+    def __post_init__(self):
+        if any(c in self.wandb_project for c in WANDB_PROJECT_FORBIDDEN):
+            fail("logging.wandb_project", self.wandb_project, f"must not contain any of "
+                 f"{WANDB_PROJECT_FORBIDDEN!r} (an entity goes in logging.wandb_entity)")
+        for name in ("wandb_entity", "wandb_run_name", "wandb_tags"):
+            if getattr(self, name) and not self.wandb_project:
+                fail(f"logging.{name}", getattr(self, name), "has no effect without "
+                     "logging.wandb_project: set that too")
+        if self.mlflow_experiment and not self.mlflow_uri:
+            fail("logging.mlflow_experiment", self.mlflow_experiment, "has no effect without "
+                 "logging.mlflow_uri: set that too (file:DIR or the tracking server's URL)")
+        if not all(0 < len(tag) <= WANDB_TAG_MAX for tag in self.tags):
+            fail("logging.wandb_tags", self.wandb_tags, f"must be comma-separated tags of 1 "
+                 f"to {WANDB_TAG_MAX} characters each")
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """``wandb_tags`` as a tuple (empty when unset)."""
+        return tuple(tag.strip() for tag in self.wandb_tags.split(",")) if self.wandb_tags else ()

@@ -8,6 +8,9 @@ resumes from the newest intact checkpoint with the data iterator where it was, b
 and leaves ``metrics.jsonl`` and ``samples.jsonl`` byte-identical to an uninterrupted
 run's: a fresh start empties them, a resume cuts them back to the restored step.
 
+The loop hands each metrics row to the experiment trackers the config names
+(``jaxrlhf.trackers``): a fresh start opens new tracker runs, a resume continues them.
+
 With ``train.best_metric`` the loop also keeps the state of the best evaluation so far in
 ``WORKDIR/best`` (:class:`_Best`) and returns it at the end: early stopping by checkpoint
 selection, so a reward model whose held-out loss rises after step k hands on step k.
@@ -31,7 +34,8 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from jaxrlhf import checkpoint, parallel, runfiles, workdir as workdir_lib
+from jaxrlhf import checkpoint, parallel, runfiles, trackers as trackers_lib
+from jaxrlhf import workdir as workdir_lib
 from jaxrlhf.errors import ConfigError, DivergedError
 from jaxrlhf.metrics import PERF_PREFIX, MetricWriter, read_metrics
 from jaxrlhf.sections import TrainSettings
@@ -59,17 +63,6 @@ def _host_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(np.asarray(v)) for k, v in jax.device_get(dict(metrics)).items()}
 
 
-def _leaves(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{dotted name: value}`` of a nested mapping's leaves."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(_leaves(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Raise ConfigError naming each :data:`STATE_FIELDS` field whose value in the run's
     ``config.json`` differs from ``config``'s (``model.d_model: 64 in the run, 32 now``):
@@ -77,8 +70,8 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
     Other fields (``train.run_steps``, logging, ...) may change between invocations."""
     if not os.path.exists(os.path.join(workdir, workdir_lib.CONFIG_FILE)):
         return
-    saved = _leaves(workdir_lib.read_json(workdir, workdir_lib.CONFIG_FILE))
-    now = _leaves(json.loads(json.dumps(config.to_dict())))
+    saved = trackers_lib.flatten(workdir_lib.read_json(workdir, workdir_lib.CONFIG_FILE))
+    now = trackers_lib.flatten(json.loads(json.dumps(config.to_dict())))
     changed = [f"{name}: {saved.get(name)!r} in the run, {now.get(name)!r} now"
                for name in sorted(saved.keys() | now.keys())
                if name.startswith(STATE_FIELDS) and saved.get(name) != now.get(name)]
@@ -89,19 +82,29 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 class _Logs:
-    """The run's step logs: metrics (+ perf timings) and decoded samples."""
+    """The run's step logs: metrics (+ perf timings, + the experiment trackers) and decoded
+    samples."""
 
-    def __init__(self, workdir: str, tensorboard: bool):
-        self.metrics = MetricWriter(workdir, tensorboard=tensorboard)
+    def __init__(self, workdir: str, tensorboard: bool, config: ml_collections.ConfigDict,
+                 stage: str):
+        self.config = config
+        self.trackers = trackers_lib.Trackers.of(config, workdir, stage)
+        self.metrics = MetricWriter(workdir, tensorboard=tensorboard, send=self.trackers.log)
         self.samples = runfiles.StepLog(os.path.join(workdir, workdir_lib.SAMPLES_FILE))
 
     def restart(self) -> None:
         self.metrics.restart()
         self.samples.restart()
+        self.trackers.start(self.config, resume=False)
 
     def keep_through(self, step: int) -> None:
         self.metrics.keep_through(step)
         self.samples.keep_through(step)
+        self.trackers.start(self.config, resume=True)
+
+    def close(self) -> None:
+        self.metrics.close()
+        self.trackers.close()
 
     def evaluation(self, step: int, result: Evaluation) -> Mapping[str, float]:
         """Log an evaluation's sample rows; return its metrics."""
@@ -172,7 +175,7 @@ def run(*, workdir: str, train: TrainSettings, config: ml_collections.ConfigDict
     t = train
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, workdir_lib.CHECKPOINT_DIR),
                                    keep=t.keep_checkpoints)
-    logs = _Logs(workdir, t.tensorboard)
+    logs = _Logs(workdir, t.tensorboard, config, desc)
     target = checkpoint.abstract_like(abstract_state, state_shardings)
     best = _Best(workdir, t) if t.best_metric else None
     if ckpt.latest_step() is not None:
@@ -229,7 +232,7 @@ def run(*, workdir: str, train: TrainSettings, config: ml_collections.ConfigDict
             ckpt.save(step, state, {"data": batches.get_state(), "config": config.to_dict()})
     bar.close()
     ckpt.close()
-    logs.metrics.close()
+    logs.close()
     runfiles.barrier(f"{desc}:logs")  # every process may now read what process 0 wrote
     if best is not None:
         if end == t.steps:

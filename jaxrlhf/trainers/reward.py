@@ -182,7 +182,8 @@ def prepare_data(settings: RunSettings, workdir: str, policy: TrainedModel | Non
 def initial_params_fn(seed: int, model_config: ModelConfig, policy: TrainedModel | None,
                       model_init: str = "") -> ParamsInit:
     """A scalar model with a random head, its trunk taken from the SFT policy when one is
-    given, else imported from the HF directory ``model_init`` when given, else random."""
+    given, else imported from the HF directory (or hub id) ``model_init`` when given, else
+    random."""
     if policy is None and not model_init:
         return random_params_init(ScalarModel, model_config, seed, head_init="normal")
 
@@ -194,7 +195,8 @@ def initial_params_fn(seed: int, model_config: ModelConfig, policy: TrainedModel
             trunk = parallel.put(policy.params["model"], shardings["model"])
         else:
             trunk = hf.load_params(model_init, model_config,
-                                   nnx.State({"model": shardings["model"]}))["model"]
+                                   nnx.State({"model": shardings["model"]}),
+                                   field="config.model_init")["model"]
         return nnx.merge_state(nnx.State({"model": trunk}), nnx.State({"head": head}))
     return init
 

@@ -33,13 +33,13 @@ DryRunPrograms = dict[str, tuple[Callable, tuple, Any]]
 @dataclasses.dataclass(frozen=True)
 class Stage:
     """One stage: its command ``name`` and one-line ``help``; the settings ``sections`` it
-    reads beyond the shared ``model``, ``mesh``, ``optim``, ``train``, ``data`` and ``lora``;
-    ``train(config, workdir) -> summary`` (runs or resumes); what it ``produces`` for later
-    stages and which earlier products it ``reads`` (both from :data:`PRODUCTS`); whether it
-    ``has_steps`` (checkpointed optimizer steps, so ``train.steps`` says when it is done);
-    its ``headline`` (the summary in one line); ``dry_run(settings, mesh)``: its compiled
-    programs over abstract weights and batches of the config's shapes; and ``check``: the
-    checks of its batches on a device count."""
+    reads beyond the shared ``model``, ``mesh``, ``optim``, ``train``, ``data``, ``lora`` and
+    ``logging``; ``train(config, workdir) -> summary`` (runs or resumes); what it
+    ``produces`` for later stages and which earlier products it ``reads`` (both from
+    :data:`PRODUCTS`); whether it ``has_steps`` (checkpointed optimizer steps, so
+    ``train.steps`` says when it is done); its ``headline`` (the summary in one line);
+    ``dry_run(settings, mesh)``: its compiled programs over abstract weights and batches of
+    the config's shapes; and ``check``: the checks of its batches on a device count."""
     name: str
     help: str
     sections: tuple[str, ...]
