@@ -129,6 +129,9 @@ def parser(description: str, **defaults: Any) -> argparse.ArgumentParser:
     p.add_argument("--peak_source", default="command line",
                    help="where the --peak_* numbers come from (recorded with the result)")
     p.add_argument("--json", default="", help="also write the result here")
+    p.add_argument("--trace", default="", help="also trace --repeats calls of the main "
+                   "program into this directory and report where its time goes, op by op "
+                   "(benchmarks.op_profile); the timings are taken apart, untraced")
     p.set_defaults(**defaults)
     return p
 
@@ -244,13 +247,38 @@ def device_peak_bytes() -> int | None:
     return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
 
 
-def compile_with_memory(jitted: Any, *args: Any) -> tuple[Any, dict[str, int]]:
-    """``jitted`` compiled for these arguments, and XLA's memory analysis of it (per
-    device). Timing the compiled object itself compiles once."""
+def compile_with_memory(jitted: Any, *args: Any) -> tuple[Any, dict[str, int], str]:
+    """``jitted`` compiled for these arguments, XLA's memory analysis of it (per device)
+    and its optimised HLO text (for :func:`op_profile`). Timing the compiled object itself
+    compiles once."""
     compiled = jitted.lower(*args).compile()
     trailing = getattr(jitted, "trailing", ())      # a parallel.MeshJit's bound arguments
     run = (lambda *given: compiled(*given, *trailing)) if trailing else compiled
-    return run, memory.compiled_memory(compiled)
+    return run, memory.compiled_memory(compiled), compiled.as_text()
+
+
+def op_profile(fn: Callable[[], Any], hlo: str, trace_dir: str,
+               calls: int) -> dict[str, Any]:
+    """``calls`` calls of ``fn`` (a compiled program, warmed up) under ``jax.profiler``,
+    written to ``trace_dir`` with the program's HLO, and where their time went
+    (``benchmarks.op_profile``)."""
+    from benchmarks import op_profile as profile_lib
+    os.makedirs(trace_dir, exist_ok=True)
+    with open(os.path.join(trace_dir, profile_lib.HLO_FILE), "w") as f:
+        f.write(hlo)
+    with open(os.path.join(trace_dir, "calls.txt"), "w") as f:
+        f.write(str(calls))
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+        for _ in range(calls):
+            jax.block_until_ready(fn())
+    summary = profile_lib.summarise(trace_dir, calls)
+    print("\n".join(profile_lib.lines(summary)), file=sys.stderr)
+    return summary
+
+
+def traced(args: argparse.Namespace, fn: Callable[[], Any], hlo: str) -> dict[str, Any]:
+    """``{"op_profile": ...}`` of ``fn`` under ``--trace`` (:func:`op_profile`), else {}."""
+    return {"op_profile": op_profile(fn, hlo, args.trace, args.repeats)} if args.trace else {}
 
 
 def finish(result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:

@@ -40,10 +40,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                        eos_id=1, pad_id=0, temperature=1.0))
         return common.compile_with_memory(fn, params, *prompt, key)
 
-    full, memory = generate(args.new)
-    one, _ = generate(1)
+    full, memory, hlo = generate(args.new)
+    one, _, _ = generate(1)
     t_full = common.time_calls(lambda: full(params, *prompt, key), warmup=args.warmup,
                                repeats=args.repeats)
+    profile = common.traced(args, lambda: full(params, *prompt, key), hlo)
     t_one = common.time_calls(lambda: one(params, *prompt, key), warmup=args.warmup,
                               repeats=args.repeats)
     step = {stat: (t_full[stat] - t_one[stat]) / (args.new - 1) for stat in ("min", "median")}
@@ -59,7 +60,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
            "decode_step_seconds": step, "parameter_bytes": param_bytes,
            "kv_cache_bytes": cache_bytes, "bytes_per_step": step_bytes,
            "bytes_per_token": step_bytes / args.batch, **peak,
-           "compiled_memory": memory, "device_peak_bytes": common.device_peak_bytes()}
+           "compiled_memory": memory, "device_peak_bytes": common.device_peak_bytes(),
+           **profile}
     for stat in ("min", "median"):
         seconds = step[stat]
         out[f"decode_tokens_per_sec_{stat}"] = args.batch / seconds

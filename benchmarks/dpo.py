@@ -58,13 +58,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     batch = parallel.shard_batch(dpo_program.with_reference(
         pairs, dpo_program.PAIRS, policy.graphdef, reference, args.batch, mesh, True), mesh)
     holder = {"state": program.init_state()}
-    step, memory = common.compile_with_memory(program.step, holder["state"], batch)
+    step, memory, hlo = common.compile_with_memory(program.step, holder["state"], batch)
 
     def one_step():
         holder["state"], metrics = step(holder["state"], batch)
         return metrics
 
     times["step"] = common.time_calls(one_step, warmup=args.warmup, repeats=args.repeats)
+    profile = common.traced(args, one_step, hlo)
     times["step_and_reference"] = {s: times["step"][s] + times["reference"][s]
                                    for s in ("min", "median")}
     tokens = 2 * args.batch * seq
@@ -79,7 +80,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "step_pairs_per_sec_min": args.batch / times["step"]["min"],
             **common.throughput(tokens, flops["step_and_reference"],
                                 times["step_and_reference"], peak),
-            **peak, "compiled_memory": memory, "device_peak_bytes": common.device_peak_bytes()}
+            **peak, "compiled_memory": memory,
+            "device_peak_bytes": common.device_peak_bytes(), **profile}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

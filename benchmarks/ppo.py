@@ -70,12 +70,13 @@ def run(args: argparse.Namespace, *, benchmark: str = "ppo",
         sampling=dict(prompt_length=args.prompt, response_length=args.response))
     mesh = parallel.make_mesh(settings.mesh)
     policy = common.random_trained(CausalLM, cfg, 0)
-    reward = RewardModel(common.random_trained(ScalarModel, cfg, 1, head_init="normal"), gain=1.0, bias=0.0)
+    reward = RewardModel(common.random_trained(ScalarModel, cfg, 1, head_init="normal"),
+                         gain=1.0, bias=0.0)
     program = ppo.build(settings, mesh, policy, reward, task=None)
-    batch = parallel.shard_batch(_prompts(args, cfg.vocab_size, settings.prompts_drawn_per_iteration),
-                                 mesh)
+    prompts = _prompts(args, cfg.vocab_size, settings.prompts_drawn_per_iteration)
+    batch = parallel.shard_batch(prompts, mesh)
     holder = {"state": program.init_state()}
-    iterate, memory = common.compile_with_memory(program.iterate, holder["state"],
+    iterate, memory, hlo = common.compile_with_memory(program.iterate, holder["state"],
                                                  program.frozen, batch)
 
     def one_iteration():
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace, *, benchmark: str = "ppo",
 
     times = {"iteration": common.time_calls(one_iteration, warmup=args.warmup,
                                             repeats=args.repeats)}
+    profile = common.traced(args, one_iteration, hlo)
     p, g, state, key = settings.ppo, settings.sampling, holder["state"], jax.random.key(0)
     generate = jax.jit(functools.partial(
         sampling.generate, program.models.policy, max_new_tokens=g.response_length, eos_id=1,
@@ -111,7 +113,8 @@ def run(args: argparse.Namespace, *, benchmark: str = "ppo",
             **common.throughput(tokens, flops["iteration"], times["iteration"], peak),
             **{f"mfu_{name}_min": flops[name] / times[name]["min"] / 1e12 / peak["peak_tflops"]
                for name in ("sampling", "scoring", "update")},
-            **peak, "compiled_memory": memory, "device_peak_bytes": common.device_peak_bytes()}
+            **peak, "compiled_memory": memory, "device_peak_bytes": common.device_peak_bytes(),
+            **profile}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -35,13 +35,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rejected_mask": np.ones_like(rejected),
         "margin": np.zeros(args.batch, np.float32)}, mesh)
     holder = {"state": program.init_state()}
-    step, memory = common.compile_with_memory(program.step, holder["state"], batch)
+    step, memory, hlo = common.compile_with_memory(program.step, holder["state"], batch)
 
     def one_step():
         holder["state"], metrics = step(holder["state"], batch)
         return metrics
 
     seconds = common.time_calls(one_step, warmup=args.warmup, repeats=args.repeats)
+    profile = common.traced(args, one_step, hlo)
     tokens = 2 * args.batch * args.seq
     flops = tokens * common.flops_per_token(cfg, args.seq, train=True, head="scalar")
     peak = common.peaks(args)
@@ -51,7 +52,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "seconds_per_step": seconds,
             "pairs_per_sec_min": args.batch / seconds["min"],
             **common.throughput(tokens, flops, seconds, peak), **peak,
-            "compiled_memory": memory, "device_peak_bytes": common.device_peak_bytes()}
+            "compiled_memory": memory,
+            "device_peak_bytes": common.device_peak_bytes(), **profile}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -30,13 +30,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     batch = parallel.shard_batch({"input_ids": ids, "attention_mask": np.ones_like(ids),
                                   "loss_mask": np.ones_like(ids)}, mesh)
     holder = {"state": program.init_state()}
-    step, memory = common.compile_with_memory(program.step, holder["state"], batch)
+    step, memory, hlo = common.compile_with_memory(program.step, holder["state"], batch)
 
     def one_step():
         holder["state"], metrics = step(holder["state"], batch)
         return metrics
 
     seconds = common.time_calls(one_step, warmup=args.warmup, repeats=args.repeats)
+    profile = common.traced(args, one_step, hlo)
     tokens = args.batch * args.seq
     flops = tokens * common.flops_per_token(cfg, args.seq, train=True)
     peak = common.peaks(args)
@@ -44,7 +45,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "parameters": sum(x.size for x in jax.tree.leaves(holder["state"].params)),
             "tokens_per_step": tokens, "model_flops_per_step": flops,
             "seconds_per_step": seconds, **common.throughput(tokens, flops, seconds, peak),
-            **peak, "compiled_memory": memory, "device_peak_bytes": common.device_peak_bytes()}
+            **peak, "compiled_memory": memory,
+            "device_peak_bytes": common.device_peak_bytes(), **profile}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -19,14 +19,32 @@ COMMON_FIELDS = ("benchmark", "model", "parameters", "peak_tflops", "peak_gbps",
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    """One results directory for the module: each benchmark test writes NAME.json there and
-    the report test reads them all."""
+    """One results directory per test process: each benchmark writes NAME.json there once
+    and every test that needs it (the report test needs them all) reads it back."""
     return tmp_path_factory.mktemp("results")
 
 
-def _run(module, results, *args):
-    out = results / f"{module.__name__.split('.')[-1]}.json"
-    module.main([*args, "--repeats", "2", "--json", str(out)])
+TINY = {  # each benchmark's arguments at a tiny shape
+    "sft": ["--model", "gpt2_1x32", "--batch", "8", "--seq", "16", *PEAKS],
+    "reward": ["--model", "llama_1x64", "--batch", "8", "--seq", "16", "--remat", "full",
+               "--scan_layers", *PEAKS],
+    "ppo": ["--model", "gpt2_1x32", "--batch", "16", "--prompt", "4", "--response", "4",
+            "--minibatches", "2", "--epochs", "1", *PEAKS],
+    "dpo": ["--model", "llama_1x64_kv2_tied", "--batch", "8", "--prompt", "4",
+            "--response", "8", *PEAKS],
+    "grpo": ["--model", "gpt2_1x32", "--prompts", "8", "--generations", "2", "--prompt", "4",
+             "--response", "4", *PEAKS],
+    "decode": ["--model", "llama_1x64", "--batch", "8", "--prompt", "8", "--new", "4",
+               "--dtype", "bfloat16"],
+}
+
+
+def _run(module, results):
+    """The benchmark's result at its ``TINY`` shape, run on first use in this process."""
+    name = module.__name__.split(".")[-1]
+    out = results / f"{name}.json"
+    if not out.exists():
+        module.main([*TINY[name], "--repeats", "2", "--json", str(out)])
     result = json.loads(out.read_text())
     for field in COMMON_FIELDS:
         assert field in result, field
@@ -49,22 +67,20 @@ def _check_throughput(result, tokens):
 
 
 def test_sft_benchmark(results):
-    r = _run(sft, results, "--model", "gpt2_1x32", "--batch", "8", "--seq", "16", *PEAKS)
+    r = _run(sft, results)
     assert r["benchmark"] == "sft" and r["tokens_per_step"] == 8 * 16
     assert r["peak_source"] == "command line" and r["peak_tflops"] == 2.0
     _check_throughput(r, 8 * 16)
 
 
 def test_reward_benchmark(results):
-    r = _run(reward, results, "--model", "llama_1x64", "--batch", "8", "--seq", "16",
-             "--remat", "full", "--scan_layers", *PEAKS)
+    r = _run(reward, results)
     assert r["tokens_per_step"] == 2 * 8 * 16 and r["pairs_per_sec_min"] > 0
     _check_throughput(r, 2 * 8 * 16)
 
 
 def test_ppo_benchmark(results):
-    r = _run(ppo, results, "--model", "gpt2_1x32", "--batch", "16", "--prompt", "4",
-             "--response", "4", "--minibatches", "2", "--epochs", "1", *PEAKS)
+    r = _run(ppo, results)
     for phase in ("iteration", "sampling", "rollout", "update", "scoring"):
         assert set(r["seconds"][phase]) >= {"min", "median"}, phase
     flops = r["model_flops"]
@@ -76,8 +92,7 @@ def test_ppo_benchmark(results):
 
 
 def test_dpo_benchmark_times_the_reference_forward_apart(results):
-    r = _run(dpo, results, "--model", "llama_1x64_kv2_tied", "--batch", "8", "--prompt", "4",
-             "--response", "8", *PEAKS)
+    r = _run(dpo, results)
     assert r["benchmark"] == "dpo" and r["tokens_per_step"] == 2 * 8 * 12
     t, flops = r["seconds"], r["model_flops"]
     for stat in ("min", "median"):
@@ -92,8 +107,7 @@ def test_dpo_benchmark_times_the_reference_forward_apart(results):
 
 
 def test_grpo_benchmark_is_one_update_of_prompts_x_generations_without_a_value_model(results):
-    r = _run(grpo, results, "--model", "gpt2_1x32", "--prompts", "8", "--generations", "2",
-             "--prompt", "4", "--response", "4", *PEAKS)
+    r = _run(grpo, results)
     assert r["benchmark"] == "grpo" and r["options"]["batch"] == 16
     assert (r["options"]["minibatches"], r["options"]["epochs"]) == (1, 1)
     cfg = common.model_config("gpt2_1x32", 8, argparse_options())
@@ -122,8 +136,7 @@ def test_llama_shapes_name_their_key_value_heads_and_tying(name, kv, tied):
 def test_decode_benchmark_measures_cpu_peaks(results):
     """Without --peak_* on a CPU the peaks are measured; the roofline fraction is the
     achieved bandwidth over that peak."""
-    r = _run(decode, results, "--model", "llama_1x64", "--batch", "8", "--prompt", "8",
-             "--new", "4", "--dtype", "bfloat16")
+    r = _run(decode, results)
     assert r["peak_source"].startswith("measured") and r["peak_gbps"] > 0
     cfg = r["options"]
     slots = cfg["prompt"] + cfg["new"]
@@ -171,6 +184,8 @@ def test_report_writes_the_tables_and_the_scaling_figures(results, tmp_path):
             for axis, w, seq in [("seq", 256, 64), ("seq", 256, 128), ("size", 128, 128),
                                  ("size", 256, 128)]]
     (results / "scaling.json").write_text(json.dumps({"rows": rows}))
+    for module in (sft, reward, ppo, dpo, grpo, decode):
+        _run(module, results)
     text = report.main(["--results", str(results), "--figures", str(tmp_path)])
     for heading in ("Stage steps", "PPO iteration split", "GRPO step split",
                     "DPO step and reference forward", "Decoding", "Scaling"):
@@ -180,3 +195,25 @@ def test_report_writes_the_tables_and_the_scaling_figures(results, tmp_path):
     assert (results / "tables.md").read_text().strip() == text.strip()
     for axis in ("seq", "size"):
         assert (tmp_path / f"scaling_{axis}.png").stat().st_size > 1000
+
+
+def _softplus_of_a_product(a, b):
+    return jax.nn.softplus(a @ b).sum()
+
+
+def test_op_profile_splits_a_traced_program_into_matmuls_and_the_code_outside(tmp_path):
+    """A dot feeding an elementwise function: the profile has a matmul class and puts the
+    time outside it on this file's function; the shares sum to one."""
+    fn = jax.jit(_softplus_of_a_product)
+    a = jnp.ones((256, 256))
+    compiled = fn.lower(a, a).compile()
+    jax.block_until_ready(compiled(a, a))
+    summary = common.op_profile(lambda: compiled(a, a), compiled.as_text(), str(tmp_path), 3)
+    classes = summary["by_class"]
+    assert "matmul" in classes and summary["calls"] == 3
+    assert sum(c["share"] for c in classes.values()) == pytest.approx(1.0)
+    assert summary["seconds_in_thunks"] == pytest.approx(sum(c["seconds"] for c in
+                                                             classes.values()))
+    assert any("_softplus_of_a_product" in row["where"] for row in summary["outside_matmuls"])
+    from benchmarks import op_profile
+    assert op_profile.summarise(str(tmp_path), 3) == summary      # re-read from the files
