@@ -15,7 +15,7 @@ from experiments import common
 from notebooks.run import kernel_environment
 
 EXPERIMENTS = ["rl_overoptimization", "kl_frontier", "rm_margin", "ptx_alignment_tax",
-               "algorithms_frontier"]
+               "algorithms_frontier", "algorithms_frontier_recipe"]
 
 
 def module(name):
