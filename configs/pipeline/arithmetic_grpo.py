@@ -6,7 +6,8 @@ python -m jaxrlhf pipeline --config=configs/pipeline/arithmetic_grpo.py --workdi
 - ``sft``: ``configs/sft/arithmetic.py`` — a policy right part of the time.
 - ``grpo``: ``configs/grpo/quickstart.py`` (group-normalised advantages, 8 responses per
   prompt, no value model, KL as a k3 loss term with beta 0.04) from the SFT policy
-  (``policy_init="@sft"``) with the gold reward (``ppo.reward_source="gold"``).
+  (``policy_init="@sft"``) with the gold reward (``ppo.reward_source="gold"``): 400
+  iterations of 256 responses, 2 epochs of 4 minibatches each, learning rate 1e-4.
 
 The GRPO summary (``DIR/grpo/summary.json``) holds the held-out exact-match accuracy before
 and after, ``accuracy_before`` / ``accuracy_after`` (± ``*_stderr``, over 256 held-out
@@ -34,9 +35,12 @@ def get_config(size: str = "full"):
     c.grpo.data.update(task="arithmetic", max_len=c.sft.data.max_len)
     c.grpo.sampling.update(c.sft.sampling.to_dict(), eval_samples_per_prompt=8)
     c.grpo.ppo.update(reward_source="gold", num_prompts=4096)
-    # 3e-4 (the quickstart's) moved this policy 0.5 nats from the SFT policy in one update
+    # 3e-4 (the quickstart's) moved this policy 0.5 nats from the SFT policy in one update.
+    # 40 iterations of one epoch left held-out accuracy where it was (0.540 -> 0.549); 400
+    # of two epochs each raise it (README, "Verifiable rewards").
     c.grpo.optim.learning_rate = 1e-4
-    c.grpo.train.update(steps=40, batch_size=256, eval_every=10, checkpoint_every=10)
+    c.grpo.ppo.ppo_epochs = 2
+    c.grpo.train.update(steps=400, batch_size=256, eval_every=50, checkpoint_every=50)
     c.stages = (("sft", "sft"), ("grpo", "ppo"))
     if size == "smoke":
         _shrink(c)
