@@ -2,7 +2,8 @@
 MFU and the step's peak memory.
 
     python -m benchmarks.grpo [--model gpt2_4x256 | llama_4x256] [--prompts 16]
-        [--generations 4] [--prompt 16] [--response 48] [--dtype bfloat16] [--json F]
+        [--generations 4] [--prompt 16] [--response 48] [--dtype bfloat16]
+        [--old_logprobs sampler] [--json F]
 
 One step is PPO's compiled program (``jaxrlhf.trainers.ppo.build``) with the settings of
 ``configs/grpo/quickstart.py``: ``--generations`` responses to each of ``--prompts``
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--prompt", type=int, default=16)
     parser.add_argument("--response", type=int, default=48)
     parser.add_argument("--frozen_dtype", default="", choices=("", "bfloat16", "float32"))
+    ppo.add_old_logprobs(parser)
     args = parser.parse_args(argv)
     if args.batch not in (0, args.prompts * args.generations):
         parser.error(f"--batch={args.batch}: GRPO's batch is --prompts x --generations "

@@ -3,7 +3,7 @@ FLOP/s, MFU and the iteration's peak memory.
 
     python -m benchmarks.ppo [--model gpt2_4x256] [--batch 64] [--prompt 16] [--response 48]
         [--minibatches 4] [--epochs 4] [--grad_accum 1] [--dtype bfloat16]
-        [--frozen_dtype bfloat16] [--json F]
+        [--frozen_dtype bfloat16] [--old_logprobs sampler] [--json F]
 
 One iteration is PPO's compiled program (``jaxrlhf.trainers.ppo.build``): sampling with the
 KV cache, scoring (policy, reference, value and reward forwards), GAE and ``epochs x
@@ -25,6 +25,7 @@ from jaxrlhf.data.tokenizer import left_pad
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.transformer import CausalLM, ScalarModel
 from jaxrlhf.rl import ppo as ppo_lib
+from jaxrlhf.sections.ppo import OLD_LOGPROBS
 from jaxrlhf.trainers import ppo
 from jaxrlhf.workdir import RewardModel
 
@@ -41,14 +42,16 @@ def _prompts(args: argparse.Namespace, vocab: int, count: int) -> dict[str, np.n
 def iteration_flops(cfg: ModelConfig, args: argparse.Namespace,
                     value_model: bool) -> dict[str, float]:
     """Model FLOPs of an iteration's phases: decoding attends over all prompt + response
-    cache slots; scoring is two LM forwards (the policy's old log-probs and the reference)
-    and a scalar one for the reward, plus one for the value model; the update trains the
-    policy (and the value model) ``epochs`` times over the batch."""
+    cache slots; scoring is two LM forwards (the policy's old log-probs, unless the
+    sampler's are taken, and the reference) and a scalar one for the reward, plus one for
+    the value model; the update trains the policy (and the value model) ``epochs`` times
+    over the batch."""
     seq = args.prompt + args.response
     fpt = functools.partial(common.flops_per_token, cfg, seq)
     scalar_models = 2 if value_model else 1
+    lm_forwards = 1 if args.old_logprobs == "sampler" else 2
     sampling_flops = args.batch * seq * fpt(train=False)
-    scoring = args.batch * seq * (2 * fpt(train=False)
+    scoring = args.batch * seq * (lm_forwards * fpt(train=False)
                                   + scalar_models * fpt(train=False, head="scalar"))
     update = args.epochs * args.batch * seq * (
         fpt(train=True) + (scalar_models - 1) * fpt(train=True, head="scalar"))
@@ -66,6 +69,7 @@ def run(args: argparse.Namespace, *, benchmark: str = "ppo",
         cfg, args, "ppo", train=dict(batch_size=args.batch),
         ppo=dict(num_minibatches=args.minibatches, ppo_epochs=args.epochs,
                  grad_accum=args.grad_accum, frozen_dtype=args.frozen_dtype,
+                 old_logprobs=args.old_logprobs,
                  **(ppo_fields or {})),
         sampling=dict(prompt_length=args.prompt, response_length=args.response))
     mesh = parallel.make_mesh(settings.mesh)
@@ -125,8 +129,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--grad_accum", type=int, default=1)
     parser.add_argument("--frozen_dtype", default="", choices=("", "bfloat16", "float32"))
+    add_old_logprobs(parser)
     args = parser.parse_args(argv)
     return common.finish(run(args), args)
+
+
+def add_old_logprobs(parser: argparse.ArgumentParser) -> None:
+    """``--old_logprobs``: ``ppo.old_logprobs`` (``sampler`` saves the policy forward)."""
+    parser.add_argument("--old_logprobs", default="forward", choices=OLD_LOGPROBS,
+                        help="ppo.old_logprobs: recompute the old log-probs with a policy "
+                             "forward, or take the sampler's")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,9 @@ TINY = {  # each benchmark's arguments at a tiny shape
             "--response", "8", *PEAKS],
     "grpo": ["--model", "gpt2_1x32", "--prompts", "8", "--generations", "2", "--prompt", "4",
              "--response", "4", *PEAKS],
-    "decode": ["--model", "llama_1x64", "--batch", "8", "--prompt", "8", "--new", "4",
+    # 32 new tokens: the per-step time is the difference of two generate calls, which a
+    # busy machine can turn negative when the calls are a few steps apart
+    "decode": ["--model", "llama_1x64", "--batch", "8", "--prompt", "8", "--new", "32",
                "--dtype", "bfloat16"],
 }
 

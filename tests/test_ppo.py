@@ -180,3 +180,38 @@ def test_sampler_and_trainer_log_probs_agree(sft_workdir, dtype, bound, options)
     if dtype == "bfloat16":
         assert gap_max > 0.0
     assert all(np.isfinite(float(v)) for v in jax.tree.leaves(metrics))
+
+
+def test_old_log_probs_from_the_sampler_give_the_forwards_iteration(sft_workdir):
+    """``ppo.old_logprobs="sampler"`` drops the old-log-prob forward: from the same state
+    and samples, one GRPO iteration (one update on the whole batch) ends at the weights
+    the recomputed log-probs give, to fp32 rounding, and logs no gap (there is no forward
+    to compare with)."""
+    config = quickstart.get_config()
+    config.policy_init = sft_workdir
+    config.train.batch_size = 16
+    config.ppo.update(reward_source="gold", advantage="grpo", num_generations=4,
+                      kl_in_reward=False, kl_estimator="k3", kl_coef=0.04, num_minibatches=1,
+                      ppo_epochs=1)
+    mesh = parallel.make_mesh({"data": 1}, jax.devices()[:1])
+    ends = {}
+    for source in ("forward", "sampler"):
+        config.ppo.old_logprobs = source
+        settings = RunSettings.from_config(config)
+        policy, reward, task = ppo.load_inputs(settings)
+        batch, _ = ppo.prompt_arrays(policy.tokenizer, task.demonstrations(
+            settings.prompts_per_iteration, seed=0), settings)
+        program = ppo.build(settings, mesh, policy, reward, task)
+        state = jax.jit(program.init_state, out_shardings=program.state_shardings)()
+        state, metrics = program.step(state, parallel.shard_batch(batch, mesh))
+        ends[source] = (jax.device_get(state.policy), jax.device_get(metrics))
+    (forward, m_forward), (sampler, m_sampler) = ends["forward"], ends["sampler"]
+    assert "policy/logprob_gap_max" in m_forward and "policy/logprob_gap_max" not in m_sampler
+    assert float(m_forward["policy/logprob_gap_max"]) < 1e-4
+    moved = max(float(np.abs(a - b).max()) for a, b in zip(
+        jax.tree.leaves(forward), jax.tree.leaves(jax.device_get(policy.params))))
+    apart = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(forward),
+                                                            jax.tree.leaves(sampler)))
+    assert moved > 1e-4 and apart < 1e-3 * moved, (moved, apart)
+    assert float(m_sampler["objective/kl"]) == pytest.approx(float(m_forward["objective/kl"]),
+                                                             abs=1e-5)

@@ -150,9 +150,11 @@ def rollout(state: PPOState, frozen: Frozen, prompts: Batch, *, models: Models,
     with the scoring's own metrics (each reward function's mean, ``dynamic/*``).
 
     The old log-probs are recomputed with one full forward pass rather than taken from the
-    sampler (which agrees to ~1e-5 in fp32): then the first minibatch's ratio is exactly 1
+    sampler (which agrees to ~1e-6 in fp32): then the first minibatch's ratio is exactly 1
     and the clip fraction starts at 0, as in TRL and lm-human-preferences. The sampler's own
-    log-probs are kept, and their gap to the forward's logged (:func:`rollout_metrics`).
+    log-probs are kept, and their gap to the forward's logged (``policy/logprob_gap_*``: a
+    ratio that does not start at 1 shows there first); ``ppo.old_logprobs="sampler"`` uses
+    them instead and saves that forward.
     Under ``dynamic_sampling`` the prompts are a pool, of which only the groups that
     ``dynamic_sampling.select_groups`` keeps reach the forwards."""
     s, g = settings, sampling
@@ -190,8 +192,14 @@ def rollout(state: PPOState, frozen: Frozen, prompts: Batch, *, models: Models,
             function_scores[:, j].mean())
     seq, seq_mask = scoring.join(query, query_mask, response, mask)
     prompt_len = query.shape[1]
-    logprobs, _ = scoring.response_log_probs(models.policy, policy, seq, seq_mask,
-                                             prompt_len, g.temperature)
+    if s.old_logprobs == "sampler":
+        logprobs = sampler_logprobs
+    else:   # the largest and mean gap of the sampler's log-probs to the training forward's
+        logprobs, _ = scoring.response_log_probs(models.policy, policy, seq, seq_mask,
+                                                 prompt_len, g.temperature)
+        gap = jnp.abs(sampler_logprobs - logprobs) * mask   # TRL #6789, verl #2953
+        metrics.update({"policy/logprob_gap_max": gap.max(), "policy/logprob_gap_mean":
+                        gap.sum() / jnp.maximum(mask.sum(), 1.0)})
     ref_logprobs, _ = scoring.response_log_probs(models.ref, frozen.ref, seq, seq_mask,
                                                  prompt_len, g.temperature)
     values = jnp.zeros_like(logprobs)           # critic-free estimators read no value
@@ -217,16 +225,10 @@ def rollout(state: PPOState, frozen: Frozen, prompts: Batch, *, models: Models,
 
 
 def rollout_metrics(r: Rollout, state: PPOState, eos_id: int) -> Metrics:
-    """Per-iteration statistics named as in TRL / lm-human-preferences, and the largest and
-    mean absolute gap between the sampler's log-probs of the response tokens and the
-    training forward's before the first update (``policy/logprob_gap_max`` / ``_mean``: a
-    ratio that does not start at 1 shows here first; TRL #6789, verl #2953)."""
+    """Per-iteration statistics named as in TRL / lm-human-preferences."""
     mask = r.mask.astype(jnp.float32)
     non_score = r.non_score.sum(-1)
-    gap = jnp.abs(r.sampler_logprobs - r.logprobs) * mask   # sampler vs. training forward
     return {
-        "policy/logprob_gap_max": gap.max(),
-        "policy/logprob_gap_mean": gap.sum() / jnp.maximum(mask.sum(), 1.0),
         "objective/kl": scoring.sequence_kl(r.logprobs, r.ref_logprobs, mask).mean(),
         "objective/entropy": (-r.logprobs * mask).sum(-1).mean(),
         "objective/scores": r.scores.mean(),

@@ -11,6 +11,7 @@ from jaxrlhf.policy_losses import LOSS_AGGREGATIONS, POLICY_LOSSES
 REWARD_SOURCES = ("model", "gold", "none")
 VALUE_INITS = ("reward", "policy", "shared")
 FROZEN_DTYPES = ("", "bfloat16", "float32")
+OLD_LOGPROBS = ("forward", "sampler")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,12 +79,18 @@ class PPOSettings:
     # "" keeps the reference and reward models in their trained dtype; "bfloat16" halves
     # their memory (they only run forward passes and carry no optimizer state).
     frozen_dtype: str = ""
+    # The old log-probs of the ratio: "forward" recomputes them with one policy forward
+    # (the ratio starts at exactly 1; policy/logprob_gap_* logs the sampler's distance from
+    # them); "sampler" takes the sampler's own, under the same weights and temperature
+    # (~1e-6 apart in fp32, ~0.02 in bf16 or with LoRA's merged weights), one policy
+    # forward fewer per iteration.
+    old_logprobs: str = "forward"
 
     def __post_init__(self):
         choices = {"reward_source": REWARD_SOURCES, "value_init": VALUE_INITS,
                    "kl_estimator": KL_ESTIMATORS, "advantage": tuple(ADVANTAGE_KINDS),
                    "frozen_dtype": FROZEN_DTYPES, "policy_loss": tuple(POLICY_LOSSES),
-                   "loss_agg": LOSS_AGGREGATIONS}
+                   "loss_agg": LOSS_AGGREGATIONS, "old_logprobs": OLD_LOGPROBS}
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
                 fail(f"ppo.{field}", getattr(self, field), f"must be one of {allowed}")
