@@ -137,6 +137,7 @@ def test_accuracy_summary_is_the_mean_with_its_stderr_over_prompts():
     assert (summary["pass@2_before"], summary["pass@2_after"]) == (0.5, 0.7)
 
 
+@pytest.mark.slow   # notebook 12's smoke run (default suite) runs the same two stages
 def test_smoke_pipeline_sft_then_grpo_reports_accuracy(tmp_path):
     run_cli("pipeline", "configs/pipeline/arithmetic_grpo.py:smoke", tmp_path, timeout=600)
     summary = read_summary(tmp_path)

@@ -38,7 +38,11 @@ def test_committed_verdict_follows_from_its_series(name):
     assert ("**PASS**" if result["passed"] else "**FAIL**") in readme
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+# algorithms_frontier_recipe's runner reuses algorithms_frontier's (smoke-tested by default)
+# with its own points; its smoke run is in -m slow.
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow) if n == "algorithms_frontier_recipe" else n
+    for n in EXPERIMENTS])
 def test_runner_at_smoke_size(name, smoke_root, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run(

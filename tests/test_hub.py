@@ -128,6 +128,7 @@ def test_an_sft_run_reads_model_and_tokenizer_from_the_cache_offline(hf_cache, t
     _assert_weights(str(out), main["weights"], atol=1e-3)
 
 
+@pytest.mark.slow   # a LoRA run and an export (21 s): in -m slow, for the default suite's time
 def test_a_lora_run_pins_its_hub_base_to_the_commit(hf_cache, tmp_path):
     """A LoRA run's model card records its hub base as ``org/name@<commit>``: after ``main``
     moves to the other snapshot, ``export`` still merges the adapters into the weights the

@@ -18,7 +18,14 @@ def test_the_notebooks_are_there():
             "03_reward_model_ablations.ipynb"} <= names
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+# The longest smoke run (80 s, 13 PPO variants) runs with -m slow, keeping the default suite
+# under 15 minutes.
+SLOW_SMOKE = ("02_ppo_ablations",)
+
+
+@pytest.mark.parametrize("path", [
+    pytest.param(p, marks=pytest.mark.slow) if i in SLOW_SMOKE else p
+    for p, i in zip(NOTEBOOKS, IDS)], ids=IDS)
 def test_notebook_executes_in_smoke_mode(path, smoke_root):
     executed = runner.execute(path, smoke=True, workdir=str(smoke_root / "runs"), timeout=900)
     injected = [c for c in executed.cells
