@@ -52,22 +52,31 @@ COLORS = {"ppo": "#d95f02", "grpo": "#e7298a", "rloo": "#7570b3", "dpo": "#1b9e7
 
 
 # -- runs ---------------------------------------------------------------------------------
-def trained_points(config: ml_collections.ConfigDict, root: str, method: str, seed: int,
-                   sft: str, reward: pd.Series) -> list[dict[str, Any]]:
-    """``method`` at each of its strengths from the SFT policy: RL against ``reward``'s
-    model, DPO and IPO on its pairs; the final held-out evaluation of each run."""
+def method_sweep(config: ml_collections.ConfigDict, root: str, name: str, method: str,
+                 seed: int, sft: str, reward: pd.Series) -> pd.DataFrame:
+    """``method`` at each of its strengths from the SFT policy, in ``root/name/method``: RL
+    against ``reward``'s model, DPO and IPO on its pairs (checked to be the same pairs);
+    one row per run (``jaxrlhf.sweep``)."""
     stage, field = STAGES[method]
     overrides = {"policy_init": sft, "seed": seed}
     if stage == "ppo":
         overrides["reward_init"] = reward["workdir"]
     table = jaxrlhf.sweep(stage, with_overrides(config[method], overrides),
                           {field: list(config.strengths[method])},
-                          os.path.join(root, NAME, method, f"seed={seed}"))
+                          os.path.join(root, name, method, f"seed={seed}"))
     if stage == "dpo" and not (table["data.train"] == reward["data.train"]).all():
         raise RuntimeError(f"{method} (seed {seed}) trained on other pairs than the reward "
                            f"model: {table['data.train'].iloc[0]!r} against "
                            f"{reward['data.train']!r}; config.{method}.reward must be "
                            "config.reward.reward")
+    return table
+
+
+def trained_points(config: ml_collections.ConfigDict, root: str, method: str, seed: int,
+                   sft: str, reward: pd.Series) -> list[dict[str, Any]]:
+    """The final held-out evaluation of each run of :func:`method_sweep`."""
+    stage, field = STAGES[method]
+    table = method_sweep(config, root, NAME, method, seed, sft, reward)
     return [{"method": method, "strength": float(row[field]), "seed": seed,
              "kl": float(row["kl"]), "gold": float(row["gold_after"]),
              "score": float(row["score_after"]) if stage == "ppo" else None}

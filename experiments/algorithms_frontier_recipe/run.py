@@ -20,7 +20,6 @@ import jaxrlhf
 from experiments import common
 from experiments.algorithms_frontier import run as original
 from jaxrlhf.analysis import mean_stderr
-from jaxrlhf.api import with_overrides
 
 NAME = "algorithms_frontier_recipe"
 PAPER = original.PAPER
@@ -36,7 +35,7 @@ CRITERION = (
     "it, not part of the verdict: DPO's plateau moved if its best point's gold exceeds "
     f"algorithms_frontier's best final DPO gold ({PLATEAU_GOLD:.3f} +- {PLATEAU_SE:.3f}) by "
     "more than twice their combined standard error.")
-STAGES = {"ppo": ("ppo", "ppo.kl_coef"), "dpo": ("dpo", "dpo.beta")}
+STAGES = {m: original.STAGES[m] for m in ("ppo", "dpo")}
 COLORS = {"ppo": original.COLORS["ppo"], "dpo": original.COLORS["dpo"]}
 
 
@@ -46,15 +45,7 @@ def checkpoint_points(config: ml_collections.ConfigDict, root: str, method: str,
     """``method`` at each of its strengths from the SFT policy (PPO against ``reward``'s
     model, DPO on its pairs): one point per held-out evaluation of each run."""
     stage, field = STAGES[method]
-    overrides = {"policy_init": sft, "seed": seed}
-    if stage == "ppo":
-        overrides["reward_init"] = reward["workdir"]
-    table = jaxrlhf.sweep(stage, with_overrides(config[method], overrides),
-                          {field: list(config.strengths[method])},
-                          os.path.join(root, NAME, method, f"seed={seed}"))
-    if stage == "dpo" and not (table["data.train"] == reward["data.train"]).all():
-        raise RuntimeError(f"DPO (seed {seed}) trained on other pairs than the reward model: "
-                           f"{table['data.train'].iloc[0]!r} against {reward['data.train']!r}")
+    table = original.method_sweep(config, root, NAME, method, seed, sft, reward)
     points = []
     for _, row in table.iterrows():
         evals = jaxrlhf.load_result(stage, row["workdir"]).metrics.dropna(subset=["eval/gold"])
