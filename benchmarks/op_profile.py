@@ -56,7 +56,9 @@ def _frames(text: str) -> dict[int, str]:
 def instructions(text: str) -> dict[str, dict[str, Any]]:
     """Every instruction of the HLO text: name -> opcode, the computation it calls (a
     fusion's), its stack frame, and whether its own computation holds a dot."""
-    out, computation, bodies = {}, None, collections.defaultdict(set)
+    out, computation = {}, None
+    bodies: dict[str, set[str]] = collections.defaultdict(set)   # computation -> opcodes
+    roots: dict[str, str] = {}                                   # computation -> its ROOT
     for line in text.splitlines():
         if m := _COMPUTATION.match(line):
             computation = m.group(1)
@@ -67,19 +69,16 @@ def instructions(text: str) -> dict[str, dict[str, Any]]:
         calls = re.search(r"calls=%([\w.\-]+)", rest)
         frame = re.search(r"stack_frame_id=(\d+)", rest)
         out[name] = {"opcode": opcode, "calls": calls.group(1) if calls else None,
-                     "frame": int(frame.group(1)) if frame else None,
-                     "computation": computation}
+                     "frame": int(frame.group(1)) if frame else None}
         bodies[computation].add(opcode)
-        if line.lstrip().startswith("ROOT") and computation:
-            bodies[f"root:{computation}"] = {name}
+        if line.lstrip().startswith("ROOT"):
+            roots[computation] = name
     for item in out.values():
-        body = bodies.get(item["calls"], set())
-        item["has_dot"] = bool(body & {"dot", "convolution"}) or item["opcode"] in (
-            "dot", "convolution")
-        root = next(iter(bodies.get(f"root:{item['calls']}", ())), None)
-        if root and out.get(root, {}).get("frame") is not None and item["frame"] is None:
-            item["frame"] = out[root]["frame"]
-        item["body"] = body
+        item["body"] = bodies.get(item["calls"], set())
+        item["has_dot"] = bool((item["body"] | {item["opcode"]}) & {"dot", "convolution"})
+        root = out.get(roots.get(item["calls"], ""), {})
+        if item["frame"] is None:          # a fusion: where its root instruction came from
+            item["frame"] = root.get("frame")
     return out
 
 
